@@ -1,0 +1,30 @@
+"""Layers with explicit backward passes: paired `op_forward -> (out, cache)` / `op_backward(dout, cache) -> dx`.
+
+Weights are frozen everywhere: only input gradients are computed, never weight gradients.
+"""
+
+from scratchnst.ops.conv import ConvCache, conv2d_backward, conv2d_forward
+from scratchnst.ops.gram import gram_backward, gram_forward
+from scratchnst.ops.pool import (
+    PoolCache,
+    avgpool2d_backward,
+    avgpool2d_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
+from scratchnst.ops.relu import relu_backward, relu_forward
+
+__all__ = [
+    "ConvCache",
+    "PoolCache",
+    "avgpool2d_backward",
+    "avgpool2d_forward",
+    "conv2d_backward",
+    "conv2d_forward",
+    "gram_backward",
+    "gram_forward",
+    "maxpool2d_backward",
+    "maxpool2d_forward",
+    "relu_backward",
+    "relu_forward",
+]

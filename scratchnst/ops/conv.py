@@ -1,0 +1,128 @@
+"""2-D convolution as im2col + one GEMM per band of output rows, and its input gradient.
+
+Layout: x (N, C, H, W), w (F, C, KH, KW), b (F,), y (N, F, out_h, out_w). Like every deep-learning
+"convolution" this is a cross-correlation: y[n, f, i, j] = b[f] + Σ_{c,p,q} w[f, c, p, q] x[n, c, i·s+p, j·s+q]
+(x zero-padded by `pad` on every side).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from scratchnst.backend import get_array_module
+
+# Upper bound on one im2col tile. The full 9·C × H·W matrix of a 512² image is 600 MB at conv1_2;
+# a band of output rows keeps the working set small while leaving each GEMM big enough to run at
+# full speed.
+TILE_BYTES = 24 * 2**20
+
+
+class ConvCache(NamedTuple):
+    x_shape: tuple
+    w: object
+    stride: int
+    pad: int
+
+
+def conv_output_size(size: int, k: int, stride: int, pad: int, what: str = "conv") -> int:
+    """Output length along one axis: (size + 2·pad − k) // stride + 1; ValueError when not positive."""
+    if stride < 1 or pad < 0 or k < 1:
+        raise ValueError(f"{what}: need kernel ≥ 1, stride ≥ 1, pad ≥ 0 (got k={k}, stride={stride}, pad={pad})")
+    out = (size + 2 * pad - k) // stride + 1
+    if out <= 0:
+        raise ValueError(f"{what}: input size {size} with kernel {k}, stride {stride}, pad {pad} gives no output")
+    return out
+
+
+def _pad(x, pad: int):
+    if pad == 0:
+        return x
+    xp = get_array_module(x)
+    return xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+
+
+def _rows_per_band(col_bytes_per_row: int, out_h: int) -> int:
+    return max(1, min(out_h, TILE_BYTES // max(1, col_bytes_per_row)))
+
+
+def _conv_gemm(x, w, b, stride: int, pad: int):
+    """The forward computation, shared by conv2d_forward and the stride-1 backward pass."""
+    xp = get_array_module(x, w)
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    out_h = conv_output_size(H, KH, stride, pad)
+    out_w = conv_output_size(W, KW, stride, pad)
+    K = C * KH * KW
+    w2 = w.reshape(F, K)
+    xpad = _pad(x, pad)
+    y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
+    rows = _rows_per_band(K * out_w * x.dtype.itemsize, out_h)
+    buf = xp.empty(K * rows * out_w, dtype=x.dtype)
+    for n in range(N):
+        img = xpad[n]
+        for r0 in range(0, out_h, rows):
+            R = min(rows, out_h - r0)
+            # col[c, p, q, i, j] = img[c, (r0+i)·s + p, j·s + q]: one strided slice copy per kernel
+            # offset (p, q), so no fancy indexing and no duplicate-index hazards.
+            col = buf[: K * R * out_w].reshape(C, KH, KW, R, out_w)
+            for p in range(KH):
+                top = r0 * stride + p
+                for q in range(KW):
+                    col[:, p, q] = img[:, top : top + stride * (R - 1) + 1 : stride, q : q + stride * (out_w - 1) + 1 : stride]
+            y[n, :, r0 : r0 + R] = (w2 @ col.reshape(K, R * out_w)).reshape(F, R, out_w)
+    if b is not None:
+        y += b.reshape(1, F, 1, 1)
+    return y
+
+
+def conv2d_forward(x, w, b, stride: int = 1, pad: int = 0):
+    """Convolve x with frozen weights.
+
+    x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None; stride ≥ 1, pad ≥ 0.
+    Returns (y, cache), y: (N, F, (H + 2·pad − KH) // stride + 1, (W + 2·pad − KW) // stride + 1).
+    """
+    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"conv2d: x {tuple(x.shape)} and w {tuple(w.shape)} do not fit (need (N,C,H,W), (F,C,KH,KW))")
+    y = _conv_gemm(x, w, b, stride, pad)
+    return y, ConvCache(tuple(x.shape), w, stride, pad)
+
+
+def conv2d_backward(dout, cache: ConvCache):
+    """Input gradient dx: (N, C, H, W) from dout: (N, F, out_h, out_w). No weight gradients (frozen).
+
+    Stride 1 with pad ≤ K − 1: the gradient of a correlation is a "full" correlation of dout with the
+    kernel flipped in space and transposed in channels, w'[c, f, p, q] = w[f, c, KH−1−p, KW−1−q], padded by
+    K−1−pad. It runs through the same fast im2col+GEMM path as the forward. Otherwise: col2im.
+    """
+    N, C, H, W = cache.x_shape
+    F, _, KH, KW = cache.w.shape
+    if cache.stride == 1 and cache.pad <= min(KH, KW) - 1 and KH == KW:
+        w_t = cache.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        xp = get_array_module(dout)
+        return _conv_gemm(dout, xp.ascontiguousarray(w_t), None, 1, KH - 1 - cache.pad)
+    return _col2im_backward(dout, cache)
+
+
+def _col2im_backward(dout, cache: ConvCache):
+    """General stride/pad: dcol = wᵀ dout per band, scattered back with += on strided slices."""
+    xp = get_array_module(dout)
+    N, C, H, W = cache.x_shape
+    w, s, pad = cache.w, cache.stride, cache.pad
+    F, _, KH, KW = w.shape
+    out_h, out_w = dout.shape[2], dout.shape[3]
+    K = C * KH * KW
+    w2t = w.reshape(F, K).T
+    dxpad = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=dout.dtype)
+    rows = _rows_per_band(K * out_w * dout.dtype.itemsize, out_h)
+    for n in range(N):
+        img = dxpad[n]
+        for r0 in range(0, out_h, rows):
+            R = min(rows, out_h - r0)
+            dcol = (w2t @ dout[n, :, r0 : r0 + R].reshape(F, R * out_w)).reshape(C, KH, KW, R, out_w)
+            # Within one (p, q) the slice has no repeated positions, so += is a plain scatter;
+            # overlaps between kernel offsets are summed by running the offsets one after another.
+            for p in range(KH):
+                top = r0 * s + p
+                for q in range(KW):
+                    img[:, top : top + s * (R - 1) + 1 : s, q : q + s * (out_w - 1) + 1 : s] += dcol[:, p, q]
+    return dxpad[:, :, pad : pad + H, pad : pad + W]

@@ -1,0 +1,140 @@
+"""Each op against its naive loop reference (forward) and finite differences (backward)."""
+
+import numpy as np
+import pytest
+
+from scratchnst import ops
+from scratchnst.gradcheck import CONV_CASES, POOL_CASES, THRESHOLDS, _tie_free, check_op
+from scratchnst.ops.reference import conv2d_naive, gram_naive, pool2d_naive
+
+EPS = 1e-5
+THR = THRESHOLDS["float64"]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad", CONV_CASES + [((1, 1, 16, 3), (2, 3, 3), 1, 1), ((3, 2, 4, 4), (5, 4, 4), 1, 3)])
+def test_conv_forward_matches_naive(rng, shape, kernel, stride, pad):
+    F, KH, KW = kernel
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((F, shape[1], KH, KW))
+    b = rng.standard_normal(F)
+    y, _ = ops.conv2d_forward(x, w, b, stride, pad)
+    np.testing.assert_allclose(y, conv2d_naive(x, w, b, stride, pad), rtol=1e-12, atol=1e-12, err_msg=f"case {shape} {kernel} s{stride} p{pad}")
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad", CONV_CASES + [((3, 2, 4, 4), (5, 4, 4), 1, 3)])
+def test_conv_backward_finite_differences(rng, shape, kernel, stride, pad):
+    F, KH, KW = kernel
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((F, shape[1], KH, KW))
+    r = check_op("conv2d", lambda v: ops.conv2d_forward(v, w, None, stride, pad), ops.conv2d_backward, x, rng, eps=EPS, threshold=THR)
+    assert r.passed, r
+
+
+def test_conv_banded_path_equals_single_band(rng, monkeypatch):
+    """Tiling im2col into row bands must not change the result (forward and both backward paths)."""
+    x = rng.standard_normal((1, 3, 13, 10))
+    w = rng.standard_normal((4, 3, 3, 3))
+    dout = rng.standard_normal((1, 4, 13, 10))
+    y, cache = ops.conv2d_forward(x, w, None, 1, 1)
+    dx = ops.conv2d_backward(dout, cache)
+    _, cache2 = ops.conv2d_forward(x, w, None, 2, 1)
+    dout2 = rng.standard_normal((1, 4, 7, 5))
+    dx2 = ops.conv2d_backward(dout2, cache2)
+    monkeypatch.setattr("scratchnst.ops.conv.TILE_BYTES", 1)  # one output row per band
+    y_b, cache_b = ops.conv2d_forward(x, w, None, 1, 1)
+    np.testing.assert_allclose(y_b, y, rtol=1e-13)
+    np.testing.assert_allclose(ops.conv2d_backward(dout, cache_b), dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ops.conv2d_backward(dout2, cache2), dx2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad", [((1, 1, 2, 2), (1, 3, 3), 1, 0), ((1, 1, 4, 4), (1, 1, 1), 0, 0), ((1, 1, 4, 4), (1, 3, 3), 1, -1)])
+def test_conv_rejects_shapes_without_output(shape, kernel, stride, pad):
+    x = np.zeros(shape)
+    w = np.zeros((kernel[0], shape[1], kernel[1], kernel[2]))
+    with pytest.raises(ValueError, match="conv"):
+        ops.conv2d_forward(x, w, None, stride, pad)
+
+
+def test_conv_rejects_channel_mismatch():
+    with pytest.raises(ValueError, match=r"\(1, 2, 4, 4\)"):
+        ops.conv2d_forward(np.zeros((1, 2, 4, 4)), np.zeros((1, 3, 3, 3)), None)
+
+
+def test_relu_forward_and_backward(rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    y, cache = ops.relu_forward(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    dout = rng.standard_normal(x.shape)
+    np.testing.assert_array_equal(ops.relu_backward(dout, cache), dout * (x > 0))
+    # The kink: x == 0 passes no gradient.
+    _, cache0 = ops.relu_forward(np.zeros((1, 1, 1, 2)))
+    np.testing.assert_array_equal(ops.relu_backward(np.ones((1, 1, 1, 2)), cache0), 0)
+
+
+@pytest.mark.parametrize("shape,k,stride", POOL_CASES)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_forward_matches_naive_and_backward(rng, shape, k, stride, kind):
+    fwd, bwd, reduce = {
+        "max": (ops.maxpool2d_forward, ops.maxpool2d_backward, np.max),
+        "avg": (ops.avgpool2d_forward, ops.avgpool2d_backward, np.mean),
+    }[kind]
+    x = _tie_free(rng, shape, np, "float64")
+    y, _ = fwd(x, k, stride)
+    np.testing.assert_allclose(y, pool2d_naive(x, k, stride, reduce), rtol=1e-13)
+    r = check_op(kind, lambda v: fwd(v, k, stride), bwd, x, rng, eps=EPS, threshold=THR)
+    assert r.passed, r
+
+
+def test_maxpool_ties_go_to_first_maximum_in_row_major_order():
+    x = np.array([[[[1.0, 3.0], [3.0, 3.0]]]])
+    y, cache = ops.maxpool2d_forward(x, 2, 2)
+    dx = ops.maxpool2d_backward(np.ones_like(y), cache)
+    np.testing.assert_array_equal(dx, [[[[0.0, 1.0], [0.0, 0.0]]]])
+
+
+def test_pool_odd_sizes_floor_and_leave_remainder_without_gradient(rng):
+    x = rng.standard_normal((1, 1, 5, 5))
+    y, cache = ops.maxpool2d_forward(x, 2, 2)
+    assert y.shape == (1, 1, 2, 2)
+    dx = ops.maxpool2d_backward(np.ones_like(y), cache)
+    assert np.all(dx[:, :, 4, :] == 0) and np.all(dx[:, :, :, 4] == 0)
+    assert dx.sum() == 4
+
+
+def test_pool_rejects_input_smaller_than_window():
+    with pytest.raises(ValueError, match="pool"):
+        ops.maxpool2d_forward(np.zeros((1, 1, 1, 4)), 2, 2)
+
+
+def test_gram_forward_and_nonsymmetric_backward(rng):
+    f = rng.standard_normal((2, 4, 3, 5))
+    g, cache = ops.gram_forward(f)
+    np.testing.assert_allclose(g, gram_naive(f), rtol=1e-12)
+    dg = rng.standard_normal((2, 4, 4))
+    assert not np.allclose(dg, dg.transpose(0, 2, 1))
+    r = check_op("gram", ops.gram_forward, ops.gram_backward, f, rng, eps=EPS, threshold=THR)
+    assert r.passed, r
+
+
+@pytest.mark.parametrize("op", ["conv", "relu", "maxpool", "avgpool", "gram"])
+def test_float32_stays_float32(rng, op):
+    x = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    if op == "conv":
+        w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+        y, cache = ops.conv2d_forward(x, w, np.zeros(3, np.float32), 1, 1)
+        dx = ops.conv2d_backward(y, cache)
+    else:
+        fwd, bwd = {
+            "relu": (ops.relu_forward, ops.relu_backward),
+            "maxpool": (lambda v: ops.maxpool2d_forward(v, 2, 2), ops.maxpool2d_backward),
+            "avgpool": (lambda v: ops.avgpool2d_forward(v, 2, 2), ops.avgpool2d_backward),
+            "gram": (ops.gram_forward, ops.gram_backward),
+        }[op]
+        y, cache = fwd(x)
+        dx = bwd(y, cache)
+    assert y.dtype == np.float32 and dx.dtype == np.float32
