@@ -1,0 +1,47 @@
+"""The three loss terms of Gatys et al., each returning (value, gradient w.r.t. its input).
+
+Values are 0-d arrays on the input's array module (no host sync here); the objective converts them.
+"""
+
+from __future__ import annotations
+
+from scratchnst import ops
+from scratchnst.backend import get_array_module
+
+
+def content_loss(f, p):
+    """½ Σ (F − P)². f, p: (N, C, H, W) activations of the image and the content target.
+
+    Returns (loss, df) with df = F − P.
+    """
+    diff = f - p
+    return 0.5 * (diff * diff).sum(), diff
+
+
+def style_loss(f, a):
+    """Σ (G − A)² / (4 N² M²) with G = F Fᵀ, N channels and M = H·W positions of f.
+
+    f: (1, N, H, W) activations; a: (1, N, N) target Gram matrix at the same M.
+    Returns (loss, df): dE/dG = (G − A) / (2 N² M²), then back through the Gram matrix.
+    """
+    _, C, H, W = f.shape
+    g, cache = ops.gram_forward(f)
+    diff = g - a
+    scale = 1.0 / (4.0 * C * C * (H * W) ** 2)
+    return scale * (diff * diff).sum(), ops.gram_backward((2.0 * scale) * diff, cache)
+
+
+def tv_loss(x):
+    """Total variation Σ (x[i+1, j] − x[i, j])² + Σ (x[i, j+1] − x[i, j])² over x: (N, C, H, W).
+
+    Returns (loss, dx). Each squared difference d = x[b] − x[a] sends +2d to x[b] and −2d to x[a].
+    """
+    dh = x[:, :, 1:, :] - x[:, :, :-1, :]
+    dw = x[:, :, :, 1:] - x[:, :, :, :-1]
+    loss = (dh * dh).sum() + (dw * dw).sum()
+    dx = get_array_module(x).zeros_like(x)
+    dx[:, :, 1:, :] += 2 * dh
+    dx[:, :, :-1, :] -= 2 * dh
+    dx[:, :, :, 1:] += 2 * dw
+    dx[:, :, :, :-1] -= 2 * dw
+    return loss, dx

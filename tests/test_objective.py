@@ -1,0 +1,120 @@
+"""The Gatys objective: value against the formula written out independently, gradient by finite differences."""
+
+import numpy as np
+import pytest
+
+from scratchnst.gradcheck import THRESHOLDS, objective_check, random_vgg
+from scratchnst.objective import NSTObjective
+from scratchnst.ops.reference import gram_naive
+from scratchnst.vgg import LAYER_NAMES
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def _image(rng, h, w):
+    return rng.uniform(-100, 100, (1, 3, h, w))
+
+
+def _formula(net, x, content, styles, *, cl, sl, alpha, beta, gamma, blend, layer_w):
+    """L(x) from the issue's formula, with naive Gram matrices; styles here share x's size."""
+    fx = net.extract(x, cl + sl)
+    fc = net.extract(content, cl)
+    total = sum(alpha * 0.5 * np.sum((fx[l] - fc[l]) ** 2) for l in cl)
+    for l, wl in zip(sl, layer_w):
+        A = sum(b * gram_naive(net.extract(s, [l])[l]) for b, s in zip(blend, styles))
+        G = gram_naive(fx[l])
+        _, N, H, W = fx[l].shape
+        total += beta * wl * np.sum((G - A) ** 2) / (4 * N**2 * (H * W) ** 2)
+    tv = np.sum((x[:, :, 1:] - x[:, :, :-1]) ** 2) + np.sum((x[:, :, :, 1:] - x[:, :, :, :-1]) ** 2)
+    return total + gamma * tv
+
+
+def test_loss_equals_the_formula(rng):
+    net = random_vgg(rng)
+    content, s1, s2, x = (_image(rng, 32, 40) for _ in range(4))
+    kw = dict(cl=["relu4_1", "relu2_2"], sl=["relu1_1", "relu3_1", "relu5_1"], alpha=2.0, beta=30.0, gamma=0.1)
+    obj = NSTObjective(
+        net, content, [s1, s2], content_layers=kw["cl"], style_layers=kw["sl"],
+        content_weight=2.0, style_weight=30.0, tv_weight=0.1, style_blend=[3, 1], style_layer_weights=[1, 2, 0.5],
+    )
+    loss, grad = obj.loss_and_grad(x.copy())
+    expected = _formula(net, x, content, [s1, s2], blend=[0.75, 0.25], layer_w=[1, 2, 0.5], **kw)
+    assert loss == pytest.approx(expected, rel=1e-12)
+    assert grad.shape == x.shape and np.isfinite(grad).all()
+    terms = obj.last_terms
+    assert loss == pytest.approx(2.0 * terms["content"] + 30.0 * terms["style"] + 0.1 * terms["tv"], rel=1e-12)
+
+
+def test_default_layer_weights_are_uniform(rng):
+    net = random_vgg(rng)
+    content, style, x = (_image(rng, 32, 32) for _ in range(3))
+    obj = NSTObjective(net, content, [style], content_weight=0, style_weight=1, tv_weight=0)
+    expected = _formula(net, x, content, [style], cl=[], sl=list(obj.style_layers), alpha=0, beta=1, gamma=0, blend=[1], layer_w=[0.2] * 5)
+    assert obj.loss_and_grad(x)[0] == pytest.approx(expected, rel=1e-12)
+    assert obj.content_layers == ["relu4_1"] and obj.style_layers == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+
+
+def test_style_of_another_size_is_rescaled_per_position(rng):
+    """A style image tiled 2×2 has the same per-position statistics: after rescaling by M/M_style its
+    target Gram matrices agree with the single tile's (away from the tile borders the conv sees)."""
+    net = random_vgg(rng)
+    tile = _image(rng, 32, 32)
+    content = _image(rng, 32, 32)
+    small = NSTObjective(net, content, [tile], style_layers=["relu1_1"])
+    big = NSTObjective(net, content, [np.tile(tile, (1, 1, 2, 2))], style_layers=["relu1_1"])
+    a, b = small.grams["relu1_1"], big.grams["relu1_1"]
+    assert np.max(np.abs(a - b)) / np.max(np.abs(a)) < 0.15  # only the seams differ
+    raw = 4 * a  # what an unrescaled Gram matrix of the 2×2 tiling would be near
+    assert np.max(np.abs(raw - b)) > np.max(np.abs(a - b))
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_objective_gradient_finite_differences(rng, pooling):
+    net = random_vgg(rng, pooling=pooling)
+    r = objective_check(net, rng, size=(32, 36), coords=40, eps=1e-4, threshold=THRESHOLDS["float64"], name="objective")
+    assert r.passed, r
+
+
+def test_forward_stops_at_deepest_requested_layer(rng):
+    net = random_vgg(rng)
+    feats, caches = net.forward(_image(rng, 32, 32), ["relu2_1", "relu1_1"])
+    assert [c.name for c in caches] == list(LAYER_NAMES[: LAYER_NAMES.index("relu2_1") + 1])
+    assert set(feats) == {"relu1_1", "relu2_1"}
+
+
+def test_backward_starts_at_deepest_gradient(rng):
+    """A gradient only at relu1_1 must equal backprop through conv1_1/relu1_1 alone."""
+    net = random_vgg(rng)
+    x = _image(rng, 32, 32)
+    feats, caches = net.forward(x, ["relu1_1", "relu3_1"])
+    d = rng.standard_normal(feats["relu1_1"].shape)
+    dx = net.backward({"relu1_1": d}, caches)
+    _, short = net.forward(x, ["relu1_1"])
+    np.testing.assert_allclose(dx, net.backward({"relu1_1": d}, short), rtol=1e-14)
+
+
+def test_unknown_layer_and_bad_weights_are_rejected(rng):
+    net = random_vgg(rng)
+    c = _image(rng, 32, 32)
+    with pytest.raises(ValueError, match="relu9_9"):
+        NSTObjective(net, c, [c], content_layers=["relu9_9"])
+    with pytest.raises(ValueError, match="style_weight"):
+        NSTObjective(net, c, [c], style_weight=float("nan"))
+    with pytest.raises(ValueError, match="style_blend"):
+        NSTObjective(net, c, [c, c], style_blend=[1.0])
+    with pytest.raises(ValueError, match="style_layer_weights"):
+        NSTObjective(net, c, [c], style_layer_weights=[1.0, 2.0])
+
+
+def test_float32_objective_stays_float32_and_agrees_with_float64(rng):
+    net64 = random_vgg(np.random.default_rng(3))
+    net32 = random_vgg(np.random.default_rng(3), dtype="float32")
+    content, style, x = (_image(rng, 32, 32) for _ in range(3))
+    l64, g64 = NSTObjective(net64, content, [style], tv_weight=1e-3).loss_and_grad(x)
+    l32, g32 = NSTObjective(net32, content.astype(np.float32), [style.astype(np.float32)], tv_weight=1e-3).loss_and_grad(x.astype(np.float32))
+    assert g32.dtype == np.float32
+    assert l32 == pytest.approx(l64, rel=1e-4)
+    assert np.max(np.abs(g32 - g64)) / np.max(np.abs(g64)) < 1e-4
