@@ -9,10 +9,6 @@ from scratchnst.ops.reference import gram_naive
 from scratchnst.vgg import LAYER_NAMES
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(7)
-
 
 def _image(rng, h, w):
     return rng.uniform(-100, 100, (1, 3, h, w))

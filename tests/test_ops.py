@@ -11,10 +11,6 @@ EPS = 1e-5
 THR = THRESHOLDS["float64"]
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(1234)
-
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", CONV_CASES + [((1, 1, 16, 3), (2, 3, 3), 1, 1), ((3, 2, 4, 4), (5, 4, 4), 1, 3)])
 def test_conv_forward_matches_naive(rng, shape, kernel, stride, pad):
