@@ -1,0 +1,501 @@
+"""Tests for scratchnst.image: loading odd/broken files, pre/deprocess, atomic saving, colour."""
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+
+from scratchnst import image as im
+from scratchnst.errors import ScratchnstError
+
+# Independent reference: BT.601 full-range RGB -> (Y, Cb - 128, Cr - 128).
+YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def ycc(rgb):
+    return np.asarray(rgb, dtype=np.float64) @ YCC.T
+
+
+def rand_rgb(rng, h, w):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- preprocess / deprocess
+
+@pytest.mark.parametrize("h, w", [(16, 16), (17, 31), (40, 23), (64, 128)])
+def test_round_trip_exact(rng, h, w):
+    a = rand_rgb(rng, h, w)
+    for dtype in ("float32", "float64"):
+        x = im.preprocess(a, dtype=dtype)
+        assert x.shape == (1, 3, h, w) and x.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(im.deprocess(x), a)
+        np.testing.assert_array_equal(im.deprocess(x[0]), a)
+
+
+def test_channel_order_and_mean():
+    a = np.zeros((16, 20, 3), np.uint8)
+    a[..., 0] = 255  # pure red
+    x = im.preprocess(a, dtype="float64")
+    np.testing.assert_allclose(x[0, 2], 255 - 123.68)  # BGR: red is channel 2
+    np.testing.assert_allclose(x[0, 1], -116.779)
+    np.testing.assert_allclose(x[0, 0], -103.939)
+
+
+def test_preprocess_pil_equals_array(rng):
+    a = rand_rgb(rng, 21, 34)
+    np.testing.assert_array_equal(im.preprocess(Image.fromarray(a)), im.preprocess(a))
+    grey = Image.fromarray(a[..., 0])  # mode L -> RGB
+    np.testing.assert_array_equal(im.deprocess(im.preprocess(grey)), np.repeat(a[..., :1], 3, 2))
+
+
+@pytest.mark.parametrize("h, w", [(15, 40), (40, 15), (1, 1)])
+def test_preprocess_too_small(h, w):
+    with pytest.raises(ScratchnstError, match="smaller than 16"):
+        im.preprocess(np.zeros((h, w, 3), np.uint8))
+
+
+def test_preprocess_rejects_bad_arrays():
+    with pytest.raises(ValueError):
+        im.preprocess(np.zeros((20, 20, 3), np.float32))
+    with pytest.raises(ValueError):
+        im.preprocess(np.zeros((20, 20), np.uint8))
+    with pytest.raises(ValueError):
+        im.preprocess(np.zeros((20, 20, 3), np.uint8), dtype="int32")
+
+
+def test_deprocess_rounds_and_clips():
+    x = np.zeros((1, 3, 16, 16))
+    x[0, 0] = 1000.0  # B far above 255
+    x[0, 1] = -1000.0  # G far below 0
+    x[0, 2, 0, 0] = np.nan
+    x[0, 2, 0, 1] = 0.6 - 123.68 + 10  # R = 10.6 -> 11
+    out = im.deprocess(x)
+    assert out.dtype == np.uint8 and out.shape == (16, 16, 3)
+    assert (out[..., 2] == 255).all() and (out[..., 1] == 0).all()
+    assert out[0, 0, 0] == 0 and out[0, 1, 0] == 11
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(st.integers(16, 40), st.integers(16, 40)).flatmap(
+    lambda hw: arrays(np.uint8, (hw[0], hw[1], 3))))
+def test_round_trip_property(a):
+    x = im.preprocess(a)
+    assert x.shape == (1, 3) + a.shape[:2]
+    np.testing.assert_array_equal(im.deprocess(x), a)
+
+
+@pytest.mark.gpu
+def test_preprocess_cupy_round_trip(rng):
+    from scratchnst.backend import _cupy_or_none
+
+    cupy = _cupy_or_none()
+    if cupy is None:
+        pytest.skip("needs CuPy and a CUDA device")
+    a = rand_rgb(rng, 19, 23)
+    x = im.preprocess(a, xp=cupy)
+    assert isinstance(x, cupy.ndarray) and x.dtype == cupy.float32
+    np.testing.assert_array_equal(cupy.asnumpy(x), im.preprocess(a))
+    np.testing.assert_array_equal(im.deprocess(x), a)
+
+
+# ---------------------------------------------------------------- resize
+
+@pytest.mark.parametrize("w, h, size, expect", [
+    (100, 50, 40, (40, 20)), (50, 100, 40, (20, 40)), (33, 33, 64, (64, 64)),
+    (1000, 10, 16, (16, 1)), (101, 51, 50, (50, 25)),
+])
+def test_resize_long_side(w, h, size, expect):
+    assert im.resize_long_side(Image.new("RGB", (w, h)), size).size == expect
+
+
+def test_resize_noop_and_errors():
+    img = Image.new("RGB", (64, 30))
+    assert im.resize_long_side(img, 64) is img
+    assert im.resize_to(img, 64, 30) is img
+    assert im.resize_to(img, 17, 19).size == (17, 19)
+    with pytest.raises(ScratchnstError):
+        im.resize_long_side(img, 0)
+    with pytest.raises(ScratchnstError):
+        im.resize_to(img, 0, 5)
+
+
+# ---------------------------------------------------------------- load_image: broken inputs
+
+def png_bytes(img):
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def forged_png(w, h):
+    """A tiny valid PNG whose IHDR claims w x h (CRC fixed), as a decompression bomb stand-in."""
+    data = bytearray(png_bytes(Image.new("L", (16, 16))))
+    data[16:24] = struct.pack(">II", w, h)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def noisy_png(rng):
+    return png_bytes(Image.fromarray(rand_rgb(rng, 64, 64)))
+
+
+def corrupt_png(rng):
+    data = bytearray(noisy_png(rng))
+    i = data.index(b"IDAT") + 40
+    data[i:i + 20] = b"\x00" * 20  # break the zlib stream and the chunk CRC
+    return bytes(data)
+
+
+def jpeg_bytes(rng):
+    buf = io.BytesIO()
+    Image.fromarray(rand_rgb(rng, 64, 64)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+BROKEN = {  # name: (file name, bytes or None for missing / "dir", expected message part)
+    "missing": ("nope.png", None, "no such file"),
+    "directory": ("folder.png", "dir", "directory"),
+    "empty": ("empty.png", lambda r: b"", "empty"),
+    "truncated_png": ("cut.png", lambda r: noisy_png(r)[:600], "truncated"),
+    "truncated_jpeg": ("cut.jpg", lambda r: jpeg_bytes(r)[:700], "truncated"),
+    "corrupt_png": ("bad.png", corrupt_png, "corrupt"),
+    "text_as_jpg": ("notes.jpg", lambda r: b"hello, I am not a picture\n" * 10, "not an image"),
+    "svg": ("drawing.svg", lambda r: b'<svg xmlns="http://www.w3.org/2000/svg"/>', "not an image"),
+    "bomb_pil_limit": ("bomb.png", lambda r: forged_png(30000, 30000), "900,000,000 pixels"),
+    "bomb_our_limit": ("big.png", lambda r: forged_png(12000, 12000), "12000x12000"),
+    "too_small": ("tiny.png", lambda r: png_bytes(Image.new("RGB", (40, 15))), "smaller than 16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_load_image_rejects(tmp_path, rng, case):
+    name, make, expect = BROKEN[case]
+    path = tmp_path / name
+    if make == "dir":
+        path.mkdir()
+    elif make is not None:
+        path.write_bytes(make(rng))
+    with pytest.raises(ScratchnstError) as info:
+        im.load_image(path)
+    msg = str(info.value)
+    assert str(path) in msg and expect in msg and "\n" not in msg, msg
+
+
+# ---------------------------------------------------------------- load_image: unusual valid inputs
+
+def exif_rotated(path):
+    a = np.zeros((20, 40, 3), np.uint8)  # stored 40 wide, 20 high: left half red, right blue
+    a[:, :20] = (255, 0, 0)
+    a[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display = stored rotated 90 degrees clockwise
+    Image.fromarray(a).save(path, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def check_exif(out):
+    assert out.size == (20, 40)
+    a = np.asarray(out).astype(int)
+    assert a[5, 10, 0] > 200 and a[5, 10, 2] < 60  # top is the stored left (red)
+    assert a[35, 10, 2] > 200 and a[35, 10, 0] < 60
+
+
+def rgba(path):
+    a = np.zeros((20, 24, 4), np.uint8)
+    a[:10] = (255, 0, 0, 255)  # opaque red
+    a[10:, :12] = (0, 0, 0, 0)  # fully transparent black -> white
+    a[10:, 12:] = (0, 0, 0, 128)  # half-transparent black -> mid grey
+    Image.fromarray(a, "RGBA").save(path)
+
+
+def check_rgba(out):
+    a = np.asarray(out)
+    assert tuple(a[0, 0]) == (255, 0, 0) and tuple(a[15, 0]) == (255, 255, 255)
+    assert all(abs(int(v) - 127) <= 1 for v in a[15, 20])
+
+
+def la(path):
+    a = np.zeros((20, 20, 2), np.uint8)
+    a[..., 0] = 30
+    a[:, 10:, 1] = 255
+    Image.fromarray(a, "LA").save(path)
+
+
+def check_la(out):
+    a = np.asarray(out)
+    assert tuple(a[0, 0]) == (255, 255, 255) and tuple(a[0, 15]) == (30, 30, 30)
+
+
+def palette_transparent(path):
+    p = Image.new("P", (20, 18), 0)
+    p.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    p.paste(1, (0, 0, 10, 18))
+    p.save(path, transparency=0)
+
+
+def check_palette_transparent(out):
+    a = np.asarray(out)
+    assert tuple(a[0, 0]) == (255, 0, 0) and tuple(a[0, 15]) == (255, 255, 255)
+
+
+def grey16(path, mode="I;16"):
+    a = np.zeros((16, 20), np.uint16)
+    a[:, 5:10] = 128 * 257
+    a[:, 10:] = 65535
+    Image.fromarray(a.astype(">u2") if mode == "I;16B" else a).save(path)
+
+
+def check_grey16(out):
+    a = np.asarray(out)
+    assert tuple(a[0, 0]) == (0, 0, 0) and tuple(a[0, 7]) == (128,) * 3
+    assert tuple(a[0, 15]) == (255,) * 3
+
+
+def int32(path):
+    a = np.zeros((16, 20), np.int32)
+    a[:, 5:10] = 128 * 257
+    a[:, 10:] = 65535
+    Image.fromarray(a, "I").save(path)
+
+
+def float32(path):
+    a = np.full((16, 20), 0.5, np.float32)
+    a[:, 10:] = 1.0
+    Image.fromarray(a, "F").save(path)
+
+
+def check_float(out):
+    a = np.asarray(out)
+    assert tuple(a[0, 0]) == (128,) * 3 and tuple(a[0, 15]) == (255,) * 3
+
+
+def cmyk(path):
+    Image.new("CMYK", (24, 16), (0, 255, 255, 0)).save(path)  # red ink-wise
+
+
+def check_red(out):
+    r, g, b = np.asarray(out)[8, 12].astype(int)
+    assert r > 200 and g < 60 and b < 60
+
+
+def one_bit(path):
+    a = np.zeros((16, 24), bool)
+    a[:, 12:] = True
+    Image.fromarray(a).save(path)
+
+
+def check_one_bit(out):
+    a = np.asarray(out)
+    assert tuple(a[0, 0]) == (0, 0, 0) and tuple(a[0, 20]) == (255, 255, 255)
+
+
+def grey(path):
+    Image.new("L", (20, 16), 77).save(path)
+
+
+def png_named_jpg(path):
+    Image.new("RGB", (24, 16), (255, 0, 0)).save(path, "PNG")
+
+
+def check_77(out):
+    assert tuple(np.asarray(out)[3, 3]) == (77, 77, 77)
+
+
+VALID = {  # name: (file name, writer, expected (width, height), checker)
+    "exif_orientation_6": ("rot.jpg", exif_rotated, (20, 40), check_exif),
+    "rgba": ("rgba.png", rgba, (24, 20), check_rgba),
+    "la": ("la.png", la, (20, 20), check_la),
+    "palette_transparency": ("pal.png", palette_transparent, (20, 18), check_palette_transparent),
+    "grey16_png": ("g16.png", grey16, (20, 16), check_grey16),
+    "grey16_tiff": ("g16.tif", grey16, (20, 16), check_grey16),
+    "grey16_big_endian": ("g16b.tif", lambda p: grey16(p, "I;16B"), (20, 16), check_grey16),
+    "int32_tiff": ("i32.tif", int32, (20, 16), check_grey16),
+    "grey16_pgm": ("g16.pgm", grey16, (20, 16), check_grey16),  # opens as mode "I"
+    "float_tiff": ("f.tif", float32, (20, 16), check_float),
+    "cmyk_jpeg": ("cmyk.jpg", cmyk, (24, 16), check_red),
+    "cmyk_tiff": ("cmyk.tif", cmyk, (24, 16), check_red),
+    "one_bit": ("bw.png", one_bit, (24, 16), check_one_bit),
+    "grey": ("grey.png", grey, (20, 16), check_77),
+    "png_named_jpg": ("red.jpg", png_named_jpg, (24, 16), check_red),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALID))
+def test_load_image_unusual_valid(tmp_path, case):
+    name, write, size, check = VALID[case]
+    path = tmp_path / name
+    write(path)
+    out = im.load_image(path)
+    assert out.mode == "RGB" and out.size == size
+    check(out)
+
+
+def test_load_image_fully_decoded(tmp_path, rng):
+    a = rand_rgb(rng, 20, 30)
+    path = tmp_path / "x.png"
+    Image.fromarray(a).save(path)
+    out = im.load_image(path)
+    path.unlink()  # pixels must already be in memory
+    np.testing.assert_array_equal(np.asarray(out), a)
+
+
+def test_max_pixels_limit(tmp_path, monkeypatch):
+    path = tmp_path / "m.png"
+    Image.new("RGB", (40, 30)).save(path)
+    monkeypatch.setattr(im, "MAX_PIXELS", 1000)
+    with pytest.raises(ScratchnstError, match="40x30 = 1,200 pixels"):
+        im.load_image(path)
+
+
+# ---------------------------------------------------------------- save_image
+
+@pytest.mark.parametrize("ext, fmt", [(".png", "PNG"), (".jpg", "JPEG"), (".jpeg", "JPEG"),
+                                      (".webp", "WEBP"), (".PNG", "PNG")])
+def test_save_formats(tmp_path, rng, ext, fmt):
+    a = rand_rgb(rng, 24, 40)
+    for src in (a, Image.fromarray(a)):
+        path = tmp_path / f"out{ext}"
+        im.save_image(src, path, quality=90)
+        with Image.open(path) as back:
+            assert back.format == fmt and back.size == (40, 24)
+            if fmt == "PNG":
+                np.testing.assert_array_equal(np.asarray(back), a)
+    assert sorted(os.listdir(tmp_path)) == [f"out{ext}"]
+    assert (path.stat().st_mode & 0o777) == 0o644
+
+
+@pytest.mark.parametrize("name", ["out.bmp", "out.gif", "out", "out.png.txt"])
+def test_save_unknown_extension(tmp_path, name):
+    with pytest.raises(ScratchnstError, match=r"\.png.*\.jpg.*\.webp"):
+        im.save_image(np.zeros((16, 16, 3), np.uint8), tmp_path / name)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_creates_parent(tmp_path):
+    path = tmp_path / "a" / "b" / "out.png"
+    assert im.check_output_path(path) == path.resolve()
+    assert not (tmp_path / "a").exists()  # the check creates nothing
+    im.save_image(np.zeros((16, 16, 3), np.uint8), path)
+    assert path.is_file()
+
+
+def test_output_path_under_a_file(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ScratchnstError, match="not a directory"):
+        im.check_output_path(tmp_path / "file.txt" / "out.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ScratchnstError, match="is a directory"):
+        im.check_output_path(tmp_path / "dir.png")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
+def test_output_path_unwritable(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(ScratchnstError, match="not writable"):
+            im.check_output_path(ro / "out.png")
+    finally:
+        ro.chmod(0o700)
+
+
+def fail_replace(src, dst):
+    raise OSError("simulated failure in os.replace")
+
+
+def fail_midway(self, fp, *args, **kwargs):
+    fp.write(b"partial garbage")
+    raise OSError("No space left on device (simulated)")
+
+
+def interrupt_midway(self, fp, *args, **kwargs):
+    fp.write(b"partial garbage")
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("target, patch, exc", [
+    (os, ("replace", fail_replace), ScratchnstError),
+    (Image.Image, ("save", fail_midway), ScratchnstError),
+    (Image.Image, ("save", interrupt_midway), KeyboardInterrupt),
+])
+def test_save_is_atomic(tmp_path, rng, monkeypatch, target, patch, exc):
+    path = tmp_path / "out.png"
+    path.write_bytes(b"previous result")
+    monkeypatch.setattr(target, *patch)
+    with pytest.raises(exc) as info:
+        im.save_image(rand_rgb(rng, 16, 16), path)
+    if exc is ScratchnstError:
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == b"previous result"
+    assert os.listdir(tmp_path) == ["out.png"]  # no temp file left behind
+
+
+def test_save_replaces_existing(tmp_path, rng):
+    path = tmp_path / "out.png"
+    path.write_bytes(b"old")
+    path.chmod(0o600)
+    a = rand_rgb(rng, 16, 17)
+    im.save_image(a, path)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), a)
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+# ---------------------------------------------------------------- colour
+
+def test_preserve_colors_luma_and_chroma(rng):
+    content = rng.integers(100, 157, (20, 30, 3), dtype=np.uint8)  # low chroma: stays in gamut
+    stylized = rng.integers(64, 193, (20, 30, 3), dtype=np.uint8)
+    out = im.preserve_colors(content, stylized)
+    assert out.dtype == np.uint8 and out.shape == stylized.shape
+    y_out, y_sty, y_con = ycc(out), ycc(stylized), ycc(content)
+    np.testing.assert_allclose(y_out[..., 0], y_sty[..., 0], atol=1.0)
+    np.testing.assert_allclose(y_out[..., 1:], y_con[..., 1:], atol=1.0)
+
+
+def test_preserve_colors_resizes_content(rng):
+    content = np.full((40, 60, 3), (150, 110, 100), np.uint8)
+    stylized = rng.integers(80, 170, (20, 30, 3), dtype=np.uint8)
+    out = im.preserve_colors(Image.fromarray(content), stylized)
+    assert out.shape == (20, 30, 3)
+    want = np.broadcast_to(ycc(content[0, 0])[1:], (20, 30, 2))
+    np.testing.assert_allclose(ycc(out)[..., 1:], want, atol=1.0)
+
+
+def test_match_luminance(rng):
+    style = rand_rgb(rng, 24, 32)
+    content = rng.integers(90, 140, (30, 20, 3), dtype=np.uint8)
+    out = im.match_luminance(style, content)
+    assert out.shape == (24, 32, 3) and out.dtype == np.uint8
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    y = out[..., 0].astype(float)
+    yc = ycc(content)[..., 0]
+    assert abs(y.mean() - yc.mean()) < 0.5 and abs(y.std() - yc.std()) < 0.5
+    flat = im.match_luminance(np.full((16, 16, 3), 9, np.uint8), content)
+    assert np.ptp(flat) == 0 and abs(int(flat[0, 0, 0]) - yc.mean()) <= 0.5
+
+
+# ---------------------------------------------------------------- shipped images
+
+def test_default_images():
+    content, style = im.default_images()
+    for img in (content, style):
+        assert img.mode == "RGB" and max(img.size) == 512 and min(img.size) >= im.MIN_SIDE
+    assets = Path(im.__file__).parent / "assets"
+    for name in ("content.jpg", "style.jpg", "ATTRIBUTION.md"):
+        assert (assets / name).is_file()
+    assert (assets / "content.jpg").stat().st_size <= 300_000
+    assert (assets / "style.jpg").stat().st_size <= 300_000
+    assert np.asarray(style).std() > 40  # a bold, textured picture, not a flat fill
