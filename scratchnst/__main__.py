@@ -1,0 +1,5 @@
+import sys
+
+from scratchnst.cli import main
+
+sys.exit(main())

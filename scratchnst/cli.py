@@ -1,0 +1,283 @@
+"""Command line: `python -m scratchnst {stylize,weights,gradcheck}`.
+
+One `_add_<cmd>(subparsers)` per subcommand; every user error is a ScratchnstError (or an argparse
+error), printed as one line to stderr with exit code 2. `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import traceback
+
+from scratchnst.errors import ScratchnstError
+from scratchnst.settings import INITS, OPTIMIZERS, Settings
+
+PROG = "scratchnst"
+DEFAULTS = Settings()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# -- value parsers (argparse turns their ValueError/ArgumentTypeError into a one-line usage error) --
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    value = _positive_int(text) if text.strip() not in ("0", "+0", "-0") else 0
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text!r}")
+    return value
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    return tuple(_finite_float(part) for part in _split(text))
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(_split(text, allow_empty=True))
+
+
+def _split(text: str, allow_empty: bool = False) -> list[str]:
+    parts = [p.strip() for p in text.split(",")]
+    if parts == [""] and allow_empty:
+        return []
+    if any(not p for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return parts
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+
+
+def _add_stylize(subparsers) -> None:
+    p = subparsers.add_parser(
+        "stylize",
+        help="paint CONTENT in the style of STYLE (no arguments: the embedded example)",
+        description="Neural style transfer (Gatys et al. 2015). With no CONTENT/STYLE, stylizes the embedded example pair.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("content", nargs="?", help="content image (default: the embedded photo)")
+    p.add_argument("styles", nargs="*", metavar="style", help="one or more style images (default: the embedded painting)")
+    p.add_argument("-o", "--output", default="stylized.png", help="output image (.png, .jpg, .webp); the manifest goes beside it as .json")
+    p.add_argument("--resume", metavar="OUT.json", help="continue an interrupted run from its manifest")
+    g = p.add_argument_group("size and schedule")
+    g.add_argument("--size", type=_positive_int, default=DEFAULTS.size, help="long side of the output in px")
+    g.add_argument("--iterations", type=_positive_int, default=DEFAULTS.iterations, help="optimiser iterations at each scale")
+    g.add_argument("--scales", type=_float_list, default=DEFAULTS.scales, help="coarse-to-fine fractions of --size, each optimised in turn")
+    g.add_argument("--seed", type=_nonneg_int, default=DEFAULTS.seed, help="random seed (noise init)")
+    g = p.add_argument_group("objective")
+    g.add_argument("--content-weight", type=_finite_float, default=DEFAULTS.content_weight, help="alpha")
+    g.add_argument("--style-weight", type=_finite_float, default=DEFAULTS.style_weight, help="beta")
+    g.add_argument("--tv-weight", type=_finite_float, default=DEFAULTS.tv_weight, help="gamma (total variation)")
+    g.add_argument("--content-layers", type=_name_list, default=DEFAULTS.content_layers, help="comma list of layer names")
+    g.add_argument("--style-layers", type=_name_list, default=DEFAULTS.style_layers, help="comma list of layer names")
+    g.add_argument("--style-layer-weights", type=_float_list, default=None, help="one weight per style layer (default: equal)")
+    g.add_argument("--style-blend", type=_float_list, default=None, help="one weight per style image (default: equal)")
+    g.add_argument("--style-scale", type=_finite_float, default=DEFAULTS.style_scale, help="style images are resized to long side = size x this")
+    g.add_argument("--pooling", choices=("max", "avg"), default=DEFAULTS.pooling, help="VGG pooling")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--init", default=DEFAULTS.init, help=f"start image: {'|'.join(INITS)}|PATH")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
+    g.add_argument("--learning-rate", type=_finite_float, default=None, help="step scale (default: 1 for lbfgs, 8 for adam)")
+    g.add_argument("--lbfgs-history", type=_positive_int, default=DEFAULTS.lbfgs_history, help="L-BFGS memory (pairs kept)")
+    g = p.add_argument_group("output")
+    g.add_argument("--preserve-colors", action="store_true", help="keep the content's colours (luminance-only transfer)")
+    g.add_argument("--save-every", type=_nonneg_int, default=0, help="write OUT_iterNNNN every N iterations (0: never)")
+    g.add_argument("--checkpoint-every", type=_nonneg_int, default=0, help="write a resumable checkpoint every N iterations")
+    g.add_argument("--plot", action="store_true", help="write the loss curves as OUT_loss.png")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("engine")
+    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=DEFAULTS.backend)
+    g.add_argument("--dtype", choices=("float32", "float64"), default=DEFAULTS.dtype)
+    g.add_argument("--weights", metavar="PATH", default=None, help="VGG-16 weights file (default: $SCRATCHNST_WEIGHTS, the cache, or fetch)")
+    p.set_defaults(func=_run_stylize)
+
+
+SETTING_NAMES = [f for f in Settings.__dataclass_fields__]
+
+
+def _run_stylize(args) -> int:
+    from scratchnst.stylize import resume, stylize
+
+    if args.resume:
+        result = resume(args.resume, quiet=args.quiet)
+    else:
+        if args.content is not None and not args.styles:
+            raise ScratchnstError("give at least one STYLE image after CONTENT")
+        options = {name: getattr(args, name) for name in SETTING_NAMES if hasattr(args, name)}
+        result = stylize(args.content, args.styles or None, out=args.output, **options)
+    print(f"{PROG}: {result.status}: wrote {result.paths.get('image')} and {result.paths.get('manifest')}", file=sys.stderr)
+    if result.status == "interrupted":
+        return 128 + _received_signal[0]
+    return 0
+
+
+def _add_weights(subparsers) -> None:
+    p = subparsers.add_parser("weights", help="fetch, verify or locate the VGG-16 weights")
+    p.add_argument("action", choices=("fetch", "verify", "path"))
+    p.add_argument("--weights", metavar="PATH", default=None, help="a weights file to verify/locate instead of the default")
+    p.add_argument("--force", action="store_true", help="fetch: download again even if a verified file exists")
+    p.set_defaults(func=_run_weights)
+
+
+def _run_weights(args) -> int:
+    from scratchnst import weights
+
+    if args.action == "fetch":
+        path = weights.fetch_weights(force=args.force)
+    else:
+        path = weights.resolve_weights(args.weights, fetch=False)
+    if args.action == "verify":
+        print(f"{path}: ok, sha256 {weights.verify_weights(path)}")
+    else:
+        print(path)
+    return 0
+
+
+def _add_gradcheck(subparsers) -> None:
+    from scratchnst.gradcheck import OPS
+
+    def _int_list(text: str) -> tuple[int, ...]:
+        return tuple(_positive_int(part) for part in _split(text.replace("x", ",")))
+
+    p = subparsers.add_parser(
+        "gradcheck",
+        help="check every backward pass against finite differences",
+        description=(
+            "With no --op/--vgg: every check, one table row each, exit 1 on any failure. "
+            "--op shows one op's numbers (analytic vs numeric at sampled coordinates); "
+            "--vgg walks the real VGG-16 layer by layer and names a broken backward."
+        ),
+    )
+    p.add_argument("--op", choices=(*OPS, "vgg", "all"), default=None, help="explain one op's check (all: every op, then --vgg)")
+    p.add_argument("--vgg", action="store_true", help="layer-by-layer check of the objective's gradient through the real VGG-16")
+    p.add_argument("--shape", type=_int_list, default=None, help="input N,C,H,W of --op (vgg: H,W of the image, default 32,32)")
+    p.add_argument("--kernel", type=_positive_int, default=None, help="kernel size of conv2d (3) or the pools (2)")
+    p.add_argument("--stride", type=_positive_int, default=None, help="stride of conv2d (1) or the pools (the kernel size)")
+    p.add_argument("--pad", type=_nonneg_int, default=None, help="zero padding of conv2d (1)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    p.add_argument("--eps", type=_finite_float, default=None, help="finite-difference step (default 1e-5 float64, 1e-2 float32; vgg: relative to each stage's rms, 1e-4)")
+    p.add_argument("--samples", type=_positive_int, default=5, help="coordinates shown per op / checked per VGG stage")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--pooling", choices=("max", "avg"), default="max", help="VGG pooling for --vgg")
+    p.add_argument("--no-vgg", action="store_true", help="skip the checks through the real VGG-16 (needs the weights)")
+    p.add_argument("--weights", metavar="PATH", default=None)
+    p.set_defaults(func=_run_gradcheck)
+
+
+def _run_gradcheck(args) -> int:
+    import numpy as np
+
+    from scratchnst import gradcheck as gc
+    from scratchnst.vgg import load_vgg16
+
+    explained = gc.OPS if args.op == "all" else (args.op,) if args.op in gc.OPS else ()
+    layer_by_layer = args.vgg or args.op == "vgg" or (args.op == "all" and not args.no_vgg)
+    if args.no_vgg and (args.vgg or args.op == "vgg"):
+        raise ScratchnstError("--no-vgg contradicts --vgg / --op vgg")
+    if not explained and not layer_by_layer:  # the plain table of every check
+        if any(getattr(args, a) is not None for a in ("shape", "kernel", "stride", "pad", "eps")):
+            raise ScratchnstError("--shape/--kernel/--stride/--pad/--eps need --op")
+        net = None if args.no_vgg else load_vgg16(args.weights, backend="numpy", dtype="float64")
+        results = gc.run_checks(seed=args.seed, dtype=args.dtype, real_net=net)
+        print(f"{'op':34s} {'shapes':44s} {'max rel error':>13s}  result")
+        for r in results:
+            print(f"{r.op:34s} {r.shapes:44s} {r.max_rel_error:13.2e}  {'pass' if r.passed else 'FAIL'}")
+        failed = sum(not r.passed for r in results)
+        print(f"{len(results) - failed} passed, {failed} failed")
+        return 1 if failed else 0
+    if args.op == "all" and args.shape is not None:
+        raise ScratchnstError("--shape needs a single --op (shapes differ between ops)")
+    failed = 0
+    for op in explained:
+        report = gc.explain_op(
+            op, shape=args.shape, kernel=args.kernel, stride=args.stride, pad=args.pad,
+            dtype=args.dtype, eps=args.eps, samples=args.samples, seed=args.seed,
+        )
+        print(gc.format_op_report(report), end="\n\n")
+        failed += not report.passed
+    if layer_by_layer:
+        if args.dtype != "float64":
+            raise ScratchnstError("the layer-by-layer VGG check runs in float64 only (float32 rounding would hide a bug)")
+        size = (32, 32) if args.shape is None or args.op in gc.OPS else args.shape
+        if len(size) == 4 and size[:2] == (1, 3):
+            size = size[2:]
+        if len(size) != 2:
+            raise ScratchnstError(f"--shape for vgg is H,W (or 1,3,H,W), got {','.join(map(str, size))}")
+        net = load_vgg16(args.weights, backend="numpy", dtype="float64", pooling=args.pooling)
+        options = {} if args.eps is None else {"rel_eps": args.eps}
+        rows = gc.vgg_layer_check(net, np.random.default_rng(args.seed), size=size, coords=args.samples, **options)
+        print(gc.format_layer_report(rows))
+        failed += sum(not r.passed for r in rows)
+    return 1 if failed else 0
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+_received_signal = [signal.SIGINT]
+
+
+def _on_sigterm(signum, frame):
+    _received_signal[0] = signum
+    raise KeyboardInterrupt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Neural style transfer from scratch: every backward pass by hand.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_stylize(sub)
+    _add_weights(sub)
+    _add_gradcheck(sub)
+    __import__("scratchnst.inspect", fromlist=["add_parser"]).add_parser(sub)  # `inspect`, in its own module
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    debug = args.debug or "--debug" in argv
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return args.func(args)
+    except ScratchnstError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 128 + _received_signal[0]
+    except ValueError as exc:  # a bad value the engine caught (shapes, layers): still the user's input
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2

@@ -1,0 +1,143 @@
+"""Every stylize option in one dataclass: defaults, validation and the manifest's "args".
+
+Validation raises ScratchnstError with the option's command-line name, before any heavy work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Sequence
+
+from scratchnst.backend import BACKENDS, DTYPES
+from scratchnst.errors import ScratchnstError
+from scratchnst.objective import CONTENT_LAYERS, STYLE_LAYERS
+from scratchnst.vgg import LAYER_NAMES, POOLINGS
+
+OPTIMIZERS = ("lbfgs", "adam")
+INITS = ("noise", "content", "style")
+DEFAULT_LEARNING_RATE = {"lbfgs": 1.0, "adam": 8.0}
+
+
+@dataclass
+class Settings:
+    size: int = 384
+    iterations: int = 120
+    scales: tuple[float, ...] = (0.5, 1.0)
+    seed: int = 0
+    content_weight: float = 1.0
+    style_weight: float = 1e3
+    tv_weight: float = 1e-3
+    content_layers: tuple[str, ...] = CONTENT_LAYERS
+    style_layers: tuple[str, ...] = STYLE_LAYERS
+    style_layer_weights: tuple[float, ...] | None = None
+    style_blend: tuple[float, ...] | None = None
+    style_scale: float = 1.0
+    init: str = "noise"
+    optimizer: str = "lbfgs"
+    learning_rate: float | None = None
+    lbfgs_history: int = 20
+    pooling: str = "max"
+    preserve_colors: bool = False
+    save_every: int = 0
+    checkpoint_every: int = 0
+    backend: str = "auto"
+    dtype: str = "float32"
+    weights: str | None = None
+    plot: bool = False
+    quiet: bool = False
+
+    def validated(self, n_styles: int) -> "Settings":
+        """Self, checked and normalised (tuples, default learning rate); ScratchnstError otherwise."""
+        _positive_int("size", self.size)
+        _positive_int("iterations", self.iterations)
+        _nonneg_int("save-every", self.save_every)
+        _nonneg_int("checkpoint-every", self.checkpoint_every)
+        _positive_int("lbfgs-history", self.lbfgs_history)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ScratchnstError(f"--seed must be a whole number ≥ 0 (got {self.seed!r})")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            _nonneg_float(name.replace("_", "-"), getattr(self, name))
+        _positive_float("style-scale", self.style_scale)
+        self.scales = tuple(float(s) for s in self.scales)
+        if not self.scales:
+            raise ScratchnstError("--scales needs at least one value")
+        for s in self.scales:
+            _positive_float("scales", s)
+            if s > 4:
+                raise ScratchnstError(f"--scales are fractions of --size (got {s}; use values like 0.5,1)")
+        self.content_layers = _layers("content-layers", self.content_layers)
+        self.style_layers = _layers("style-layers", self.style_layers)
+        if not self.content_layers and not self.style_layers:
+            raise ScratchnstError("--content-layers and --style-layers are both empty: nothing to optimise")
+        if self.style_layer_weights is not None:
+            self.style_layer_weights = _weights("style-layer-weights", self.style_layer_weights, len(self.style_layers), "style layers")
+        if self.style_blend is not None:
+            self.style_blend = _weights("style-blend", self.style_blend, n_styles, "style images")
+            if sum(self.style_blend) <= 0:
+                raise ScratchnstError("--style-blend must not sum to 0")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("pooling", self.pooling, POOLINGS)
+        _choice("backend", self.backend, BACKENDS)
+        _choice("dtype", self.dtype, DTYPES)
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATE[self.optimizer]
+        _positive_float("learning-rate", self.learning_rate)
+        return self
+
+    def as_args(self) -> dict:
+        """JSON-ready dict of every resolved option (the manifest's "args")."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_args(cls, args: dict) -> "Settings":
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if k in known}
+        return cls(**values)
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ScratchnstError(f"--{name} must be a whole number > 0 (got {value!r})")
+
+
+def _nonneg_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ScratchnstError(f"--{name} must be a whole number ≥ 0 (got {value!r})")
+
+
+def _nonneg_float(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ScratchnstError(f"--{name} must be a number (got {value!r})") from None
+    if not math.isfinite(v) or v < 0:
+        raise ScratchnstError(f"--{name} must be a finite number ≥ 0 (got {value!r})")
+    return v
+
+
+def _positive_float(name: str, value) -> None:
+    if _nonneg_float(name, value) <= 0:
+        raise ScratchnstError(f"--{name} must be > 0 (got {value!r})")
+
+
+def _choice(name: str, value, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ScratchnstError(f"--{name}: unknown value {value!r} (choose from {', '.join(choices)})")
+
+
+def _layers(name: str, layers) -> tuple[str, ...]:
+    layers = tuple(layers)
+    for layer in layers:
+        if layer not in LAYER_NAMES:
+            raise ScratchnstError(f"--{name}: unknown layer {layer!r} (layers are conv1_1, relu1_1, ..., relu5_3, pool5)")
+    if len(set(layers)) != len(layers):
+        raise ScratchnstError(f"--{name}: a layer is listed twice ({','.join(layers)})")
+    return layers
+
+
+def _weights(name: str, values, count: int, what: str) -> tuple[float, ...]:
+    values = tuple(_nonneg_float(name, v) for v in values)
+    if len(values) != count:
+        raise ScratchnstError(f"--{name} has {len(values)} values for {count} {what}")
+    return values

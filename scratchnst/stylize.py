@@ -1,0 +1,331 @@
+"""The style-transfer workflow: images in, optimised picture out, coarse to fine.
+
+image → preprocess → NSTObjective (VGG features, losses, backward) → optimiser → deprocess → image.
+`stylize()` is the Python API; the CLI is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scratchnst import image as im
+from scratchnst import report
+from scratchnst.backend import backend_name, to_host
+from scratchnst.errors import ScratchnstError
+from scratchnst.objective import NSTObjective
+from scratchnst.optim import OPTIMIZERS, make_optimizer
+from scratchnst.settings import Settings
+from scratchnst.vgg import load_vgg16
+
+NOISE_STD = 24.0
+DEFAULT = "<default>"  # manifest name of an embedded default image  # white-noise init, in preprocessed 0..255 units
+
+
+class NonFiniteError(ScratchnstError):
+    exit_code = 1
+
+
+@dataclass
+class Result:
+    image: Image.Image
+    history: list[dict]
+    manifest: dict
+    status: str = "done"
+    paths: dict = field(default_factory=dict)
+
+
+def _as_image(source, what: str) -> tuple[Image.Image, str]:
+    """(RGB image, description for the manifest) from a path, a PIL image / uint8 array, or None
+    (the embedded default)."""
+    if source is None or source == DEFAULT:
+        content, style = im.default_images()
+        return (content if what == "content" else style), DEFAULT
+    if isinstance(source, (str, os.PathLike)):
+        return im.load_image(source), str(Path(source).resolve())
+    if isinstance(source, Image.Image):
+        return source.convert("RGB"), f"<{what} image>"
+    return Image.fromarray(np.asarray(source, dtype=np.uint8)), f"<{what} array>"
+
+
+def _fit(img: Image.Image, long_side: int) -> Image.Image:
+    """Resize to `long_side`, or larger where needed to keep the short side ≥ MIN_SIDE."""
+    w, h = img.size
+    need = math.ceil(im.MIN_SIDE * max(w, h) / min(w, h))
+    return im.resize_long_side(img, max(long_side, need))
+
+
+def _scale_sizes(size: int, scales) -> list[int]:
+    return [max(im.MIN_SIDE, int(round(size * s))) for s in scales]
+
+
+def _resize_array(x, height: int, width: int):
+    """Bicubic resize of a preprocessed (1, 3, h, w) array to (1, 3, height, width), on x's module."""
+    xp_mod = x.__class__.__module__.split(".")[0]
+    host = to_host(x)
+    chans = [np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BICUBIC)) for c in host[0]]
+    out = np.stack(chans)[None].astype(host.dtype)
+    if xp_mod == "cupy":
+        import cupy
+
+        return cupy.asarray(out)
+    return out
+
+
+class Stylizer:
+    """One run: settings, the loaded images and net, progress, outputs, checkpoints."""
+
+    def __init__(self, content, styles, settings: Settings, out=None, *, on_progress=None):
+        styles = [None] if styles is None else list(styles)
+        if not styles:
+            raise ScratchnstError("give at least one style image")
+        self.settings = settings.validated(len(styles))
+        self.out = im.check_output_path(out) if out is not None else None
+        self.content, self.content_src = _as_image(content, "content")
+        loaded = [_as_image(s, "style") for s in styles]
+        self.styles = [img for img, _ in loaded]
+        self.style_srcs = [src for _, src in loaded]
+        if self.out is not None:
+            for src in [self.content_src, *self.style_srcs]:
+                if src == str(self.out):
+                    raise ScratchnstError(f"{self.out}: the output would overwrite an input image")
+        s = self.settings
+        self.init_image = None
+        if s.init not in ("noise", "content", "style"):
+            self.init_image = im.load_image(s.init)
+        self.sizes = _scale_sizes(s.size, s.scales)
+        self.net = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling)
+        self.xp = self.net.xp
+        self.on_progress = on_progress
+        self.history: list[dict] = []
+        self.evaluations = 0
+        self.iteration = 0
+        self.started = time.perf_counter()
+        self.elapsed_before = 0.0
+
+    # -- one scale ------------------------------------------------------------------------------
+
+    def _images_at(self, long_side: int):
+        """Preprocessed content and styles for one scale (luma-only when preserving colours)."""
+        s = self.settings
+        content = _fit(self.content, long_side)
+        styles = [_fit(st, int(round(long_side * s.style_scale))) for st in self.styles]
+        if s.preserve_colors:
+            styles = [im.match_luminance(st, content) for st in styles]
+            content = im.luma_rgb(content)
+        prep = lambda img: im.preprocess(img, dtype=s.dtype, xp=self.xp)
+        return prep(content), [prep(st) for st in styles]
+
+    def _start_point(self, content, styles, previous):
+        s = self.settings
+        _, _, h, w = content.shape
+        if previous is not None:
+            return _resize_array(previous, h, w)
+        if s.init == "content":
+            return content.copy()
+        if s.init == "style":
+            return _resize_array(styles[0], h, w)
+        if s.init == "noise":
+            rng = np.random.default_rng(s.seed)
+            return self.xp.asarray(rng.normal(0.0, NOISE_STD, (1, 3, h, w)).astype(s.dtype))
+        return im.preprocess(im.resize_to(self.init_image, w, h), dtype=s.dtype, xp=self.xp)
+
+    def _objective(self, content, styles) -> NSTObjective:
+        s = self.settings
+        return NSTObjective(
+            self.net, content, styles,
+            content_layers=s.content_layers, style_layers=s.style_layers,
+            content_weight=s.content_weight, style_weight=s.style_weight, tv_weight=s.tv_weight,
+            style_blend=s.style_blend, style_layer_weights=s.style_layer_weights,
+        )
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self, *, resume_state=None) -> Result:
+        s = self.settings
+        status, x, error = "done", None, None
+        first_scale, opt_state = 0, None
+        if resume_state is not None:
+            first_scale, opt_state, x = resume_state["scale_index"], resume_state["optimizer"], resume_state.get("x")
+            self.history = resume_state["history"]
+            self.iteration, self.evaluations = resume_state["iteration"], resume_state["evaluations"]
+            self.elapsed_before = resume_state["elapsed_s"]
+        total = s.iterations * len(self.sizes)
+        bar = report.progress_bar(total, initial=self.iteration, disable=s.quiet)
+        self.scale_index, self.opt = first_scale, None
+        try:
+            for self.scale_index in range(first_scale, len(self.sizes)):
+                content, styles = self._images_at(self.sizes[self.scale_index])
+                objective = self._objective(content, styles)
+                fun = self._tracked(objective)
+                if opt_state is not None:
+                    self.opt = OPTIMIZERS[s.optimizer].from_state(opt_state, fun, xp=self.xp)
+                    opt_state = None
+                else:
+                    x0 = self._start_point(content, styles, x)
+                    self.opt = make_optimizer(s.optimizer, x0, fun, **self._optimizer_options())
+                    self.evaluations += 1
+                    self._last_evals = 1
+                while self.opt.iteration < s.iterations and not self.opt.converged:
+                    before = self.opt.evaluations
+                    self.opt.step()
+                    self.evaluations += self.opt.evaluations - before
+                    if self.opt.nonfinite:
+                        break
+                    self.iteration += 1
+                    self._record()
+                    bar.update(1)
+                    bar.set_postfix_str(report.postfix(self.history[-1]))
+                    self._periodic_outputs()
+                x = self.opt.x
+                if self.opt.nonfinite:
+                    error = NonFiniteError(
+                        "the loss or gradient became NaN/inf; kept the last finite image. "
+                        "Try a lower --learning-rate or smaller --style-weight/--content-weight"
+                    )
+                    status = "failed"
+                    break
+                if self.scale_index + 1 < len(self.sizes):
+                    bar.total = self.iteration + s.iterations * (len(self.sizes) - self.scale_index - 1)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            bar.close()
+        result = self._finish(status)
+        if error is not None:
+            error.result = result
+            raise error
+        return result
+
+    def _optimizer_options(self) -> dict:
+        s = self.settings
+        opts = {"learning_rate": s.learning_rate}
+        if s.optimizer == "lbfgs":
+            opts["history"] = s.lbfgs_history
+        return opts
+
+    def _tracked(self, objective: NSTObjective):
+        """fun(x) that also remembers each evaluation's terms, to report those of the accepted point."""
+        self._terms = []
+
+        def fun(x):
+            loss, grad = objective.loss_and_grad(x)
+            self._terms = (self._terms + [(loss, dict(objective.last_terms))])[-32:]
+            return loss, grad
+
+        return fun
+
+    def _record(self) -> None:
+        loss = self.opt.loss
+        terms = next((t for l, t in reversed(self._terms) if l == loss), self._terms[-1][1] if self._terms else {})
+        self.history.append({
+            "iteration": self.iteration,
+            "scale": self.scale_index,
+            "size": self.sizes[self.scale_index],
+            "evaluations": self.evaluations,
+            "loss": loss,
+            "content": terms.get("content"),
+            "style": terms.get("style"),
+            "tv": terms.get("tv"),
+            "seconds": round(self.elapsed(), 3),
+        })
+        if self.on_progress is not None:
+            self.on_progress(self.history[-1])
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def current_image(self) -> Image.Image:
+        rgb = im.deprocess(self.opt.x)
+        if self.settings.preserve_colors:
+            rgb = im.preserve_colors(np.asarray(self.content), rgb)
+        return Image.fromarray(rgb)
+
+    def _periodic_outputs(self) -> None:
+        s = self.settings
+        if self.out is None:
+            return
+        if s.save_every and self.iteration % s.save_every == 0:
+            im.save_image(self.current_image(), report.iteration_path(self.out, self.iteration))
+        if s.checkpoint_every and self.iteration % s.checkpoint_every == 0:
+            report.write_checkpoint(self.out, self._checkpoint_state())
+            report.write_manifest(self.out, self._manifest("running"))
+
+    def _checkpoint_state(self) -> dict:
+        return {
+            "scale_index": self.scale_index,
+            "iteration": self.iteration,
+            "evaluations": self.evaluations,
+            "elapsed_s": self.elapsed(),
+            "history": self.history,
+            "optimizer": self.opt.state_dict(),
+        }
+
+    def _manifest(self, status: str) -> dict:
+        s = self.settings
+        return {
+            "version": report.version(),
+            "status": status,
+            "args": s.as_args(),
+            "output": str(self.out) if self.out is not None else None,
+            "content": self.content_src,
+            "styles": self.style_srcs,
+            "backend": backend_name(self.xp),
+            "dtype": s.dtype,
+            "weights_sha256": self.net.weights_sha256,
+            "content_size": list(self.content.size),
+            "style_sizes": [list(st.size) for st in self.styles],
+            "scale_sizes": self.sizes,
+            "evaluations": self.evaluations,
+            "history": self.history,
+            "final_loss": self.history[-1]["loss"] if self.history else (self.opt.loss if self.opt else None),
+            "elapsed_s": round(self.elapsed(), 3),
+        }
+
+    def _finish(self, status: str) -> Result:
+        if self.opt is None:
+            raise KeyboardInterrupt  # interrupted before there was anything to save
+        image = self.current_image()
+        manifest = self._manifest(status)
+        paths = {}
+        if self.out is not None:
+            im.save_image(image, self.out)
+            paths["image"] = str(self.out)
+            if status == "interrupted" or self.settings.checkpoint_every:
+                paths["checkpoint"] = str(report.write_checkpoint(self.out, self._checkpoint_state()))
+                manifest["checkpoint"] = paths["checkpoint"]
+            if self.settings.plot:
+                paths["plot"] = str(report.write_plot(self.out, self.history))
+            paths["manifest"] = str(report.write_manifest(self.out, manifest))
+        return Result(image, self.history, manifest, status, paths)
+
+
+def stylize(content=None, styles=None, *, out=None, on_progress=None, **options) -> Result:
+    """Stylize `content` with `styles` (paths, PIL images or uint8 RGB arrays; both default to the
+    embedded pair). Options are the Settings fields (size, iterations, scales, content_weight, ...).
+    With `out`, writes the image, the manifest (OUT with .json) and the extras the options ask for.
+    Returns a Result (image as PIL, history, manifest dict, status "done" or "interrupted").
+    """
+    if isinstance(styles, (str, os.PathLike, Image.Image)):
+        styles = [styles]
+    return Stylizer(content, styles, Settings(**options), out, on_progress=on_progress).run()
+
+
+def resume(manifest_path, *, quiet=None, on_progress=None) -> Result:
+    """Continue the interrupted run described by `manifest_path` (OUT.json) to its end."""
+    manifest, state = report.read_resumable(manifest_path)
+    settings = Settings.from_args(manifest["args"])
+    if quiet is not None:
+        settings.quiet = quiet
+    sources = [manifest["content"], *manifest["styles"]]
+    if any(src.startswith("<") and src != DEFAULT for src in sources):
+        raise ScratchnstError(f"{manifest_path}: the run used in-memory images, which cannot be reloaded to resume")
+    content, *styles = sources
+    stylizer = Stylizer(content, styles, settings, manifest["output"], on_progress=on_progress)
+    return stylizer.run(resume_state=state)
