@@ -12,6 +12,7 @@ import signal
 import sys
 import traceback
 
+from scratchnst import inspect
 from scratchnst.errors import ScratchnstError
 from scratchnst.settings import INITS, OPTIMIZERS, Settings
 
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stylize(sub)
     _add_weights(sub)
     _add_gradcheck(sub)
-    __import__("scratchnst.inspect", fromlist=["add_parser"]).add_parser(sub)  # `inspect`, in its own module
+    inspect.add_parser(sub)
     return parser
 
 
