@@ -14,7 +14,8 @@ from scratchnst.backend import get_array_module
 # Upper bound on one im2col tile. The full 9·C × H·W matrix of a 512² image is 600 MB at conv1_2;
 # a band of output rows keeps the working set small while leaving each GEMM big enough to run at
 # full speed.
-TILE_BYTES = 24 * 2**20
+TILE_BYTES = 16 * 2**20
+MIN_BAND_COLS = 4096
 
 
 class ConvCache(NamedTuple):
@@ -47,6 +48,8 @@ def _rows_per_band(col_bytes_per_row: int, out_h: int) -> int:
 
 def _conv_gemm(x, w, b, stride: int, pad: int):
     """The forward computation, shared by conv2d_forward and the stride-1 backward pass."""
+    if stride == 1:
+        return _conv_gemm_flat(x, w, b, pad)
     xp = get_array_module(x, w)
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
@@ -69,9 +72,55 @@ def _conv_gemm(x, w, b, stride: int, pad: int):
                 top = r0 * stride + p
                 for q in range(KW):
                     col[:, p, q] = img[:, top : top + stride * (R - 1) + 1 : stride, q : q + stride * (out_w - 1) + 1 : stride]
-            y[n, :, r0 : r0 + R] = (w2 @ col.reshape(K, R * out_w)).reshape(F, R, out_w)
+            xp.matmul(w2, col.reshape(K, R * out_w), out=y[n, :, r0 : r0 + R].reshape(F, R * out_w))
     if b is not None:
         y += b.reshape(1, F, 1, 1)
+    return y
+
+
+def _conv_gemm_flat(x, w, b, pad: int):
+    """Stride 1 on the "flat padded" image: every im2col row is one contiguous slice.
+
+    Pad each image once to (C, Hp, Wp) and flatten it to (C, Hp·Wp). Computing the output on a
+    (out_h, Wp) grid instead of (out_h, out_w), output position o = i·Wp + j reads input
+    (i + p)·Wp + (j + q) = o + (p·Wp + q) for kernel offset (p, q): a band of output rows needs,
+    per offset, the contiguous run flat[:, r0·Wp + p·Wp + q :][: R·Wp]. The last KW − 1 grid
+    columns of each row wrap into the next row; they are garbage and dropped when the band is
+    copied out (with the bias added in the same pass). KW − 1 zeros after the image keep the last
+    band's slices in bounds.
+    """
+    xp = get_array_module(x, w)
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    out_h = conv_output_size(H, KH, 1, pad)
+    out_w = conv_output_size(W, KW, 1, pad)
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    K = C * KH * KW
+    w2 = w.reshape(F, K)
+    flat = xp.zeros((C, Hp * Wp + KW - 1), dtype=x.dtype)
+    y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
+    rows = max(_rows_per_band((K + F) * Wp * x.dtype.itemsize, out_h), min(out_h, -(-MIN_BAND_COLS // Wp)))
+    colbuf = xp.empty(K * rows * Wp, dtype=x.dtype)
+    outbuf = xp.empty(F * rows * Wp, dtype=x.dtype)
+    bias = None if b is None else b.reshape(F, 1, 1)
+    for n in range(N):
+        # Borders stay zero from the allocation; only the interior is rewritten per image.
+        flat[:, : Hp * Wp].reshape(C, Hp, Wp)[:, pad : pad + H, pad : pad + W] = x[n]
+        for r0 in range(0, out_h, rows):
+            R = min(rows, out_h - r0)
+            L = R * Wp
+            col = colbuf[: K * L].reshape(C, KH * KW, L)
+            for p in range(KH):
+                for q in range(KW):
+                    start = (r0 + p) * Wp + q
+                    col[:, p * KW + q] = flat[:, start : start + L]
+            out = outbuf[: F * L].reshape(F, L)
+            xp.matmul(w2, col.reshape(K, L), out=out)
+            band = out.reshape(F, R, Wp)[:, :, :out_w]
+            if bias is None:
+                y[n, :, r0 : r0 + R] = band
+            else:
+                xp.add(band, bias, out=y[n, :, r0 : r0 + R])
     return y
 
 
@@ -90,13 +139,15 @@ def conv2d_forward(x, w, b, stride: int = 1, pad: int = 0):
 def conv2d_backward(dout, cache: ConvCache):
     """Input gradient dx: (N, C, H, W) from dout: (N, F, out_h, out_w). No weight gradients (frozen).
 
-    Stride 1 with pad ≤ K − 1: the gradient of a correlation is a "full" correlation of dout with the
-    kernel flipped in space and transposed in channels, w'[c, f, p, q] = w[f, c, KH−1−p, KW−1−q], padded by
-    K−1−pad. It runs through the same fast im2col+GEMM path as the forward. Otherwise: col2im.
+    Stride 1 with pad ≤ K − 1 and C > F/2: the gradient of a correlation is a "full" correlation of
+    dout with the kernel flipped in space and transposed in channels, w'[c, f, p, q] =
+    w[f, c, KH−1−p, KW−1−q], padded by K−1−pad; it runs through the same fast flat im2col+GEMM path as
+    the forward. Otherwise (other strides, or few input channels such as the RGB layer, where
+    im2col of dout would copy 9·F rows to produce C): col2im.
     """
     N, C, H, W = cache.x_shape
     F, _, KH, KW = cache.w.shape
-    if cache.stride == 1 and cache.pad <= min(KH, KW) - 1 and KH == KW:
+    if cache.stride == 1 and cache.pad <= min(KH, KW) - 1 and KH == KW and 2 * C > F:
         w_t = cache.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
         xp = get_array_module(dout)
         return _conv_gemm(dout, xp.ascontiguousarray(w_t), None, 1, KH - 1 - cache.pad)
@@ -113,12 +164,15 @@ def _col2im_backward(dout, cache: ConvCache):
     K = C * KH * KW
     w2t = w.reshape(F, K).T
     dxpad = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=dout.dtype)
-    rows = _rows_per_band(K * out_w * dout.dtype.itemsize, out_h)
+    rows = max(_rows_per_band(K * out_w * dout.dtype.itemsize, out_h), min(out_h, -(-MIN_BAND_COLS // out_w)))
+    buf = xp.empty(K * rows * out_w, dtype=dout.dtype)
     for n in range(N):
         img = dxpad[n]
         for r0 in range(0, out_h, rows):
             R = min(rows, out_h - r0)
-            dcol = (w2t @ dout[n, :, r0 : r0 + R].reshape(F, R * out_w)).reshape(C, KH, KW, R, out_w)
+            dcol = buf[: K * R * out_w].reshape(K, R * out_w)
+            xp.matmul(w2t, dout[n, :, r0 : r0 + R].reshape(F, R * out_w), out=dcol)
+            dcol = dcol.reshape(C, KH, KW, R, out_w)
             # Within one (p, q) the slice has no repeated positions, so += is a plain scatter;
             # overlaps between kernel offsets are summed by running the offsets one after another.
             for p in range(KH):

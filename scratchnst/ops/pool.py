@@ -43,7 +43,7 @@ def maxpool2d_forward(x, k: int, stride: int):
             argmax = xp.zeros(y.shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
             continue
         better = view > y
-        argmax[better] = offset
+        xp.copyto(argmax, offset, where=better)  # argmax[better] = offset without a boolean gather
         xp.maximum(y, view, out=y)
     return y, PoolCache(tuple(x.shape), k, stride, argmax)
 
@@ -53,8 +53,12 @@ def maxpool2d_backward(dout, cache: PoolCache):
     xp = get_array_module(dout)
     dx = xp.zeros(cache.x_shape, dtype=dout.dtype)
     for offset, view in _windows(dx, cache.k, cache.stride):
-        # view aliases dx; overlapping windows (k > stride) add up across offsets.
-        view += dout * (cache.argmax == offset)
+        if cache.k <= cache.stride:
+            # Windows do not overlap: each position of dx is written by one offset only.
+            xp.multiply(dout, cache.argmax == offset, out=view)
+        else:
+            # view aliases dx; overlapping windows (k > stride) add up across offsets.
+            view += dout * (cache.argmax == offset)
     return dx
 
 

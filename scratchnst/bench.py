@@ -1,0 +1,297 @@
+"""`scratchnst bench`: the speed of one objective evaluation (forward to relu5_1 + input gradient).
+
+For each image size, in a fresh subprocess (so peak RSS is that size's own): the float32 GEMM
+throughput of a square matmul, then seconds per `NSTObjective.loss_and_grad` (min of N after a
+warm-up) at the default layers, the conv FLOPs it performed, GFLOP/s and % of that GEMM peak.
+`--profile` adds a per-layer/op time breakdown of one evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from scratchnst.errors import ScratchnstError
+
+DEFAULT_SIZES = (128, 256, 512, 1024)
+GEMM_N = 2048
+
+
+def _clock(xp, fn) -> float:
+    """Seconds for fn(), synchronising the device first and after."""
+    sync = (lambda: xp.cuda.Device().synchronize()) if xp.__name__ == "cupy" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def gemm_peak(xp, dtype: str = "float32", n: int = GEMM_N, repeats: int = 5) -> float:
+    """GFLOP/s of an n×n @ n×n matmul on xp, best of `repeats` after one warm-up."""
+    rng = np.random.default_rng(0)
+    a = xp.asarray(rng.random((n, n), dtype=np.float32).astype(dtype))
+    b = xp.asarray(rng.random((n, n), dtype=np.float32).astype(dtype))
+    out = xp.empty((n, n), dtype=dtype)
+    xp.matmul(a, b, out=out)
+    return 2.0 * n**3 / min(_clock(xp, lambda: xp.matmul(a, b, out=out)) for _ in range(repeats)) / 1e9
+
+
+def conv_flops(params, height: int, width: int, layers) -> dict:
+    """FLOPs of the convs one evaluation runs: forward to the deepest of `layers`, and the same again
+    for the input gradient of every conv the backward pass crosses (all of them: it ends at the pixels).
+
+    params: VGG16.params ((F, C, KH, KW) kernels); each 3×3 pad-1 conv costs 2·F·C·KH·KW·H·W.
+    Returns {"forward": int, "backward": int, "total": int}.
+    """
+    from scratchnst.vgg import LAYER_NAMES, LAYERS
+
+    deepest = max(LAYER_NAMES.index(n) for n in layers)
+    fwd, h, w = 0, height, width
+    for _, kind, conv in LAYERS[: deepest + 1]:
+        if kind == "conv":
+            F, C, KH, KW = params[conv][0].shape
+            fwd += 2 * F * C * KH * KW * h * w
+        elif kind == "pool":
+            h, w = h // 2, w // 2
+    return {"forward": fwd, "backward": fwd, "total": 2 * fwd}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set of this process in MiB (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _objective(net, size: int):
+    """The default objective on the bundled images resized to size×size, and a start image."""
+    from scratchnst.image import default_images, preprocess, resize_to
+    from scratchnst.objective import NSTObjective
+
+    content, style = (resize_to(im, size, size) for im in default_images())
+    xp, dtype = net.xp, str(net.dtype)
+    c = preprocess(content, dtype=dtype, xp=xp)
+    s = preprocess(style, dtype=dtype, xp=xp)
+    obj = NSTObjective(net, c, [s])
+    # Start like a run a few steps in: content plus noise (any dense input costs the same).
+    noise = np.random.default_rng(0).standard_normal(c.shape).astype(dtype) * 10
+    x = c + xp.asarray(noise)
+    return obj, x
+
+
+def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: str = "float32", profile: bool = False) -> dict:
+    """Time one size in this process. Returns a dict of the measurements (see `run`)."""
+    from scratchnst.vgg import load_vgg16
+
+    net = load_vgg16(backend=backend, dtype=dtype)
+    xp = net.xp
+    obj, x = _objective(net, size)
+    flops = conv_flops(net.params, size, size, obj.layers)
+    loss, grad = obj.loss_and_grad(x)  # warm-up: first touch of every buffer
+    if grad.dtype != net.dtype:
+        raise ScratchnstError(f"gradient came back {grad.dtype}, expected {net.dtype}")
+    peak = gemm_peak(xp, dtype)  # right before the timed evaluations, under the same load
+    times = [_clock(xp, lambda: obj.loss_and_grad(x)) for _ in range(repeats)]
+    best = min(times)
+    result = {
+        "size": size,
+        "backend": backend,
+        "dtype": dtype,
+        "loss": float(loss),
+        "s_per_eval": best,
+        "s_per_eval_all": times,
+        "conv_gflop": flops["total"] / 1e9,
+        "gflops": flops["total"] / best / 1e9,
+        "gemm_peak_gflops": peak,
+        "pct_of_peak": 100.0 * flops["total"] / best / 1e9 / peak,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    if profile:
+        result["profile"] = profile_eval(obj, x)
+    return result
+
+
+def profile_eval(obj, x) -> dict:
+    """Time every op call of one evaluation (ops wrapped for the duration, then restored).
+
+    Returns {"total_s": float, "rows": [(op, input shape, calls, seconds)], largest first}; the time
+    outside the ops (loss arithmetic, gradient sums) is the row "other".
+    """
+    from scratchnst import ops
+
+    xp = obj.net.xp
+    rows: dict = {}
+
+    def wrap(name, fn):
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if xp.__name__ == "cupy":
+                xp.cuda.Device().synchronize()
+            key = (name, "×".join(str(d) for d in args[0].shape[1:]))
+            calls, secs = rows.get(key, (0, 0.0))
+            rows[key] = (calls + 1, secs + time.perf_counter() - t)
+            return out
+
+        return timed
+
+    names = [n for n in ops.__all__ if n.endswith(("_forward", "_backward"))]
+    saved = {n: getattr(ops, n) for n in names}
+    saved_pool = (obj.net._pool, obj.net._unpool)
+    try:
+        for n in names:
+            setattr(ops, n, wrap(n, saved[n]))
+        obj.net._pool = wrap(saved_pool[0].__name__, saved_pool[0])
+        obj.net._unpool = wrap(saved_pool[1].__name__, saved_pool[1])
+        total = _clock(xp, lambda: obj.loss_and_grad(x))
+    finally:
+        for n in names:
+            setattr(ops, n, saved[n])
+        obj.net._pool, obj.net._unpool = saved_pool
+    table = sorted(((op, shape, c, s) for (op, shape), (c, s) in rows.items()), key=lambda r: -r[3])
+    table.append(("other", "", 1, total - sum(r[3] for r in table)))
+    return {"total_s": total, "rows": table}
+
+
+def format_profile(prof: dict) -> str:
+    lines = [f"{'op':22s} {'input C×H×W':16s} {'calls':>5s} {'seconds':>8s} {'share':>6s}"]
+    for op, shape, calls, secs in prof["rows"]:
+        lines.append(f"{op:22s} {shape:16s} {calls:5d} {secs:8.3f} {100 * secs / prof['total_s']:5.1f}%")
+    return "\n".join(lines)
+
+
+def _child(size: int, args) -> dict:
+    cmd = [
+        sys.executable, "-m", "scratchnst.bench", "--child", str(size),
+        "--repeats", str(args.repeats), "--backend", args.backend, "--dtype", args.dtype,
+    ]
+    if args.profile:
+        cmd.append("--profile")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise ScratchnstError(f"bench at {size}×{size} failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _machine(backend: str) -> dict:
+    import platform
+
+    import numpy as np
+
+    info = {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.processor() or "?"}
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"], info["logical_cpus"] = names[0], len(names)
+    except (OSError, IndexError):
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+            for p in threadpool_info() if p.get("user_api") == "blas"
+        ]
+    except ImportError:
+        pass
+    return info
+
+
+def run(sizes=DEFAULT_SIZES, *, repeats: int = 3, backend: str = "numpy", dtype: str = "float32",
+        profile: bool = False, as_json: bool = False, out=sys.stdout) -> dict:
+    """Benchmark each size in its own subprocess; print a table (or JSON) to `out`.
+
+    Returns {"machine": {...}, "results": [per-size dicts with size, s_per_eval, conv_gflop, gflops,
+    gemm_peak_gflops, pct_of_peak, peak_rss_mb, loss, ...]}.
+    """
+    args = type("A", (), {"repeats": repeats, "backend": backend, "dtype": dtype, "profile": profile})
+    report = {"machine": _machine(backend), "results": []}
+    if not as_json:
+        print(f"{'size':>6s} {'s/eval':>8s} {'conv GFLOP':>10s} {'GFLOP/s':>8s} {'GEMM peak':>9s} {'% peak':>7s} {'peak RSS MB':>11s}", file=out)
+    for size in sizes:
+        r = _child(size, args)
+        report["results"].append(r)
+        if not as_json:
+            print(
+                f"{size:6d} {r['s_per_eval']:8.3f} {r['conv_gflop']:10.1f} {r['gflops']:8.1f} "
+                f"{r['gemm_peak_gflops']:9.1f} {r['pct_of_peak']:6.1f}% {r['peak_rss_mb']:11.0f}",
+                file=out, flush=True,
+            )
+    if as_json:
+        print(json.dumps(report, indent=1), file=out)
+    elif profile:
+        for r in report["results"]:
+            print(f"\nprofile at {r['size']}×{r['size']} (one evaluation, {r['profile']['total_s']:.3f} s):", file=out)
+            print(format_profile(r["profile"]), file=out)
+    return report
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    import argparse
+
+    try:
+        sizes = tuple(int(part) for part in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 256,512, got {text!r}") from None
+    if not sizes or min(sizes) < 32:
+        raise argparse.ArgumentTypeError(f"sizes must be ≥ 32 (five 2×2 pools), got {text!r}")
+    return sizes
+
+
+def add_parser(subparsers) -> None:
+    """Register `bench` on the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "bench",
+        help="time one objective evaluation per image size; GFLOP/s vs GEMM peak, peak RSS",
+        description=(
+            "Each size runs in a fresh subprocess: GEMM peak, then s/eval of NSTObjective.loss_and_grad at "
+            "the default layers (min of --repeats after a warm-up), conv GFLOP/s, % of peak, peak RSS."
+        ),
+    )
+    p.add_argument("--sizes", type=_sizes, default=None, help="comma-separated square sizes (default 128,256,512,1024)")
+    p.add_argument("--include-2048", action="store_true", help="also run 2048×2048 (minutes, ~several GB)")
+    p.add_argument("--repeats", type=int, default=3, help="timed evaluations per size (min is reported)")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--profile", action="store_true", help="also break one evaluation down by layer and op")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    if args.repeats < 1:
+        raise ScratchnstError("--repeats must be ≥ 1")
+    sizes = tuple(args.sizes or DEFAULT_SIZES) + ((2048,) if args.include_2048 else ())
+    run(sizes, repeats=args.repeats, backend=args.backend, dtype=args.dtype, profile=args.profile, as_json=args.json)
+    return 0
+
+
+def _child_main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="scratchnst.bench")
+    p.add_argument("--child", type=int, required=True)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--backend", default="numpy")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--profile", action="store_true")
+    a = p.parse_args(argv)
+    r = measure_size(a.child, repeats=a.repeats, backend=a.backend, dtype=a.dtype, profile=a.profile)
+    print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
