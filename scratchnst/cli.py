@@ -41,8 +41,22 @@ def _positive_int(text: str) -> int:
 
 
 def _nonneg_int(text: str) -> int:
-    value = _positive_int(text) if text.strip() not in ("0", "+0", "-0") else 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
     return value
+
+
+def _byte_count(text: str) -> int:
+    from scratchnst.memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _finite_float(text: str) -> float:
@@ -118,6 +132,7 @@ def _add_stylize(subparsers) -> None:
     g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=DEFAULTS.backend)
     g.add_argument("--dtype", choices=("float32", "float64"), default=DEFAULTS.dtype)
     g.add_argument("--weights", metavar="PATH", default=None, help="VGG-16 weights file (default: $SCRATCHNST_WEIGHTS, the cache, or fetch)")
+    g.add_argument("--max-memory", type=_byte_count, default=None, metavar="BYTES", help="memory the run may use, e.g. 2G, 500M (default: what the machine or GPU has available)")
     p.set_defaults(func=_run_stylize)
 
 
@@ -128,6 +143,8 @@ def _run_stylize(args) -> int:
     from scratchnst.stylize import resume, stylize
 
     if args.resume:
+        if args.content is not None:
+            raise ScratchnstError("--resume takes no CONTENT/STYLE: the run's manifest names them")
         result = resume(args.resume, quiet=args.quiet)
     else:
         if args.content is not None and not args.styles:
@@ -257,15 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stylize(sub)
     _add_weights(sub)
     _add_gradcheck(sub)
+    from scratchnst import bench
+
+    bench.add_parser(sub)
     inspect.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    debug = args.debug or "--debug" in argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --debug is accepted anywhere (before or after the subcommand).
+    debug = "--debug" in argv
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
@@ -277,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + _received_signal[0]
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: out of memory; try a smaller --size (or fewer/smaller style images)", file=sys.stderr)
+        return 1
     except ValueError as exc:  # a bad value the engine caught (shapes, layers): still the user's input
         if debug:
             traceback.print_exc()

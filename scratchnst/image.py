@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import types
 import warnings
 from importlib import resources
@@ -134,11 +135,14 @@ def resize_long_side(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     if max(w, h) == size:
         return img
+    return img.resize(long_side_dims(w, h, size), Image.Resampling.LANCZOS)
+
+
+def long_side_dims(w: int, h: int, size: int) -> tuple[int, int]:
+    """(width, height) of a w x h image resized so its long side is `size` (rounded, ≥ 1)."""
     if w >= h:
-        new = (size, max(1, (h * size + w // 2) // w))
-    else:
-        new = (max(1, (w * size + h // 2) // h), size)
-    return img.resize(new, Image.Resampling.LANCZOS)
+        return size, max(1, (h * size + w // 2) // w)
+    return max(1, (w * size + h // 2) // h), size
 
 
 def resize_to(img: Image.Image, width: int, height: int) -> Image.Image:
@@ -197,8 +201,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
     """Validate an output image path before any heavy work; returns it resolved.
 
     Checks: extension in SAVE_FORMATS, not a directory, and the parent directory either exists
-    and is writable or can be created (its nearest existing ancestor is a writable directory).
-    Creates nothing. Raises ScratchnstError naming the path.
+    and is writable or can be created (its nearest existing ancestor is a writable directory,
+    proved by creating and removing a probe file there). Leaves nothing behind. Raises ScratchnstError naming the path.
     """
     p = Path(path).expanduser()
     if p.suffix.lower() not in SAVE_FORMATS:
@@ -214,6 +218,13 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise ScratchnstError(f"{p}: cannot create its directory ({ancestor} is not a directory)")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ScratchnstError(f"{p}: output directory {ancestor} is not writable")
+    # access() trusts the mode bits; root, read-only mounts and pseudo file systems need a real try.
+    try:
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".scratchnst-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ScratchnstError(f"{p}: output directory {ancestor} is not writable ({_one_line(exc)})") from None
     return p
 
 

@@ -87,9 +87,13 @@ def read_resumable(manifest_file) -> tuple[dict, dict]:
         raise ScratchnstError(f"{path}: cannot read the run manifest ({' '.join(str(exc).split())})") from None
     if not isinstance(manifest, dict) or "args" not in manifest or "output" not in manifest:
         raise ScratchnstError(f"{path}: not a scratchnst run manifest")
-    if manifest.get("status") == "done":
+    status = manifest.get("status")
+    if status == "done":
         raise ScratchnstError(f"{path}: that run is already done; nothing to resume")
-    ckpt = manifest.get("checkpoint")
+    if status == "failed":
+        raise ScratchnstError(f"{path}: that run failed ({manifest.get('error', 'see the manifest')}); resuming would fail again")
+    # "interrupted" (Ctrl-C/SIGTERM) or "running" (the manifest of a checkpoint; the run was killed).
+    ckpt = manifest.get("checkpoint") or (manifest["output"] and str(checkpoint_path(manifest["output"])))
     if not ckpt or not Path(ckpt).is_file():
         raise ScratchnstError(f"{path}: no checkpoint to resume from (run with --checkpoint-every N, or interrupt it with Ctrl-C)")
     return manifest, read_checkpoint(Path(ckpt))

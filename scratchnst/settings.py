@@ -46,6 +46,7 @@ class Settings:
     weights: str | None = None
     plot: bool = False
     quiet: bool = False
+    max_memory: int | None = None  # bytes the run may use; None: what the machine/GPU has available
 
     def validated(self, n_styles: int) -> "Settings":
         """Self, checked and normalised (tuples, default learning rate); ScratchnstError otherwise."""
@@ -54,6 +55,15 @@ class Settings:
         _nonneg_int("save-every", self.save_every)
         _nonneg_int("checkpoint-every", self.checkpoint_every)
         _positive_int("lbfgs-history", self.lbfgs_history)
+        if self.max_memory is not None:
+            if isinstance(self.max_memory, str):
+                from scratchnst.memory import parse_bytes
+
+                try:
+                    self.max_memory = parse_bytes(self.max_memory)
+                except ValueError as exc:
+                    raise ScratchnstError(f"--max-memory: {exc}") from None
+            _positive_int("max-memory", self.max_memory)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ScratchnstError(f"--seed must be a whole number ≥ 0 (got {self.seed!r})")
         for name in ("content_weight", "style_weight", "tv_weight"):

@@ -17,18 +17,21 @@ from PIL import Image
 
 from scratchnst import image as im
 from scratchnst import report
-from scratchnst.backend import backend_name, to_host
+from scratchnst.backend import backend_name, get_backend, to_host
 from scratchnst.errors import ScratchnstError
+from scratchnst.memory import check_fits
 from scratchnst.objective import NSTObjective
 from scratchnst.optim import OPTIMIZERS, make_optimizer
 from scratchnst.settings import Settings
 from scratchnst.vgg import load_vgg16
 
-NOISE_STD = 24.0
-DEFAULT = "<default>"  # manifest name of an embedded default image  # white-noise init, in preprocessed 0..255 units
+NOISE_STD = 24.0  # white-noise init, in preprocessed 0..255 units
+DEFAULT = "<default>"  # manifest name of an embedded default image
 
 
 class NonFiniteError(ScratchnstError):
+    """The loss or gradient became NaN/inf; the last finite image was saved. Exit code 1."""
+
     exit_code = 1
 
 
@@ -78,6 +81,33 @@ def _resize_array(x, height: int, width: int):
     return out
 
 
+def _check_not_an_input(out: Path, inputs) -> None:
+    """ScratchnstError if the output path is (resolved, or the same file as) one of the inputs."""
+    for src in inputs:
+        if src is None or str(src).startswith("<"):
+            continue
+        same = Path(src).resolve() == out
+        if not same and out.exists():
+            try:
+                same = os.path.samefile(src, out)
+            except OSError:
+                pass
+        if same:
+            raise ScratchnstError(f"{out}: the output would overwrite the input image {src}")
+
+
+def _check_not_too_elongated(img: Image.Image, long_side: int, src: str) -> None:
+    """ScratchnstError if resizing to `long_side` leaves a side shorter than the net can take."""
+    w, h = img.size
+    short = min(im.long_side_dims(w, h, long_side))
+    if short < im.MIN_SIDE:
+        need = math.ceil(im.MIN_SIDE * max(w, h) / min(w, h))
+        raise ScratchnstError(
+            f"{src}: a {w}x{h} image would be {short} px on its short side at {long_side} px; "
+            f"the network needs at least {im.MIN_SIDE}: use --size ≥ {need} or a less elongated image"
+        )
+
+
 class Stylizer:
     """One run: settings, the loaded images and net, progress, outputs, checkpoints."""
 
@@ -91,15 +121,19 @@ class Stylizer:
         loaded = [_as_image(s, "style") for s in styles]
         self.styles = [img for img, _ in loaded]
         self.style_srcs = [src for _, src in loaded]
-        if self.out is not None:
-            for src in [self.content_src, *self.style_srcs]:
-                if src == str(self.out):
-                    raise ScratchnstError(f"{self.out}: the output would overwrite an input image")
         s = self.settings
         self.init_image = None
         if s.init not in ("noise", "content", "style"):
             self.init_image = im.load_image(s.init)
+        if self.out is not None:
+            inputs = [self.content_src, *self.style_srcs] + ([s.init] if self.init_image is not None else [])
+            _check_not_an_input(self.out, inputs)
         self.sizes = _scale_sizes(s.size, s.scales)
+        _check_not_too_elongated(self.content, self.sizes[-1], self.content_src)
+        for st, src in zip(self.styles, self.style_srcs):
+            _check_not_too_elongated(st, int(round(self.sizes[-1] * s.style_scale)), src)
+        # Cheap checks are done; refuse a run that cannot fit before the net is allocated.
+        self.memory_estimate = check_fits(s, self.content.size, [st.size for st in self.styles], get_backend(s.backend))
         self.net = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling)
         self.xp = self.net.xp
         self.on_progress = on_progress
@@ -148,6 +182,15 @@ class Stylizer:
     # -- the run --------------------------------------------------------------------------------
 
     def run(self, *, resume_state=None) -> Result:
+        """Optimise every scale (from `resume_state`, a read checkpoint, if given); write the outputs.
+
+        NumPy's overflow/invalid warnings are silenced: non-finite values are detected by the
+        optimisers and reported once, as NonFiniteError.
+        """
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return self._run(resume_state)
+
+    def _run(self, resume_state) -> Result:
         s = self.settings
         status, x, error = "done", None, None
         first_scale, opt_state = 0, None
@@ -159,12 +202,18 @@ class Stylizer:
         total = s.iterations * len(self.sizes)
         bar = report.progress_bar(total, initial=self.iteration, disable=s.quiet)
         self.scale_index, self.opt = first_scale, None
+        self.opt_scale, base = first_scale, None  # the scale self.opt belongs to; global iteration - opt's
         try:
             for self.scale_index in range(first_scale, len(self.sizes)):
                 content, styles = self._images_at(self.sizes[self.scale_index])
                 objective = self._objective(content, styles)
                 fun = self._tracked(objective)
                 if opt_state is not None:
+                    if tuple(opt_state["x"].shape) != tuple(content.shape):
+                        raise ScratchnstError(
+                            f"the checkpoint's image is {opt_state['x'].shape[3]}x{opt_state['x'].shape[2]} but this scale is "
+                            f"{content.shape[3]}x{content.shape[2]}: the input images changed since the run was interrupted"
+                        )
                     self.opt = OPTIMIZERS[s.optimizer].from_state(opt_state, fun, xp=self.xp)
                     opt_state = None
                 else:
@@ -172,6 +221,7 @@ class Stylizer:
                     self.opt = make_optimizer(s.optimizer, x0, fun, **self._optimizer_options())
                     self.evaluations += 1
                     self._last_evals = 1
+                self.opt_scale, base = self.scale_index, self.iteration - self.opt.iteration
                 while self.opt.iteration < s.iterations and not self.opt.converged:
                     before = self.opt.evaluations
                     self.opt.step()
@@ -185,9 +235,10 @@ class Stylizer:
                     self._periodic_outputs()
                 x = self.opt.x
                 if self.opt.nonfinite:
+                    kept = f" ({self.out})" if self.out is not None else ""
                     error = NonFiniteError(
-                        "the loss or gradient became NaN/inf; kept the last finite image. "
-                        "Try a lower --learning-rate or smaller --style-weight/--content-weight"
+                        f"the loss or gradient became NaN/inf at iteration {self.iteration + 1}; kept the last "
+                        f"finite image{kept}. Try a lower --learning-rate or smaller --style-weight/--content-weight"
                     )
                     status = "failed"
                     break
@@ -195,9 +246,15 @@ class Stylizer:
                     bar.total = self.iteration + s.iterations * (len(self.sizes) - self.scale_index - 1)
         except KeyboardInterrupt:
             status = "interrupted"
+            # An interrupt that landed between opt.step() returning and its bookkeeping: record the
+            # finished step, so the checkpoint's counters and history agree with the optimiser's.
+            if self.opt is not None and base is not None and self.opt_scale == self.scale_index:
+                self.iteration = max(self.iteration, base + self.opt.iteration)
+                if self.iteration and (not self.history or self.history[-1]["iteration"] < self.iteration):
+                    self._record()
         finally:
             bar.close()
-        result = self._finish(status)
+        result = self._finish(status, error)
         if error is not None:
             error.result = result
             raise error
@@ -254,12 +311,16 @@ class Stylizer:
         if s.save_every and self.iteration % s.save_every == 0:
             im.save_image(self.current_image(), report.iteration_path(self.out, self.iteration))
         if s.checkpoint_every and self.iteration % s.checkpoint_every == 0:
-            report.write_checkpoint(self.out, self._checkpoint_state())
-            report.write_manifest(self.out, self._manifest("running"))
+            # Checkpoint first, then the manifest that points at it: a kill between the two leaves
+            # the previous (consistent) pair, or a newer checkpoint the manifest still finds.
+            manifest = self._manifest("running")
+            manifest["checkpoint"] = str(report.write_checkpoint(self.out, self._checkpoint_state()))
+            report.write_manifest(self.out, manifest)
 
     def _checkpoint_state(self) -> dict:
         return {
-            "scale_index": self.scale_index,
+            # A checkpoint taken between scales belongs to the scale its optimiser finished.
+            "scale_index": self.opt_scale,
             "iteration": self.iteration,
             "evaluations": self.evaluations,
             "elapsed_s": self.elapsed(),
@@ -288,11 +349,13 @@ class Stylizer:
             "elapsed_s": round(self.elapsed(), 3),
         }
 
-    def _finish(self, status: str) -> Result:
+    def _finish(self, status: str, error: Exception | None = None) -> Result:
         if self.opt is None:
             raise KeyboardInterrupt  # interrupted before there was anything to save
         image = self.current_image()
         manifest = self._manifest(status)
+        if error is not None:
+            manifest["error"] = " ".join(str(error).split())
         paths = {}
         if self.out is not None:
             im.save_image(image, self.out)
@@ -311,6 +374,8 @@ def stylize(content=None, styles=None, *, out=None, on_progress=None, **options)
     embedded pair). Options are the Settings fields (size, iterations, scales, content_weight, ...).
     With `out`, writes the image, the manifest (OUT with .json) and the extras the options ask for.
     Returns a Result (image as PIL, history, manifest dict, status "done" or "interrupted").
+    A non-finite loss/gradient raises NonFiniteError after saving the last finite image (status
+    "failed"; the Result is on the exception's `.result`).
     """
     if isinstance(styles, (str, os.PathLike, Image.Image)):
         styles = [styles]

@@ -1,0 +1,162 @@
+"""Peak-memory estimate of a stylize run, and what the machine (or GPU) has: refuse before allocating.
+
+The model (bytes), calibrated against measured peak RSS on the NumPy backend (docs/reliability.md):
+
+    BASELINE                              interpreter, NumPy/PIL/h5py, reading + verifying the weights
+  + WEIGHTS_BYTES * itemsize / 4          the 13 conv layers on the backend, in the run's dtype
+  + ACT_FACTOR * E * P * itemsize         activations and backward caches at the largest scale
+  + im2col tile bound                     ops.conv's TILE_BYTES, twice (forward band + backward band)
+  + optimiser vectors                     L-BFGS: 2 * history + 8 vectors of 3 * H * W; Adam: 6
+
+P is the largest pixel count the net sees (the output at the largest scale, or a style image at
+size x style_scale), E the number of activation elements per input pixel of every VGG layer up to
+the deepest requested one (a 2x2 pool quarters the pixels), and ACT_FACTOR the measured multiple
+of that (caches, masks, transient copies of the forward and backward).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import types
+from typing import Sequence
+
+BASELINE = 120 * 2**20
+WEIGHTS_BYTES = 58_889_256  # float32 size of the 13 conv layers (the Keras notop file)
+ACT_FACTOR = 1.0
+TILE_BOUND = 2 * 16 * 2**20
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """"2G", "500M", "1.5GiB", "123456" -> bytes (K/M/G/T are powers of 1024); ValueError otherwise."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.I)
+    if not m:
+        raise ValueError(f"expected a size like 2G, 500M or a number of bytes, got {text!r}")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    """1610612736 -> '1.50 GB' (binary units, as --max-memory reads them)."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _elements_per_pixel(layers: Sequence[str]) -> float:
+    """Activation elements per input pixel of every VGG layer up to the deepest of `layers`."""
+    from scratchnst.vgg import LAYER_NAMES, LAYERS
+
+    deepest = max((LAYER_NAMES.index(n) for n in layers if n in LAYER_NAMES), default=0)
+    total, channels, area = 3.0, 3, 1.0
+    for name, kind, _ in LAYERS[: deepest + 1]:
+        if kind == "conv":
+            block, i = (int(v) for v in name[4:].split("_"))
+            channels = (64, 128, 256, 512, 512)[block - 1]
+        elif kind == "pool":
+            area /= 4
+        total += channels * area
+    return total
+
+
+def estimate_peak_bytes(settings, content_size: tuple[int, int], style_sizes: Sequence[tuple[int, int]]) -> int:
+    """Upper estimate of the peak memory of a run (bytes), before anything big is allocated.
+
+    settings: validated Settings; content_size, style_sizes: (width, height) of the loaded images.
+    """
+    from scratchnst.image import MIN_SIDE, long_side_dims
+
+    itemsize = 8 if settings.dtype == "float64" else 4
+    top = max(MIN_SIDE, int(round(settings.size * max(settings.scales))))
+    cw, ch = long_side_dims(*content_size, top)
+    pixels = cw * ch
+    for sw, sh in style_sizes:
+        w, h = long_side_dims(sw, sh, max(MIN_SIDE, int(round(top * settings.style_scale))))
+        pixels = max(pixels, w * h)
+    elems = _elements_per_pixel((*settings.content_layers, *settings.style_layers))
+    activations = ACT_FACTOR * elems * pixels * itemsize
+    vectors = 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
+    optimiser = vectors * 3 * cw * ch * itemsize
+    return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + activations + TILE_BOUND + optimiser)
+
+
+def largest_size_that_fits(settings, content_size, style_sizes, limit: int) -> int | None:
+    """The largest --size (others unchanged) whose estimate is ≤ limit; None if not even the minimum."""
+    from dataclasses import replace
+
+    from scratchnst.image import MIN_SIDE
+
+    fits = lambda size: estimate_peak_bytes(replace(settings, size=size), content_size, style_sizes) <= limit
+    lo, hi = MIN_SIDE, settings.size
+    if not fits(lo):
+        return None
+    while lo < hi:  # invariant: fits(lo)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def available_bytes(xp: types.ModuleType | None = None) -> int | None:
+    """Bytes the run can still allocate: free GPU memory for CuPy, else the host's available memory
+    (MemAvailable, capped by a cgroup limit); None when it cannot be told."""
+    if xp is not None and xp.__name__ == "cupy":
+        free, _ = xp.cuda.runtime.memGetInfo()
+        return int(free + xp.get_default_memory_pool().free_bytes())
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    found.extend(_cgroup_room())
+    return min(found) if found else None
+
+
+def _cgroup_room() -> list[int]:
+    """[limit - usage] of this process's cgroup (v2, or v1), if it has a memory limit."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            return [max(0, int(limit) - usage)]
+    return []
+
+
+def check_fits(settings, content_size, style_sizes, xp=None) -> int:
+    """The estimate in bytes; ScratchnstError when it exceeds --max-memory or what is available."""
+    from scratchnst.errors import ScratchnstError
+
+    need = estimate_peak_bytes(settings, content_size, style_sizes)
+    limit = getattr(settings, "max_memory", None)
+    where = "allowed by --max-memory"
+    if limit is None:
+        limit = available_bytes(xp)
+        where = "free on the GPU" if xp is not None and xp.__name__ == "cupy" else "available on this machine"
+        if limit is None:
+            return need
+    if need <= limit:
+        return need
+    best = largest_size_that_fits(settings, content_size, style_sizes, limit)
+    hint = f"largest --size that fits: {best}" if best else "not even the smallest size fits"
+    raise ScratchnstError(
+        f"estimated peak memory {format_bytes(need)} > {format_bytes(limit)} {where}; "
+        f"{hint} (--max-memory sets the limit)"
+    )
