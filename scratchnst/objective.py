@@ -14,6 +14,10 @@ from scratchnst.vgg import check_layers
 
 CONTENT_LAYERS = ("relu4_1",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+# Default α, β, γ, tuned by eye for `stylize`'s default 384 px. The content term grows with the
+# number of positions M while the style term does not (G ∝ M, divided by M²), so at larger sizes
+# the same weights favour content: raise β with the size.
+CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = 1.0, 3e2, 1e-3
 
 
 def _finite_nonneg(name: str, value: float) -> float:
@@ -53,9 +57,9 @@ class NSTObjective:
         *,
         content_layers: Sequence[str] = CONTENT_LAYERS,
         style_layers: Sequence[str] = STYLE_LAYERS,
-        content_weight: float = 1.0,
-        style_weight: float = 1e3,
-        tv_weight: float = 0.0,
+        content_weight: float = CONTENT_WEIGHT,
+        style_weight: float = STYLE_WEIGHT,
+        tv_weight: float = TV_WEIGHT,
         style_blend: Sequence[float] | None = None,
         style_layer_weights: Sequence[float] | None = None,
     ):

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from scratchnst.backend import BACKENDS, DTYPES
 from scratchnst.errors import ScratchnstError
-from scratchnst.objective import CONTENT_LAYERS, STYLE_LAYERS
+from scratchnst.objective import CONTENT_LAYERS, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT
 from scratchnst.vgg import LAYER_NAMES, POOLINGS
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -22,12 +22,12 @@ DEFAULT_LEARNING_RATE = {"lbfgs": 1.0, "adam": 8.0}
 @dataclass
 class Settings:
     size: int = 384
-    iterations: int = 120
+    iterations: int = 60
     scales: tuple[float, ...] = (0.5, 1.0)
     seed: int = 0
-    content_weight: float = 1.0
-    style_weight: float = 1e3
-    tv_weight: float = 1e-3
+    content_weight: float = CONTENT_WEIGHT
+    style_weight: float = STYLE_WEIGHT
+    tv_weight: float = TV_WEIGHT
     content_layers: tuple[str, ...] = CONTENT_LAYERS
     style_layers: tuple[str, ...] = STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
