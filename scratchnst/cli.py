@@ -20,6 +20,19 @@ PROG = "scratchnst"
 DEFAULTS = Settings()
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help lines end with the default, written as it would be typed (comma lists, no None)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        value = action.default
+        if "default" in text or value is None or value is False or value == argparse.SUPPRESS or not action.option_strings:
+            return text
+        if isinstance(value, (tuple, list)):
+            value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        return f"{text} (default: {value})"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump), exit 2."""
 
@@ -96,7 +109,7 @@ def _add_stylize(subparsers) -> None:
         "stylize",
         help="paint CONTENT in the style of STYLE (no arguments: the embedded example)",
         description="Neural style transfer (Gatys et al. 2015). With no CONTENT/STYLE, stylizes the embedded example pair.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     p.add_argument("content", nargs="?", help="content image (default: the embedded photo)")
     p.add_argument("styles", nargs="*", metavar="style", help="one or more style images (default: the embedded painting)")
@@ -119,7 +132,7 @@ def _add_stylize(subparsers) -> None:
     g.add_argument("--pooling", choices=("max", "avg"), default=DEFAULTS.pooling, help="VGG pooling")
     g = p.add_argument_group("optimisation")
     g.add_argument("--init", default=DEFAULTS.init, help=f"start image: {'|'.join(INITS)}|PATH")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer, help="L-BFGS (strong-Wolfe line search) or Adam")
     g.add_argument("--learning-rate", type=_finite_float, default=None, help="step scale (default: 1 for lbfgs, 8 for adam)")
     g.add_argument("--lbfgs-history", type=_positive_int, default=DEFAULTS.lbfgs_history, help="L-BFGS memory (pairs kept)")
     g = p.add_argument_group("output")
@@ -129,8 +142,8 @@ def _add_stylize(subparsers) -> None:
     g.add_argument("--plot", action="store_true", help="write the loss curves as OUT_loss.png")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("engine")
-    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=DEFAULTS.backend)
-    g.add_argument("--dtype", choices=("float32", "float64"), default=DEFAULTS.dtype)
+    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=DEFAULTS.backend, help="array library; auto = CuPy when a CUDA device works")
+    g.add_argument("--dtype", choices=("float32", "float64"), default=DEFAULTS.dtype, help="precision of the whole computation")
     g.add_argument("--weights", metavar="PATH", default=None, help="VGG-16 weights file (default: $SCRATCHNST_WEIGHTS, the cache, or fetch)")
     g.add_argument("--max-memory", type=_byte_count, default=None, metavar="BYTES", help="memory the run may use, e.g. 2G, 500M (default: what the machine or GPU has available)")
     p.set_defaults(func=_run_stylize)
