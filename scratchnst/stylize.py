@@ -17,7 +17,7 @@ from PIL import Image
 
 from scratchnst import image as im
 from scratchnst import report
-from scratchnst.backend import backend_name, get_backend, to_host
+from scratchnst.backend import backend_name, get_array_module, get_backend, to_host
 from scratchnst.errors import ScratchnstError
 from scratchnst.memory import check_fits
 from scratchnst.objective import NSTObjective
@@ -69,16 +69,13 @@ def _scale_sizes(size: int, scales) -> list[int]:
 
 
 def _resize_array(x, height: int, width: int):
-    """Bicubic resize of a preprocessed (1, 3, h, w) array to (1, 3, height, width), on x's module."""
-    xp_mod = x.__class__.__module__.split(".")[0]
+    """Bicubic resize of a preprocessed (1, 3, h, w) array to (1, 3, height, width), on x's module.
+
+    Runs on the host (PIL, per channel in float32): it happens once per scale change, not per evaluation.
+    """
     host = to_host(x)
     chans = [np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BICUBIC)) for c in host[0]]
-    out = np.stack(chans)[None].astype(host.dtype)
-    if xp_mod == "cupy":
-        import cupy
-
-        return cupy.asarray(out)
-    return out
+    return get_array_module(x).asarray(np.stack(chans)[None].astype(host.dtype))
 
 
 def _check_not_an_input(out: Path, inputs) -> None:
