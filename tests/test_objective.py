@@ -114,3 +114,13 @@ def test_float32_objective_stays_float32_and_agrees_with_float64(rng):
     assert g32.dtype == np.float32
     assert l32 == pytest.approx(l64, rel=1e-4)
     assert np.max(np.abs(g32 - g64)) / np.max(np.abs(g64)) < 1e-4
+
+
+@pytest.mark.weights
+def test_objective_gradient_through_the_real_vgg16(rng, vgg_weights_path):
+    """The full objective through the real network (float64, 32×32), at sampled pixels."""
+    from scratchnst.vgg import load_vgg16
+
+    net = load_vgg16(vgg_weights_path, backend="numpy", dtype="float64")
+    r = objective_check(net, rng, coords=16, eps=1e-4, threshold=THRESHOLDS["float64"], name="objective (VGG-16)")
+    assert r.passed, r
