@@ -100,7 +100,8 @@ def read_resumable(manifest_file) -> tuple[dict, dict]:
 
 
 def write_plot(out: Path, history: list[dict]) -> Path:
-    """Loss curves (total and weighted terms are not separable here: the unweighted terms) on a log scale."""
+    """OUT_loss.png: the total loss and the unweighted content, style and tv terms per iteration, log
+    scale, with a dashed line where a new scale starts."""
     try:
         import matplotlib
 
