@@ -6,6 +6,7 @@ import pytest
 
 from scratchnst import gradcheck, ops
 from scratchnst.cli import main
+from scratchnst.gradcheck.layers import _kink_side
 
 
 def _run(capsys, *argv):
@@ -136,7 +137,7 @@ def test_a_broken_pool_backward_is_named(capsys, monkeypatch, vgg_weights_path):
 
 def test_kink_side_matches_the_op():
     z = np.array([[[[1.0, 3.0, 2.0, 2.0], [0.0, -1.0, 2.0, 2.0], [5.0, 5.0, 0.0, 0.0], [1.0, 4.0, 0.0, 0.0]]]])
-    assert (gradcheck._kink_side("relu", "max", z) == (z > 0)).all()
+    assert (_kink_side("relu", "max", z) == (z > 0)).all()
     _, cache = ops.maxpool2d_forward(z, 2, 2)
-    assert (gradcheck._kink_side("pool", "max", z) == cache.argmax).all()  # ties: the first maximum
-    assert gradcheck._kink_side("pool", "avg", z) is None and gradcheck._kink_side("conv", "max", z) is None
+    assert (_kink_side("pool", "max", z) == cache.argmax).all()  # ties: the first maximum
+    assert _kink_side("pool", "avg", z) is None and _kink_side("conv", "max", z) is None
