@@ -171,6 +171,8 @@ def _chromium() -> str:
     if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("no chromium, and cannot install it (needs root and apt-get)")
     try:
+        # A fresh machine has no package lists yet: update once, then install.
+        subprocess.run(["apt-get", "update"], capture_output=True, timeout=300, check=True)
         subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], capture_output=True, timeout=600, check=True)
     except (subprocess.SubprocessError, OSError) as e:
         pytest.skip(f"no chromium, and `apt-get install chromium` failed: {type(e).__name__}")
