@@ -101,3 +101,24 @@ def check_dtype(dtype: str) -> str:
 
 def backend_name(xp: types.ModuleType) -> str:
     return "cupy" if xp.__name__ == "cupy" else "numpy"
+
+
+def reuse_freed_host_memory() -> bool:
+    """Keep freed large host arrays in the process heap instead of returning them to the OS.
+
+    glibc serves every allocation above its mmap threshold (128 KB, adapting up to 32 MB) with a
+    fresh mmap and unmaps it on free, so each objective evaluation re-faults and zeroes every big
+    activation, mask and gradient (≈ 1.5 GB of pages at 512²). Raising the threshold and the trim
+    threshold to 1 GB keeps those pages mapped for the next evaluation: 3.16 → 2.44 s per 512²
+    evaluation on the 2-core benchmark machine, for ≈ 7% more peak RSS. Process-wide, so only the
+    applications call it (the CLI, `stylize`). Returns False where it does not apply (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+    except (OSError, AttributeError):
+        return False

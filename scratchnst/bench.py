@@ -288,6 +288,9 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args(argv)
+    from scratchnst.backend import reuse_freed_host_memory
+
+    reuse_freed_host_memory()  # as the CLI and stylize do: measure what users get
     r = measure_size(a.child, repeats=a.repeats, backend=a.backend, dtype=a.dtype, profile=a.profile)
     print(json.dumps(r))
     return 0
