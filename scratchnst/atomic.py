@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from scratchnst.errors import ScratchnstError
+from scratchnst.errors import ScratchnstError, one_line
 
 
 @contextmanager
@@ -23,7 +23,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         mode = p.stat().st_mode & 0o777 if p.exists() else 0o644
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     except OSError as exc:
-        raise ScratchnstError(f"{p}: cannot write ({_one_line(exc)})") from None
+        raise ScratchnstError(f"{p}: cannot write ({one_line(exc)})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -38,17 +38,13 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise ScratchnstError(f"{p}: cannot write ({_one_line(exc)})") from None
+            raise ScratchnstError(f"{p}: cannot write ({one_line(exc)})") from None
         raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path) as f:
         f.write(data)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _fsync_dir(d: Path) -> None:

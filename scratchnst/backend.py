@@ -9,17 +9,13 @@ import types
 
 import numpy as np
 
-from scratchnst.errors import ScratchnstError
+from scratchnst.errors import ScratchnstError, one_line
 
 BACKENDS = ("auto", "numpy", "cupy")
 DTYPES = ("float32", "float64")
 GPU_HELP = "pip install 'scratchnst[gpu]' on a machine with an NVIDIA GPU; see docs/gpu.md"
 
 _working: set[int] = set()  # id() of CuPy modules that passed the smoke test in this process
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _probe_cupy() -> tuple[types.ModuleType | None, str]:
@@ -33,13 +29,13 @@ def _probe_cupy() -> tuple[types.ModuleType | None, str]:
     except ImportError as exc:
         if getattr(exc, "name", None) == "cupy":
             return None, "CuPy is not installed"
-        return None, f"CuPy failed to import ({_one_line(exc)})"
+        return None, f"CuPy failed to import ({one_line(exc)})"
     except Exception as exc:  # a broken install can raise anything at import time
-        return None, f"CuPy failed to import ({_one_line(exc)})"
+        return None, f"CuPy failed to import ({one_line(exc)})"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
-        return None, f"CuPy sees no CUDA device ({_one_line(exc)})"
+        return None, f"CuPy sees no CUDA device ({one_line(exc)})"
     if count < 1:
         return None, "CuPy sees no CUDA device"
     if id(cupy) not in _working:
@@ -47,7 +43,7 @@ def _probe_cupy() -> tuple[types.ModuleType | None, str]:
             if int((cupy.arange(3) * 2).sum()) != 6:
                 return None, "CuPy's smoke test computed a wrong result"
         except Exception as exc:
-            return None, f"CuPy cannot run a kernel on the GPU ({_one_line(exc)})"
+            return None, f"CuPy cannot run a kernel on the GPU ({one_line(exc)})"
         _working.add(id(cupy))
     return cupy, ""
 

@@ -14,7 +14,7 @@ import traceback
 
 from scratchnst import inspect
 from scratchnst.backend import reuse_freed_host_memory
-from scratchnst.errors import ScratchnstError
+from scratchnst.errors import ScratchnstError, one_line
 from scratchnst.settings import INITS, OPTIMIZERS, Settings
 
 PROG = "scratchnst"
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     except ScratchnstError as exc:
         if debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -319,5 +319,5 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a bad value the engine caught (shapes, layers): still the user's input
         if debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 2

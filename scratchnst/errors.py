@@ -9,3 +9,9 @@ class ScratchnstError(Exception):
 
 class WeightsError(ScratchnstError):
     """Weights missing, unreadable or failing verification; the message names the file."""
+
+
+def one_line(value: object) -> str:
+    """Text of an exception (or anything) on one line; an exception without text gives its type name."""
+    text = " ".join(str(value).split())
+    return text or (type(value).__name__ if isinstance(value, BaseException) else "")

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from scratchnst.atomic import atomic_open
 from scratchnst.backend import to_host
-from scratchnst.errors import ScratchnstError
+from scratchnst.errors import ScratchnstError, one_line
 
 MEAN_BGR = (103.939, 116.779, 123.68)
 MIN_SIDE = 16
@@ -29,10 +29,6 @@ _RGB_TO_YCC = np.array(
 )
 _YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC)
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -78,7 +74,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except MemoryError:
         raise ScratchnstError(f"{p}: out of memory while decoding the image") from None
     except Exception as exc:  # bad data: PIL raises OSError, SyntaxError, ValueError, EOFError...
-        raise ScratchnstError(f"{p}: corrupt or truncated image ({_one_line(exc)})") from None
+        raise ScratchnstError(f"{p}: corrupt or truncated image ({one_line(exc)})") from None
 
 
 def _check_size(p: Path, size: tuple[int, int]) -> None:
@@ -224,7 +220,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ScratchnstError(f"{p}: output directory {ancestor} is not writable ({_one_line(exc)})") from None
+        raise ScratchnstError(f"{p}: output directory {ancestor} is not writable ({one_line(exc)})") from None
     return p
 
 

