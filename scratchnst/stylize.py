@@ -18,7 +18,7 @@ from PIL import Image
 from scratchnst import image as im
 from scratchnst import report
 from scratchnst.backend import backend_name, get_array_module, get_backend, reuse_freed_host_memory, to_host
-from scratchnst.errors import ScratchnstError
+from scratchnst.errors import ScratchnstError, one_line
 from scratchnst.memory import check_fits
 from scratchnst.objective import NSTObjective
 from scratchnst.optim import OPTIMIZERS, make_optimizer
@@ -193,7 +193,7 @@ class Stylizer:
         status, x, error = "done", None, None
         first_scale, opt_state = 0, None
         if resume_state is not None:
-            first_scale, opt_state, x = resume_state["scale_index"], resume_state["optimizer"], resume_state.get("x")
+            first_scale, opt_state = resume_state["scale_index"], resume_state["optimizer"]
             self.history = resume_state["history"]
             self.iteration, self.evaluations = resume_state["iteration"], resume_state["evaluations"]
             self.elapsed_before = resume_state["elapsed_s"]
@@ -218,7 +218,6 @@ class Stylizer:
                     x0 = self._start_point(content, styles, x)
                     self.opt = make_optimizer(s.optimizer, x0, fun, **self._optimizer_options())
                     self.evaluations += 1
-                    self._last_evals = 1
                 self.opt_scale, base = self.scale_index, self.iteration - self.opt.iteration
                 while self.opt.iteration < s.iterations and not self.opt.converged:
                     before = self.opt.evaluations
@@ -353,7 +352,7 @@ class Stylizer:
         image = self.current_image()
         manifest = self._manifest(status)
         if error is not None:
-            manifest["error"] = " ".join(str(error).split())
+            manifest["error"] = one_line(error)
         paths = {}
         if self.out is not None:
             im.save_image(image, self.out)
