@@ -5,7 +5,9 @@ The model (bytes), calibrated against measured peak RSS on the NumPy backend (do
     BASELINE                              interpreter, NumPy/PIL/h5py, reading + verifying the weights
   + WEIGHTS_BYTES * itemsize / 4          the 13 conv layers on the backend, in the run's dtype
   + ACT_FACTOR * E * P * itemsize         activations and backward caches at the largest scale
-  + im2col tile bound                     ops.conv's TILE_BYTES, twice (forward band + backward band)
+  + im2col bands                          twice (forward band + backward band) ops.conv's tile bound,
+                                          TILE_BYTES on the host, DEVICE_TILE_BYTES on a GPU, or the
+                                          whole image's band where that is smaller
   + optimiser vectors                     L-BFGS: 2 * history + 8 vectors of 3 * H * W; Adam: 6
 
 P is the largest pixel count the net sees (the output at the largest scale, or a style image at
@@ -25,7 +27,6 @@ from typing import Sequence
 BASELINE = 120 * 2**20
 WEIGHTS_BYTES = 58_889_256  # float32 size of the 13 conv layers (the Keras notop file)
 ACT_FACTOR = 1.0
-TILE_BOUND = 2 * 16 * 2**20
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
@@ -48,28 +49,35 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def _elements_per_pixel(layers: Sequence[str]) -> float:
-    """Activation elements per input pixel of every VGG layer up to the deepest of `layers`."""
+def _per_pixel(layers: Sequence[str]) -> tuple[float, float]:
+    """Per input pixel, over every VGG layer up to the deepest of `layers`: (activation elements of
+    all of them, elements of the largest whole-image conv band: im2col 9·C_in plus the output C_out,
+    forward or, with C_in and C_out swapped, backward)."""
     from scratchnst.vgg import LAYER_NAMES, LAYERS
 
     deepest = max((LAYER_NAMES.index(n) for n in layers if n in LAYER_NAMES), default=0)
-    total, channels, area = 3.0, 3, 1.0
+    total, band, channels, area = 3.0, 0.0, 3, 1.0
     for name, kind, _ in LAYERS[: deepest + 1]:
         if kind == "conv":
             block, i = (int(v) for v in name[4:].split("_"))
-            channels = (64, 128, 256, 512, 512)[block - 1]
+            c_in, channels = channels, (64, 128, 256, 512, 512)[block - 1]
+            band = max(band, (9 * c_in + channels) * area, (9 * channels + c_in) * area)
         elif kind == "pool":
             area /= 4
         total += channels * area
-    return total
+    return total, band
 
 
-def estimate_peak_bytes(settings, content_size: tuple[int, int], style_sizes: Sequence[tuple[int, int]]) -> int:
+def estimate_peak_bytes(
+    settings, content_size: tuple[int, int], style_sizes: Sequence[tuple[int, int]], *, gpu: bool = False
+) -> int:
     """Upper estimate of the peak memory of a run (bytes), before anything big is allocated.
 
-    settings: validated Settings; content_size, style_sizes: (width, height) of the loaded images.
+    settings: validated Settings; content_size, style_sizes: (width, height) of the loaded images;
+    gpu: the run is on CuPy (its im2col bands are larger).
     """
     from scratchnst.image import MIN_SIDE, long_side_dims
+    from scratchnst.ops import conv
 
     itemsize = 8 if settings.dtype == "float64" else 4
     top = max(MIN_SIDE, int(round(settings.size * max(settings.scales))))
@@ -78,20 +86,22 @@ def estimate_peak_bytes(settings, content_size: tuple[int, int], style_sizes: Se
     for sw, sh in style_sizes:
         w, h = long_side_dims(sw, sh, max(MIN_SIDE, int(round(top * settings.style_scale))))
         pixels = max(pixels, w * h)
-    elems = _elements_per_pixel((*settings.content_layers, *settings.style_layers))
+    elems, band = _per_pixel((*settings.content_layers, *settings.style_layers))
     activations = ACT_FACTOR * elems * pixels * itemsize
     vectors = 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
     optimiser = vectors * 3 * cw * ch * itemsize
-    return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + activations + TILE_BOUND + optimiser)
+    # A band never holds more than the whole image (+10% for the padded flat grid's extra columns).
+    tiles = 2 * min(conv.DEVICE_TILE_BYTES if gpu else conv.TILE_BYTES, 1.1 * band * pixels * itemsize)
+    return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + activations + tiles + optimiser)
 
 
-def largest_size_that_fits(settings, content_size, style_sizes, limit: int) -> int | None:
+def largest_size_that_fits(settings, content_size, style_sizes, limit: int, *, gpu: bool = False) -> int | None:
     """The largest --size (others unchanged) whose estimate is ≤ limit; None if not even the minimum."""
     from dataclasses import replace
 
     from scratchnst.image import MIN_SIDE
 
-    fits = lambda size: estimate_peak_bytes(replace(settings, size=size), content_size, style_sizes) <= limit
+    fits = lambda size: estimate_peak_bytes(replace(settings, size=size), content_size, style_sizes, gpu=gpu) <= limit
     lo, hi = MIN_SIDE, settings.size
     if not fits(lo):
         return None
@@ -144,17 +154,18 @@ def check_fits(settings, content_size, style_sizes, xp=None) -> int:
     """The estimate in bytes; ScratchnstError when it exceeds --max-memory or what is available."""
     from scratchnst.errors import ScratchnstError
 
-    need = estimate_peak_bytes(settings, content_size, style_sizes)
+    gpu = xp is not None and xp.__name__ == "cupy"
+    need = estimate_peak_bytes(settings, content_size, style_sizes, gpu=gpu)
     limit = getattr(settings, "max_memory", None)
     where = "allowed by --max-memory"
     if limit is None:
         limit = available_bytes(xp)
-        where = "free on the GPU" if xp is not None and xp.__name__ == "cupy" else "available on this machine"
+        where = "free on the GPU" if gpu else "available on this machine"
         if limit is None:
             return need
     if need <= limit:
         return need
-    best = largest_size_that_fits(settings, content_size, style_sizes, limit)
+    best = largest_size_that_fits(settings, content_size, style_sizes, limit, gpu=gpu)
     hint = f"largest --size that fits: {best}" if best else "not even the smallest size fits"
     raise ScratchnstError(
         f"estimated peak memory {format_bytes(need)} > {format_bytes(limit)} {where}; "

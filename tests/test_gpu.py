@@ -103,9 +103,10 @@ def test_conv2d_matches_numpy(rng, dtype, shape, kernel, stride, pad):
 @gpu_test
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_banded_path_matches_numpy(rng, monkeypatch, dtype):
-    """One output row per band (TILE_BYTES = 1) on both backends, through all three conv paths."""
+    """One output row per band (both tile bounds = 1) on both backends, through all three conv paths."""
     tol = _tol(dtype)
     monkeypatch.setattr("scratchnst.ops.conv.TILE_BYTES", 1)
+    monkeypatch.setattr("scratchnst.ops.conv.DEVICE_TILE_BYTES", 1)
     monkeypatch.setattr("scratchnst.ops.conv.MIN_BAND_COLS", 1)
     for shape, (F, KH, KW), stride in [((1, 6, 13, 10), (4, 3, 3), 1), ((1, 3, 13, 10), (8, 3, 3), 1), ((1, 3, 13, 10), (4, 3, 3), 2)]:
         x, x_d = _pair(rng.standard_normal(shape), dtype)

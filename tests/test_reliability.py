@@ -419,6 +419,23 @@ def test_memory_refusal_names_the_estimate_and_the_largest_size(tmp_path, pics, 
     assert memory.estimate_peak_bytes(s, *sizes) > 2**30
 
 
+def test_memory_estimate_on_a_gpu_counts_its_larger_im2col_bands(pics):
+    from scratchnst.ops import conv
+
+    sizes = (Image.open(pics[0]).size, [Image.open(pics[1]).size])
+    estimates = lambda size: [
+        memory.estimate_peak_bytes(Settings(size=size, scales=(1.0,), iterations=1).validated(1), *sizes, gpu=gpu)
+        for gpu in (False, True)
+    ]
+    host, gpu = estimates(2048)  # conv1_2's band at 2048² (~11 GB) is far over both tile bounds
+    assert gpu - host == 2 * (conv.DEVICE_TILE_BYTES - conv.TILE_BYTES)
+    host, gpu = estimates(64)  # a whole 64² band (~11 MB) is under both: the same estimate
+    assert gpu == host
+    s = Settings(size=2048, scales=(1.0,), iterations=1).validated(1)
+    limit = sum(estimates(1024)) // 2  # the host's 1024² fits, the GPU's does not
+    assert memory.largest_size_that_fits(s, *sizes, limit, gpu=True) < memory.largest_size_that_fits(s, *sizes, limit)
+
+
 def test_memory_refusal_against_the_machine(tmp_path, pics, out):
     assert memory.available_bytes() > 0
     r = _cli(["stylize", *map(str, pics), "-o", str(out), *TINY, "--size", "300000"], tmp_path)

@@ -191,8 +191,11 @@ class TorchEngine:
         F = f.reshape(C, H * W)
         return F @ F.T
 
-    def objective(self, content, style, content_weight=1.0, style_weight=1e3):
-        """loss_and_grad with NSTObjective's defaults: α = 1, β = 1e3, equal style layer weights, no TV."""
+    def objective(self, content, style):
+        """loss_and_grad with NSTObjective's defaults: α, β, γ from scratchnst.objective, equal style
+        layer weights, TV = Σ (vertical differences)² + Σ (horizontal differences)²."""
+        from scratchnst.objective import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
+
         torch = self.torch
         with torch.no_grad():
             fc = self.features(self.to_device(content))
@@ -209,7 +212,8 @@ class TorchEngine:
             for l in self.style_layers:
                 _, C, H, W = feats[l].shape
                 style_term = style_term + layer_w * ((self.gram(feats[l]) - grams[l]) ** 2).sum() / (4.0 * C * C * (H * W) ** 2)
-            loss = content_weight * content_term + style_weight * style_term
+            tv_term = ((x[:, :, 1:, :] - x[:, :, :-1, :]) ** 2).sum() + ((x[:, :, :, 1:] - x[:, :, :, :-1]) ** 2).sum()
+            loss = CONTENT_WEIGHT * content_term + STYLE_WEIGHT * style_term + TV_WEIGHT * tv_term
             loss.backward()
             return float(loss.item()), x.grad
 

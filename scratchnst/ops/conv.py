@@ -13,8 +13,11 @@ from scratchnst.backend import get_array_module
 
 # Upper bound on one im2col tile. The full 9·C × H·W matrix of a 512² image is 600 MB at conv1_2;
 # a band of output rows keeps the working set small while leaving each GEMM big enough to run at
-# full speed.
+# full speed. On a GPU every band costs about a dozen kernel launches (9 slice copies, the GEMM, the
+# copy-out), each too short to keep the device busy when bands are small: a 1024² evaluation on an
+# H200 took 0.12 s with 16 MB bands, 0.064 s with 256 MB and 0.060 s with 1 GB (docs/gpu.md).
 TILE_BYTES = 16 * 2**20
+DEVICE_TILE_BYTES = 2**30
 MIN_BAND_COLS = 4096
 
 
@@ -42,8 +45,13 @@ def _pad(x, pad: int):
     return xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
 
 
-def _rows_per_band(col_bytes_per_row: int, out_h: int) -> int:
-    return max(1, min(out_h, TILE_BYTES // max(1, col_bytes_per_row)))
+def tile_bytes(xp) -> int:
+    """The im2col tile bound on this array module: DEVICE_TILE_BYTES on CuPy, else TILE_BYTES."""
+    return DEVICE_TILE_BYTES if xp.__name__ == "cupy" else TILE_BYTES
+
+
+def _rows_per_band(xp, col_bytes_per_row: int, out_h: int) -> int:
+    return max(1, min(out_h, tile_bytes(xp) // max(1, col_bytes_per_row)))
 
 
 def _conv_gemm(x, w, b, stride: int, pad: int):
@@ -59,7 +67,7 @@ def _conv_gemm(x, w, b, stride: int, pad: int):
     w2 = w.reshape(F, K)
     xpad = _pad(x, pad)
     y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
-    rows = _rows_per_band(K * out_w * x.dtype.itemsize, out_h)
+    rows = _rows_per_band(xp, K * out_w * x.dtype.itemsize, out_h)
     buf = xp.empty(K * rows * out_w, dtype=x.dtype)
     for n in range(N):
         img = xpad[n]
@@ -99,7 +107,7 @@ def _conv_gemm_flat(x, w, b, pad: int):
     w2 = w.reshape(F, K)
     flat = xp.zeros((C, Hp * Wp + KW - 1), dtype=x.dtype)
     y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
-    rows = max(_rows_per_band((K + F) * Wp * x.dtype.itemsize, out_h), min(out_h, -(-MIN_BAND_COLS // Wp)))
+    rows = max(_rows_per_band(xp, (K + F) * Wp * x.dtype.itemsize, out_h), min(out_h, -(-MIN_BAND_COLS // Wp)))
     colbuf = xp.empty(K * rows * Wp, dtype=x.dtype)
     outbuf = xp.empty(F * rows * Wp, dtype=x.dtype)
     bias = None if b is None else b.reshape(F, 1, 1)
@@ -164,7 +172,7 @@ def _col2im_backward(dout, cache: ConvCache):
     K = C * KH * KW
     w2t = w.reshape(F, K).T
     dxpad = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=dout.dtype)
-    rows = max(_rows_per_band(K * out_w * dout.dtype.itemsize, out_h), min(out_h, -(-MIN_BAND_COLS // out_w)))
+    rows = max(_rows_per_band(xp, K * out_w * dout.dtype.itemsize, out_h), min(out_h, -(-MIN_BAND_COLS // out_w)))
     buf = xp.empty(K * rows * out_w, dtype=dout.dtype)
     for n in range(N):
         img = dxpad[n]

@@ -43,7 +43,9 @@ def maxpool2d_forward(x, k: int, stride: int):
             argmax = xp.zeros(y.shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
             continue
         better = view > y
-        xp.copyto(argmax, offset, where=better)  # argmax[better] = offset without a boolean gather
+        # argmax[better] = offset without a boolean gather. A NumPy scalar, not a Python int: CuPy's
+        # copyto checks a Python int with numpy.can_cast, which NumPy 2 refuses.
+        xp.copyto(argmax, argmax.dtype.type(offset), where=better)
         xp.maximum(y, view, out=y)
     return y, PoolCache(tuple(x.shape), k, stride, argmax)
 
