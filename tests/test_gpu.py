@@ -19,7 +19,6 @@ from PIL import Image
 
 import scratchnst
 from scratchnst import ops
-from scratchnst.ops import conv, kernels
 from scratchnst.backend import _probe_cupy, get_backend, to_host
 from scratchnst.errors import ScratchnstError
 from scratchnst.gradcheck import CONV_CASES, POOL_CASES, _tie_free, random_vgg, rel_error
@@ -85,12 +84,10 @@ GPU_CONV_CASES = CONV_CASES + [
 
 
 @gpu_test
-@pytest.mark.parametrize("use_kernels", [True, False], ids=["kernels", "xp-fallback"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,kernel,stride,pad", GPU_CONV_CASES)
-def test_conv2d_matches_numpy(rng, monkeypatch, use_kernels, dtype, shape, kernel, stride, pad):
+def test_conv2d_matches_numpy(rng, dtype, shape, kernel, stride, pad):
     tol = _tol(dtype)
-    monkeypatch.setattr(kernels, "USE_KERNELS", use_kernels)
     F, KH, KW = kernel
     case = f"x{shape} w{(F, shape[1], KH, KW)} s{stride} p{pad} {dtype}"
     x, x_d = _pair(rng.standard_normal(shape), dtype)
@@ -119,48 +116,6 @@ def test_conv2d_banded_path_matches_numpy(rng, monkeypatch, dtype):
         _close(y_d, y, tol, f"banded conv2d forward {shape} s{stride}")
         dout, dout_d = _pair(rng.standard_normal(y.shape), dtype)
         _close(ops.conv2d_backward(dout_d, cache_d), ops.conv2d_backward(dout, cache), tol, f"banded conv2d backward {shape} s{stride}")
-
-
-def _both_ways(monkeypatch, fn, *outs):
-    """Run fn(*outs) with the CuPy kernels, then on copies with the xp fallbacks; both results."""
-    monkeypatch.setattr(kernels, "USE_KERNELS", True)
-    fn(*outs)
-    fallback = [o.copy() for o in outs]
-    monkeypatch.setattr(kernels, "USE_KERNELS", False)
-    fn(*fallback)
-    return [to_host(o) for o in outs], [to_host(o) for o in fallback]
-
-
-@gpu_test
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    "C,KH,KW,Wp,R,r0",
-    [(3, 3, 3, 7, 4, 0), (5, 3, 3, 12, 3, 2), (2, 1, 1, 9, 5, 1), (4, 2, 3, 6, 2, 3), (7282, 3, 3, 3, 1, 0)],
-)
-def test_im2col_kernel_matches_its_fallback(rng, monkeypatch, dtype, C, KH, KW, Wp, R, r0):
-    """Exact equality (both only copy). C·KH·KW = 65538 rows in the last case: more runs than
-    CUDA's 65535 block rows, so the kernel's row loop is exercised."""
-    flat = cp.asarray(rng.standard_normal((C, (r0 + R + KH) * Wp + KW)).astype(dtype))
-    col = cp.full((C, KH * KW, R * Wp), np.nan, dtype=dtype)
-    got, want = _both_ways(monkeypatch, lambda c: conv._im2col_flat(flat, c, r0 * Wp, Wp, KW), col)
-    np.testing.assert_array_equal(got[0], want[0])
-    assert not np.isnan(got[0]).any()
-
-
-@gpu_test
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("F,R,Wp,out_h,out_w,r0", [(4, 3, 9, 7, 7, 2), (3, 5, 5, 5, 3, 0), (70000, 1, 3, 1, 2, 0)])
-def test_copy_out_kernel_matches_its_fallback(rng, monkeypatch, dtype, with_bias, F, R, Wp, out_h, out_w, r0):
-    """Exact equality; rows outside the band stay untouched. F·R = 70000 > 65535 in the last case."""
-    out = cp.asarray(rng.standard_normal((F, R, Wp)).astype(dtype))
-    bias = cp.asarray(rng.standard_normal(F).astype(dtype)) if with_bias else None
-    y = cp.full((F, out_h, out_w), 7.0, dtype=dtype)
-    got, want = _both_ways(monkeypatch, lambda t: conv._copy_out(out, bias, t, r0), y)
-    np.testing.assert_array_equal(got[0], want[0])
-    outside = np.ones(out_h, bool)
-    outside[r0 : r0 + R] = False
-    assert (got[0][:, outside] == 7.0).all() and (got[0][:, ~outside] != 7.0).any()
 
 
 @gpu_test

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from scratchnst.backend import get_array_module
-from scratchnst.ops import kernels
 
 # Upper bound on one im2col tile. The full 9·C × H·W matrix of a 512² image is 600 MB at conv1_2;
 # a band of output rows keeps the working set small while leaving each GEMM big enough to run at
@@ -111,7 +110,7 @@ def _conv_gemm_flat(x, w, b, pad: int):
     rows = max(_rows_per_band(xp, (K + F) * Wp * x.dtype.itemsize, out_h), min(out_h, -(-MIN_BAND_COLS // Wp)))
     colbuf = xp.empty(K * rows * Wp, dtype=x.dtype)
     outbuf = xp.empty(F * rows * Wp, dtype=x.dtype)
-    bias = None if b is None else xp.ascontiguousarray(b, dtype=x.dtype)
+    bias = None if b is None else b.reshape(F, 1, 1)
     for n in range(N):
         # Borders stay zero from the allocation; only the interior is rewritten per image.
         flat[:, : Hp * Wp].reshape(C, Hp, Wp)[:, pad : pad + H, pad : pad + W] = x[n]
@@ -119,41 +118,18 @@ def _conv_gemm_flat(x, w, b, pad: int):
             R = min(rows, out_h - r0)
             L = R * Wp
             col = colbuf[: K * L].reshape(C, KH * KW, L)
-            _im2col_flat(flat, col, r0 * Wp, Wp, KW)
+            for p in range(KH):
+                for q in range(KW):
+                    start = (r0 + p) * Wp + q
+                    col[:, p * KW + q] = flat[:, start : start + L]
             out = outbuf[: F * L].reshape(F, L)
             xp.matmul(w2, col.reshape(K, L), out=out)
-            _copy_out(out.reshape(F, R, Wp), bias, y[n], r0)
+            band = out.reshape(F, R, Wp)[:, :, :out_w]
+            if bias is None:
+                y[n, :, r0 : r0 + R] = band
+            else:
+                xp.add(band, bias, out=y[n, :, r0 : r0 + R])
     return y
-
-
-def _im2col_flat(flat, col, start: int, Wp: int, KW: int) -> None:
-    """col[c, p·KW + q, l] = flat[c, start + p·Wp + q + l]. flat: (C, S), col: (C, KH·KW, L).
-
-    One contiguous slice copy per kernel offset (p, q); on CuPy one kernel launch for all of them.
-    """
-    xp = get_array_module(flat)
-    if kernels.usable(xp, col.dtype):
-        return kernels.im2col_flat(xp, flat, col, start, Wp, KW)
-    L = col.shape[2]
-    for pq in range(col.shape[1]):
-        s = start + (pq // KW) * Wp + pq % KW
-        col[:, pq] = flat[:, s : s + L]
-
-
-def _copy_out(out, bias, y, r0: int) -> None:
-    """y[f, r0 + r, :] = out[f, r, :out_w] (+ bias[f]), dropping the wrap columns of the flat grid.
-
-    out: (F, R, Wp) one band's GEMM output; bias: (F,) or None; y: (F, out_h, out_w) one image.
-    """
-    xp = get_array_module(out)
-    if kernels.usable(xp, y.dtype):
-        return kernels.copy_out(xp, out, bias, y, r0)
-    R, out_w = out.shape[1], y.shape[2]
-    band = out[:, :, :out_w]
-    if bias is None:
-        y[:, r0 : r0 + R] = band
-    else:
-        xp.add(band, bias.reshape(-1, 1, 1), out=y[:, r0 : r0 + R])
 
 
 def conv2d_forward(x, w, b, stride: int = 1, pad: int = 0):
