@@ -93,6 +93,26 @@ def test_maxpool_ties_go_to_first_maximum_in_row_major_order():
     np.testing.assert_array_equal(dx, [[[[0.0, 1.0], [0.0, 0.0]]]])
 
 
+@pytest.mark.parametrize("shape,k", [((2, 3, 8, 8), 2), ((1, 2, 7, 9), 2), ((1, 2, 9, 12), 3), ((1, 1, 9, 8), 4), ((1, 2, 3, 4), 1)])
+def test_maxpool_argmax_is_the_first_maximum_of_each_window_even_with_many_ties(rng, shape, k):
+    """Inputs drawn from {0, 1, 2} tie in most windows. np.argmax of a window's row-major ravel is
+    its first maximum; both forward paths (k == stride, and the offset scan) must give it."""
+    from scratchnst.ops.pool import _maxpool_scan
+
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    N, C, H, W = shape
+    want = np.array(
+        [[[[np.argmax(x[n, c, i * k : i * k + k, j * k : j * k + k].ravel()) for j in range(W // k)]
+           for i in range(H // k)] for c in range(C)] for n in range(N)]
+    )
+    y, cache = ops.maxpool2d_forward(x, k, k)
+    y_scan, cache_scan = _maxpool_scan(x, k, k, np.uint8)
+    np.testing.assert_array_equal(cache.argmax, want)
+    np.testing.assert_array_equal(cache_scan.argmax, want)
+    np.testing.assert_array_equal(y, pool2d_naive(x, k, k, np.max))
+    np.testing.assert_array_equal(y_scan, y)
+
+
 def test_pool_odd_sizes_floor_and_leave_remainder_without_gradient(rng):
     x = rng.standard_normal((1, 1, 5, 5))
     y, cache = ops.maxpool2d_forward(x, 2, 2)

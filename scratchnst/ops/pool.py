@@ -36,18 +36,58 @@ def maxpool2d_forward(x, k: int, stride: int):
     row by row and only a strictly greater value replaces the running max).
     """
     xp = get_array_module(x)
+    dtype = xp.uint8 if k * k <= 256 else xp.int32
+    if k == stride:
+        return _maxpool_tiled(x, k, dtype)
+    return _maxpool_scan(x, k, stride, dtype)
+
+
+def _maxpool_scan(x, k: int, stride: int, dtype):
+    """Any windows: a running max over the k² offset views, in row-major offset order."""
+    xp = get_array_module(x)
     y = argmax = None
     for offset, view in _windows(x, k, stride):
         if y is None:
             y = view.copy()
-            argmax = xp.zeros(y.shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
+            argmax = xp.zeros(y.shape, dtype=dtype)
             continue
-        better = view > y
-        # argmax[better] = offset without a boolean gather. A NumPy scalar, not a Python int: CuPy's
-        # copyto checks a Python int with numpy.can_cast, which NumPy 2 refuses.
-        xp.copyto(argmax, argmax.dtype.type(offset), where=better)
-        xp.maximum(y, view, out=y)
+        _keep_first_max(y, argmax, view, argmax.dtype.type(offset))
     return y, PoolCache(tuple(x.shape), k, stride, argmax)
+
+
+def _keep_first_max(best, tag, value, value_tag) -> None:
+    """Where value > best (strictly: ties keep the earlier): best = value, tag = value_tag. In place."""
+    xp = get_array_module(best)
+    # tag[better] = value_tag without a boolean gather. A scalar tag must be a NumPy scalar, not a
+    # Python int: CuPy's copyto checks a Python int with numpy.can_cast, which NumPy 2 refuses.
+    xp.copyto(tag, value_tag, where=value > best)
+    xp.maximum(best, value, out=best)
+
+
+def _maxpool_tiled(x, k: int, dtype):
+    """Non-overlapping windows (k == stride): the max along each window row, then down the rows.
+
+    Split W into (out_w, k) and H into (out_h, k) (free views, after cropping the rows and columns no
+    window covers): first the max over q of x[.., i·k + p, j·k + q] for every input row, with the
+    first q that holds it; then the max of those over p, carrying p·k + q. The first maximum in
+    row-major order is the first row's first maximum, so the tie rule is the scan's. This reads the
+    input twice instead of once per offset: ~2× faster on NumPy at 2×2.
+    """
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    out_h = conv_output_size(H, k, k, 0, "pool")
+    out_w = conv_output_size(W, k, k, 0, "pool")
+    cols = x[:, :, : out_h * k, : out_w * k].reshape(N, C, out_h * k, out_w, k)
+    row_max = xp.maximum(cols[..., 0], cols[..., 1]) if k > 1 else cols[..., 0].copy()
+    first_q = (cols[..., 1] > cols[..., 0]).astype(dtype) if k > 1 else xp.zeros(row_max.shape, dtype)
+    for q in range(2, k):
+        _keep_first_max(row_max, first_q, cols[..., q], first_q.dtype.type(q))
+    row_max = row_max.reshape(N, C, out_h, k, out_w)
+    first_q = first_q.reshape(N, C, out_h, k, out_w)
+    y, argmax = row_max[:, :, :, 0].copy(), first_q[:, :, :, 0].copy()
+    for p in range(1, k):
+        _keep_first_max(y, argmax, row_max[:, :, :, p], first_q[:, :, :, p] + first_q.dtype.type(p * k))
+    return y, PoolCache(tuple(x.shape), k, k, argmax)
 
 
 def maxpool2d_backward(dout, cache: PoolCache):
