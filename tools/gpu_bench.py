@@ -139,11 +139,12 @@ class OurEngine:
 
 
 class TorchEngine:
-    """The same computation written with torch ops, autograd for the gradient."""
+    """The same computation written with torch ops, autograd for the gradient (CUDA, or device="cpu"
+    for tools/torch_cpu_bench.py)."""
 
     name = "torch"
 
-    def __init__(self, weights: str, dtype: str):
+    def __init__(self, weights: str, dtype: str, device: str = "cuda"):
         import torch
 
         from scratchnst.objective import CONTENT_LAYERS, STYLE_LAYERS
@@ -151,7 +152,7 @@ class TorchEngine:
         from scratchnst.weights import read_vgg16_weights
 
         self.torch = torch
-        self.dev = torch.device("cuda")
+        self.dev = torch.device(device)
         self.tdtype = getattr(torch, dtype)
         # The file's kernels are HWIO (3, 3, C, F); torch wants OIHW (F, C, 3, 3).
         self.params = [
@@ -165,7 +166,8 @@ class TorchEngine:
         self.deepest = max(LAYER_NAMES.index(n) for n in self.content_layers + self.style_layers)
 
     def sync(self) -> None:
-        self.torch.cuda.synchronize()
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize()
 
     def features(self, x):
         import torch.nn.functional as Fn
