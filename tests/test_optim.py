@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from scratchnst.backend import get_array_module
 from scratchnst.errors import ScratchnstError
 from scratchnst.optim import LBFGS, Adam, make_optimizer
 
@@ -16,13 +17,16 @@ def rng():
 
 
 def rosenbrock(x):
-    """Extended Rosenbrock: sum over pairs of 100 (b - a^2)^2 + (1 - a)^2; minimum 0 at ones."""
+    """Extended Rosenbrock: sum over pairs of 100 (b - a^2)^2 + (1 - a)^2; minimum 0 at ones.
+
+    x on NumPy or CuPy; the gradient stays on x's array module."""
+    xp = get_array_module(x)
     a, b = x.reshape(-1)[0::2], x.reshape(-1)[1::2]
     r, q = b - a * a, 1 - a
-    g = np.empty_like(x.reshape(-1))
+    g = xp.empty_like(x.reshape(-1))
     g[0::2] = -400 * a * r - 2 * q
     g[1::2] = 200 * r
-    return float(np.sum(100 * r * r + q * q)), g.reshape(x.shape)
+    return float(xp.sum(100 * r * r + q * q)), g.reshape(x.shape)
 
 
 def rosen_start(n, dtype=np.float64):
@@ -233,18 +237,9 @@ def test_cupy_matches_numpy(name):
     except ScratchnstError:
         pytest.skip("no CUDA device")
 
-    def fun(x):
-        xp = cupy.get_array_module(x)
-        a, b = x.reshape(-1)[0::2], x.reshape(-1)[1::2]
-        r, q = b - a * a, 1 - a
-        g = xp.empty_like(x.reshape(-1))
-        g[0::2] = -400 * a * r - 2 * q
-        g[1::2] = 200 * r
-        return float(xp.sum(100 * r * r + q * q)), g.reshape(x.shape)
-
     x0 = rosen_start(20)
-    host = make_optimizer(name, x0, fun)
-    device = make_optimizer(name, cupy.asarray(x0), fun)
+    host = make_optimizer(name, x0, rosenbrock)
+    device = make_optimizer(name, cupy.asarray(x0), rosenbrock)
     for _ in range(15):
         host.step()
         device.step()
