@@ -6,6 +6,7 @@ CuPy is imported lazily, here only, the first time a backend other than "numpy" 
 from __future__ import annotations
 
 import types
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -16,6 +17,12 @@ DTYPES = ("float32", "float64")
 GPU_HELP = "pip install 'scratchnst[gpu]' on a machine with an NVIDIA GPU; see docs/gpu.md"
 
 _working: set[int] = set()  # id() of CuPy modules that passed the smoke test in this process
+
+# Host threads that run split work (ops.conv's im2col bands, ops.gram's position chunks); None: as
+# many as BLAS has threads.
+BAND_THREADS: int | None = None
+_blas = None  # threadpoolctl controller of the loaded BLAS libraries, made on first use
+_pool: ThreadPoolExecutor | None = None
 
 
 def _probe_cupy() -> tuple[types.ModuleType | None, str]:
@@ -99,6 +106,14 @@ def backend_name(xp: types.ModuleType) -> str:
     return "cupy" if xp.__name__ == "cupy" else "numpy"
 
 
+def tune_host_process() -> None:
+    """What the applications (the CLI, `stylize`, `bench`'s children) set up for a run on the host:
+    reuse_freed_host_memory and give_blas_threads_to_split_work. Process-wide, hence not done
+    on import."""
+    reuse_freed_host_memory()
+    give_blas_threads_to_split_work()
+
+
 def reuse_freed_host_memory() -> bool:
     """Keep freed large host arrays in the process heap instead of returning them to the OS.
 
@@ -118,3 +133,66 @@ def reuse_freed_host_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
     except (OSError, AttributeError):
         return False
+
+
+def _blas_controller():
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas")
+    return _blas
+
+
+def band_workers(xp: types.ModuleType) -> int:
+    """How many threads `split_work` uses: 1 on CuPy (one stream), else BAND_THREADS, else BLAS's
+    own thread count (so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS still decide)."""
+    if xp.__name__ == "cupy":
+        return 1
+    if BAND_THREADS is not None:
+        return max(1, BAND_THREADS)
+    return max((lib.num_threads for lib in _blas_controller().lib_controllers), default=1)
+
+
+def split_work(xp: types.ModuleType, items: list, run) -> list:
+    """[run(subset), ...] over disjoint subsets of `items` that together cover it.
+
+    On CuPy, or with one worker: [run(items)]. On the host: one round-robin subset per worker
+    thread, with BLAS held at one thread meanwhile, so that each thread does its own share of the
+    copies and GEMMs back to back and both kinds of work use every core. (With multithreaded BLAS
+    instead, the single-threaded copies between GEMMs left all but one core idle, and every GEMM
+    call had to wake the BLAS threads again: docs/benchmarks.md, "Threads over bands".) `run` must
+    write only what its own items own.
+    """
+    global _pool
+    workers = min(band_workers(xp), len(items))
+    if workers <= 1:
+        return [run(list(items))]
+    if _pool is None or _pool._max_workers < workers:
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="scratchnst-split")
+    errors = np.geterr()  # per thread: the workers take the caller's floating-point error handling
+
+    def guarded(subset):
+        with np.errstate(**errors):
+            return run(subset)
+
+    with _blas_controller().limit(limits=1):
+        futures = [_pool.submit(guarded, items[i::workers]) for i in range(workers)]
+        wait(futures)
+    return [future.result() for future in futures]  # re-raises a worker's exception here
+
+
+def give_blas_threads_to_split_work() -> int:
+    """Process-wide, for applications (like reuse_freed_host_memory): BLAS single-threaded for
+    good, and BAND_THREADS = the threads it had. Returns BAND_THREADS.
+
+    split_work already holds BLAS at one thread while it runs; this also keeps the BLAS calls in
+    between (L-BFGS's dot products, for one) single-threaded. Each multithreaded OpenBLAS call
+    otherwise leaves its threads spinning for up to ~0.1 s, on the cores that the next split work
+    needs: the first conv of the backward pass took 46 ms instead of 30 (docs/benchmarks.md).
+    """
+    global BAND_THREADS
+    if BAND_THREADS is None:
+        BAND_THREADS = band_workers(np)
+        _blas_controller().limit(limits=1)
+    return BAND_THREADS

@@ -13,7 +13,7 @@ import sys
 import traceback
 
 from scratchnst import inspect
-from scratchnst.backend import reuse_freed_host_memory
+from scratchnst.backend import tune_host_process
 from scratchnst.errors import ScratchnstError, one_line
 from scratchnst.settings import INITS, OPTIMIZERS, Settings
 
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     args = parser.parse_args([a for a in argv if a != "--debug"])
     signal.signal(signal.SIGTERM, _on_sigterm)
-    reuse_freed_host_memory()
+    tune_host_process()
     try:
         return args.func(args)
     except ScratchnstError as exc:

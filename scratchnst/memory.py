@@ -5,9 +5,10 @@ The model (bytes), calibrated against measured peak RSS on the NumPy backend (do
     BASELINE                              interpreter, NumPy/PIL/h5py, reading + verifying the weights
   + WEIGHTS_BYTES * itemsize / 4          the 13 conv layers on the backend, in the run's dtype
   + ACT_FACTOR * E * P * itemsize         activations and backward caches at the largest scale
-  + im2col bands                          twice (forward band + backward band) ops.conv's tile bound,
-                                          TILE_BYTES on the host, DEVICE_TILE_BYTES on a GPU, or the
-                                          whole image's band where that is smaller
+  + im2col bands                          one conv's: ops.conv's tile bound, TILE_BYTES per band
+                                          worker thread on the host, DEVICE_TILE_BYTES on a GPU, or the
+                                          whole image's band where that is smaller (one conv runs at a
+                                          time and frees its bands when it returns)
   + optimiser vectors                     L-BFGS: 2 * history + 8 vectors of 3 * H * W; Adam: 6
 
 P is the largest pixel count the net sees (the output at the largest scale, or a style image at
@@ -77,6 +78,9 @@ def estimate_peak_bytes(
     gpu: the run is on CuPy (its im2col bands are larger).
     """
     from scratchnst.image import MIN_SIDE, long_side_dims
+    import numpy as np
+
+    from scratchnst.backend import band_workers
     from scratchnst.ops import conv
 
     itemsize = 8 if settings.dtype == "float64" else 4
@@ -90,8 +94,9 @@ def estimate_peak_bytes(
     activations = ACT_FACTOR * elems * pixels * itemsize
     vectors = 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
     optimiser = vectors * 3 * cw * ch * itemsize
-    # A band never holds more than the whole image (+10% for the padded flat grid's extra columns).
-    tiles = 2 * min(conv.DEVICE_TILE_BYTES if gpu else conv.TILE_BYTES, 1.1 * band * pixels * itemsize)
+    # The bands never hold more than the whole image (+10% for the padded flat grid's extra columns).
+    bound = conv.DEVICE_TILE_BYTES if gpu else conv.TILE_BYTES * band_workers(np)
+    tiles = min(bound, 1.1 * band * pixels * itemsize)
     return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + activations + tiles + optimiser)
 
 

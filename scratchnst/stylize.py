@@ -17,7 +17,7 @@ from PIL import Image
 
 from scratchnst import image as im
 from scratchnst import report
-from scratchnst.backend import backend_name, get_array_module, get_backend, reuse_freed_host_memory, to_host
+from scratchnst.backend import backend_name, get_array_module, get_backend, to_host, tune_host_process
 from scratchnst.errors import ScratchnstError, one_line
 from scratchnst.memory import check_fits
 from scratchnst.objective import NSTObjective
@@ -131,7 +131,7 @@ class Stylizer:
             _check_not_too_elongated(st, int(round(self.sizes[-1] * s.style_scale)), src)
         # Cheap checks are done; refuse a run that cannot fit before the net is allocated.
         self.memory_estimate = check_fits(s, self.content.size, [st.size for st in self.styles], get_backend(s.backend))
-        reuse_freed_host_memory()
+        tune_host_process()
         self.net = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling)
         self.xp = self.net.xp
         self.on_progress = on_progress

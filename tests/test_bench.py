@@ -88,3 +88,19 @@ def test_freed_host_memory_is_kept_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt tuning applies to glibc only")
     assert reuse_freed_host_memory() is True
+
+
+def test_applications_give_the_blas_threads_to_split_work():
+    """tune_host_process (CLI, stylize, bench): BLAS single-threaded, its threads now split work's."""
+    code = (
+        "from threadpoolctl import threadpool_info\n"
+        "from scratchnst import backend\n"
+        "blas = lambda: max(p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas')\n"
+        "before = blas()\n"
+        "backend.tune_host_process()\n"
+        "print(before, blas(), backend.BAND_THREADS)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    before, after, band_threads = map(int, proc.stdout.split())
+    assert (after, band_threads) == (1, before)

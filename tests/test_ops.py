@@ -41,11 +41,61 @@ def test_conv_banded_path_equals_single_band(rng, monkeypatch):
     _, cache2 = ops.conv2d_forward(x, w, None, 2, 1)
     dout2 = rng.standard_normal((1, 4, 7, 5))
     dx2 = ops.conv2d_backward(dout2, cache2)
-    monkeypatch.setattr("scratchnst.ops.conv.TILE_BYTES", 1)  # one output row per band
+    w8 = rng.standard_normal((8, 3, 3, 3))  # 2·C ≤ F: the stride-1 backward takes the col2im path
+    _, cache8 = ops.conv2d_forward(x, w8, None, 1, 1)
+    dout8 = rng.standard_normal((1, 8, 13, 10))
+    dx8 = ops.conv2d_backward(dout8, cache8)
+    for name in ("TILE_BYTES", "MIN_BAND_COLS"):  # one output row per band
+        monkeypatch.setattr(f"scratchnst.ops.conv.{name}", 1)
+    assert ops.conv._band_rows(np, 27, 4, 12, 13, 8) == 1
     y_b, cache_b = ops.conv2d_forward(x, w, None, 1, 1)
     np.testing.assert_allclose(y_b, y, rtol=1e-13)
     np.testing.assert_allclose(ops.conv2d_backward(dout, cache_b), dx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ops.conv2d_backward(dout2, cache2), dx2, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ops.conv2d_backward(dout8, cache8), dx8, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_and_gram_split_over_threads_equal_one_thread(rng, monkeypatch, stride):
+    """Bands (and Gram position chunks) split over 3 worker threads give what one thread gives."""
+    x = rng.standard_normal((2, 5, 23, 9))
+    w = rng.standard_normal((4, 5, 3, 3))
+    b = rng.standard_normal(4)
+    w_col2im = rng.standard_normal((16, 5, 3, 3))  # 2·C ≤ F: col2im, with its even/odd band phases
+    for name in ("TILE_BYTES", "MIN_BAND_COLS"):  # many small bands
+        monkeypatch.setattr(f"scratchnst.ops.conv.{name}", 1)
+
+    def run():
+        y, cache = ops.conv2d_forward(x, w, b, stride, 1)
+        y16, cache16 = ops.conv2d_forward(x, w_col2im, None, stride, 1)
+        g, gcache = ops.gram_forward(y)
+        return y, ops.conv2d_backward(y, cache), ops.conv2d_backward(y16, cache16), g, ops.gram_backward(g, gcache)
+
+    monkeypatch.setattr("scratchnst.backend.BAND_THREADS", 1)
+    one = run()
+    monkeypatch.setattr("scratchnst.backend.BAND_THREADS", 3)
+    for got, want, what in zip(run(), one, ("conv forward", "conv backward", "col2im backward", "gram", "gram backward")):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=what)
+
+
+def test_split_work_covers_every_item_once_and_passes_errors_on(monkeypatch):
+    from scratchnst.backend import split_work
+
+    monkeypatch.setattr("scratchnst.backend.BAND_THREADS", 3)
+    parts = split_work(np, list(range(10)), lambda subset: subset)
+    assert len(parts) == 3 and sorted(i for part in parts for i in part) == list(range(10))
+    assert split_work(np, [7], lambda subset: subset) == [[7]]  # fewer items than workers
+
+    def fails(subset):
+        if 4 in subset:
+            raise ValueError("band 4")
+        return subset
+
+    with pytest.raises(ValueError, match="band 4"):
+        split_work(np, list(range(10)), fails)
+    # The caller's floating-point error handling holds in the workers too.
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        split_work(np, [0, 1], lambda subset: np.float32(1e38) * np.float32(10))
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", [((1, 1, 2, 2), (1, 3, 3), 1, 0), ((1, 1, 4, 4), (1, 1, 1), 0, 0), ((1, 1, 4, 4), (1, 3, 3), 1, -1)])

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from scratchnst.backend import get_array_module
+from scratchnst.backend import band_workers, get_array_module, split_work
 
-# Upper bound on one im2col tile. The full 9·C × H·W matrix of a 512² image is 600 MB at conv1_2;
-# a band of output rows keeps the working set small while leaving each GEMM big enough to run at
-# full speed. On a GPU every band costs about a dozen kernel launches (9 slice copies, the GEMM, the
-# copy-out), each too short to keep the device busy when bands are small: a 1024² evaluation on an
-# H200 took 0.12 s with 16 MB bands, 0.064 s with 256 MB and 0.060 s with 1 GB (docs/gpu.md).
-TILE_BYTES = 16 * 2**20
+# Bound on one band: its im2col rows plus its GEMM output rows, in bytes. The full 9·C × H·W im2col
+# matrix of a 512² image is 600 MB at conv1_2; bands of output rows keep the working set small while
+# leaving each GEMM big enough to run at full speed. On the host each band worker thread
+# (backend.split_work) fills a band and multiplies it straight away, single-threaded: 4 MB bands
+# stay in cache between the two, which made conv1_2 and conv2_2 10-15% faster than 16 MB ones
+# (docs/benchmarks.md, "Band sizes"). Never fewer than MIN_BAND_COLS output columns, below which a
+# GEMM call is mostly overhead. On a GPU every band costs about a dozen kernel launches (9 slice
+# copies, the GEMM, the copy-out), each too short to keep the device busy when bands are small: a
+# 1024² evaluation on an H200 took 0.12 s with 16 MB bands, 0.064 s with 256 MB and 0.060 s with
+# 1 GB (docs/gpu.md).
+TILE_BYTES = 4 * 2**20
 DEVICE_TILE_BYTES = 2**30
-MIN_BAND_COLS = 4096
+MIN_BAND_COLS = 1024
 
 
 class ConvCache(NamedTuple):
@@ -46,12 +51,21 @@ def _pad(x, pad: int):
 
 
 def tile_bytes(xp) -> int:
-    """The im2col tile bound on this array module: DEVICE_TILE_BYTES on CuPy, else TILE_BYTES."""
+    """The band bound on this array module: DEVICE_TILE_BYTES on CuPy, else TILE_BYTES."""
     return DEVICE_TILE_BYTES if xp.__name__ == "cupy" else TILE_BYTES
 
 
-def _rows_per_band(xp, col_bytes_per_row: int, out_h: int) -> int:
-    return max(1, min(out_h, tile_bytes(xp) // max(1, col_bytes_per_row)))
+def _band_rows(xp, K: int, F: int, row_len: int, out_h: int, itemsize: int, per_worker: int = 1) -> int:
+    """Output rows per band: im2col (K rows) + output (F rows), `row_len` columns per output row.
+
+    The band count is rounded up to a multiple of per_worker × the band workers, so that every
+    worker gets the same number of bands (of equal height, but for the last).
+    """
+    rows = max(1, tile_bytes(xp) // ((K + F) * row_len * itemsize), -(-MIN_BAND_COLS // row_len))
+    parts = per_worker * band_workers(xp)
+    bands = -(-out_h // rows)  # -(-a // b) is a ceiling division
+    bands = min(out_h, -(-bands // parts) * parts)
+    return -(-out_h // bands)
 
 
 def _conv_gemm(x, w, b, stride: int, pad: int):
@@ -67,11 +81,11 @@ def _conv_gemm(x, w, b, stride: int, pad: int):
     w2 = w.reshape(F, K)
     xpad = _pad(x, pad)
     y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
-    rows = _rows_per_band(xp, K * out_w * x.dtype.itemsize, out_h)
-    buf = xp.empty(K * rows * out_w, dtype=x.dtype)
-    for n in range(N):
-        img = xpad[n]
-        for r0 in range(0, out_h, rows):
+    rows = _band_rows(xp, K, F, out_w, out_h, x.dtype.itemsize)
+
+    def run(n, starts):
+        img, buf = xpad[n], xp.empty(K * rows * out_w, dtype=x.dtype)
+        for r0 in starts:
             R = min(rows, out_h - r0)
             # col[c, p, q, i, j] = img[c, (r0+i)·s + p, j·s + q]: one strided slice copy per kernel
             # offset (p, q), so no fancy indexing and no duplicate-index hazards.
@@ -81,6 +95,9 @@ def _conv_gemm(x, w, b, stride: int, pad: int):
                 for q in range(KW):
                     col[:, p, q] = img[:, top : top + stride * (R - 1) + 1 : stride, q : q + stride * (out_w - 1) + 1 : stride]
             xp.matmul(w2, col.reshape(K, R * out_w), out=y[n, :, r0 : r0 + R].reshape(F, R * out_w))
+
+    for n in range(N):
+        split_work(xp, list(range(0, out_h, rows)), lambda starts: run(n, starts))
     if b is not None:
         y += b.reshape(1, F, 1, 1)
     return y
@@ -107,14 +124,13 @@ def _conv_gemm_flat(x, w, b, pad: int):
     w2 = w.reshape(F, K)
     flat = xp.zeros((C, Hp * Wp + KW - 1), dtype=x.dtype)
     y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
-    rows = max(_rows_per_band(xp, (K + F) * Wp * x.dtype.itemsize, out_h), min(out_h, -(-MIN_BAND_COLS // Wp)))
-    colbuf = xp.empty(K * rows * Wp, dtype=x.dtype)
-    outbuf = xp.empty(F * rows * Wp, dtype=x.dtype)
+    rows = _band_rows(xp, K, F, Wp, out_h, x.dtype.itemsize)
     bias = None if b is None else b.reshape(F, 1, 1)
-    for n in range(N):
-        # Borders stay zero from the allocation; only the interior is rewritten per image.
-        flat[:, : Hp * Wp].reshape(C, Hp, Wp)[:, pad : pad + H, pad : pad + W] = x[n]
-        for r0 in range(0, out_h, rows):
+
+    def run(n, starts):
+        colbuf = xp.empty(K * rows * Wp, dtype=x.dtype)
+        outbuf = xp.empty(F * rows * Wp, dtype=x.dtype)
+        for r0 in starts:
             R = min(rows, out_h - r0)
             L = R * Wp
             col = colbuf[: K * L].reshape(C, KH * KW, L)
@@ -129,6 +145,11 @@ def _conv_gemm_flat(x, w, b, pad: int):
                 y[n, :, r0 : r0 + R] = band
             else:
                 xp.add(band, bias, out=y[n, :, r0 : r0 + R])
+
+    for n in range(N):
+        # Borders stay zero from the allocation; only the interior is rewritten per image.
+        flat[:, : Hp * Wp].reshape(C, Hp, Wp)[:, pad : pad + H, pad : pad + W] = x[n]
+        split_work(xp, list(range(0, out_h, rows)), lambda starts: run(n, starts))
     return y
 
 
@@ -172,11 +193,13 @@ def _col2im_backward(dout, cache: ConvCache):
     K = C * KH * KW
     w2t = w.reshape(F, K).T
     dxpad = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=dout.dtype)
-    rows = max(_rows_per_band(xp, K * out_w * dout.dtype.itemsize, out_h), min(out_h, -(-MIN_BAND_COLS // out_w)))
-    buf = xp.empty(K * rows * out_w, dtype=dout.dtype)
-    for n in range(N):
-        img = dxpad[n]
-        for r0 in range(0, out_h, rows):
+    # Band r0 adds into input rows [r0·s, (r0 + rows − 1)·s + KH): with rows ≥ KH, bands two apart
+    # never share a row, so the even bands can run at once, then the odd ones.
+    rows = max(KH, _band_rows(xp, K, F, out_w, out_h, dout.dtype.itemsize, per_worker=2))
+
+    def run(n, starts):
+        img, buf = dxpad[n], xp.empty(K * rows * out_w, dtype=dout.dtype)
+        for r0 in starts:
             R = min(rows, out_h - r0)
             dcol = buf[: K * R * out_w].reshape(K, R * out_w)
             xp.matmul(w2t, dout[n, :, r0 : r0 + R].reshape(F, R * out_w), out=dcol)
@@ -187,4 +210,9 @@ def _col2im_backward(dout, cache: ConvCache):
                 top = r0 * s + p
                 for q in range(KW):
                     img[:, top : top + s * (R - 1) + 1 : s, q : q + s * (out_w - 1) + 1 : s] += dcol[:, p, q]
+
+    for n in range(N):
+        starts = list(range(0, out_h, rows))
+        for phase in (starts[0::2], starts[1::2]):
+            split_work(xp, phase, lambda subset: run(n, subset))
     return dxpad[:, :, pad : pad + H, pad : pad + W]

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from scratchnst.backend import band_workers, get_array_module, split_work
+
+
+def _chunks(xp, M: int) -> list[slice]:
+    """The positions 0..M split into one contiguous chunk per host worker thread (one on CuPy)."""
+    k = band_workers(xp)
+    return [slice(i * M // k, (i + 1) * M // k) for i in range(k)]
+
 
 def gram_forward(f):
     """Channel-by-channel inner products over all positions, unnormalised.
 
     f: (N, C, H, W). Returns (g, cache) with g: (N, C, C), g[n, i, j] = Σ_p f[n, i, p] f[n, j, p].
     """
+    xp = get_array_module(f)
     N, C, H, W = f.shape
     F = f.reshape(N, C, H * W)
-    return F @ F.transpose(0, 2, 1), f
+    # A sum over positions: each worker takes the Gram matrix of its own chunk of them.
+    parts = split_work(xp, _chunks(xp, H * W), lambda chunks: sum(F[:, :, c] @ F[:, :, c].transpose(0, 2, 1) for c in chunks))
+    return sum(parts[1:], parts[0]), f
 
 
 def gram_backward(dg, cache):
@@ -20,6 +31,10 @@ def gram_backward(dg, cache):
     through F[j] and on row j through F[i].
     """
     f = cache
+    xp = get_array_module(f)
     N, C, H, W = f.shape
     F = f.reshape(N, C, H * W)
-    return ((dg + dg.transpose(0, 2, 1)) @ F).reshape(f.shape)
+    s = dg + dg.transpose(0, 2, 1)
+    df = xp.empty_like(F)
+    split_work(xp, _chunks(xp, H * W), lambda chunks: [xp.matmul(s, F[:, :, c], out=df[:, :, c]) for c in chunks])
+    return df.reshape(f.shape)
