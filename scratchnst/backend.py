@@ -154,6 +154,12 @@ def band_workers(xp: types.ModuleType) -> int:
     return max((lib.num_threads for lib in _blas_controller().lib_controllers), default=1)
 
 
+def split_range(xp: types.ModuleType, n: int) -> list[slice]:
+    """0..n as one contiguous slice per `split_work` worker (a single slice on CuPy)."""
+    k = band_workers(xp)
+    return [slice(i * n // k, (i + 1) * n // k) for i in range(k)]
+
+
 def split_work(xp: types.ModuleType, items: list, run) -> list:
     """[run(subset), ...] over disjoint subsets of `items` that together cover it.
 

@@ -57,7 +57,8 @@ def test_conv_banded_path_equals_single_band(rng, monkeypatch):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv_and_gram_split_over_threads_equal_one_thread(rng, monkeypatch, stride):
-    """Bands (and Gram position chunks) split over 3 worker threads give what one thread gives."""
+    """Conv bands, Gram position chunks, ReLU stretches and pooling channels split over 3 worker
+    threads give what one thread gives."""
     x = rng.standard_normal((2, 5, 23, 9))
     w = rng.standard_normal((4, 5, 3, 3))
     b = rng.standard_normal(4)
@@ -69,12 +70,16 @@ def test_conv_and_gram_split_over_threads_equal_one_thread(rng, monkeypatch, str
         y, cache = ops.conv2d_forward(x, w, b, stride, 1)
         y16, cache16 = ops.conv2d_forward(x, w_col2im, None, stride, 1)
         g, gcache = ops.gram_forward(y)
-        return y, ops.conv2d_backward(y, cache), ops.conv2d_backward(y16, cache16), g, ops.gram_backward(g, gcache)
+        r, mask = ops.relu_forward(y)
+        p, pcache = ops.maxpool2d_forward(y, 2, 2)
+        return (y, ops.conv2d_backward(y, cache), ops.conv2d_backward(y16, cache16), g, ops.gram_backward(g, gcache),
+                r, ops.relu_backward(y, mask), p, ops.maxpool2d_backward(p, pcache))
 
     monkeypatch.setattr("scratchnst.backend.BAND_THREADS", 1)
     one = run()
     monkeypatch.setattr("scratchnst.backend.BAND_THREADS", 3)
-    for got, want, what in zip(run(), one, ("conv forward", "conv backward", "col2im backward", "gram", "gram backward")):
+    names = ("conv", "conv backward", "col2im backward", "gram", "gram backward", "relu", "relu backward", "maxpool", "maxpool backward")
+    for got, want, what in zip(run(), one, names, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=what)
 
 
@@ -156,9 +161,9 @@ def test_maxpool_argmax_is_the_first_maximum_of_each_window_even_with_many_ties(
            for i in range(H // k)] for c in range(C)] for n in range(N)]
     )
     y, cache = ops.maxpool2d_forward(x, k, k)
-    y_scan, cache_scan = _maxpool_scan(x, k, k, np.uint8)
+    y_scan, argmax_scan = _maxpool_scan(x, k, k, np.uint8)
     np.testing.assert_array_equal(cache.argmax, want)
-    np.testing.assert_array_equal(cache_scan.argmax, want)
+    np.testing.assert_array_equal(argmax_scan, want)
     np.testing.assert_array_equal(y, pool2d_naive(x, k, k, np.max))
     np.testing.assert_array_equal(y_scan, y)
 

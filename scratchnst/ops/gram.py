@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from scratchnst.backend import band_workers, get_array_module, split_work
-
-
-def _chunks(xp, M: int) -> list[slice]:
-    """The positions 0..M split into one contiguous chunk per host worker thread (one on CuPy)."""
-    k = band_workers(xp)
-    return [slice(i * M // k, (i + 1) * M // k) for i in range(k)]
+from scratchnst.backend import get_array_module, split_range, split_work
 
 
 def gram_forward(f):
@@ -20,7 +14,7 @@ def gram_forward(f):
     N, C, H, W = f.shape
     F = f.reshape(N, C, H * W)
     # A sum over positions: each worker takes the Gram matrix of its own chunk of them.
-    parts = split_work(xp, _chunks(xp, H * W), lambda chunks: sum(F[:, :, c] @ F[:, :, c].transpose(0, 2, 1) for c in chunks))
+    parts = split_work(xp, split_range(xp, H * W), lambda chunks: sum(F[:, :, c] @ F[:, :, c].transpose(0, 2, 1) for c in chunks))
     return sum(parts[1:], parts[0]), f
 
 
@@ -36,5 +30,5 @@ def gram_backward(dg, cache):
     F = f.reshape(N, C, H * W)
     s = dg + dg.transpose(0, 2, 1)
     df = xp.empty_like(F)
-    split_work(xp, _chunks(xp, H * W), lambda chunks: [xp.matmul(s, F[:, :, c], out=df[:, :, c]) for c in chunks])
+    split_work(xp, split_range(xp, H * W), lambda chunks: [xp.matmul(s, F[:, :, c], out=df[:, :, c]) for c in chunks])
     return df.reshape(f.shape)

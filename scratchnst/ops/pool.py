@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from scratchnst.backend import get_array_module
+from scratchnst.backend import get_array_module, split_range, split_work
 from scratchnst.ops.conv import conv_output_size
 
 
@@ -36,14 +36,23 @@ def maxpool2d_forward(x, k: int, stride: int):
     row by row and only a strictly greater value replaces the running max).
     """
     xp = get_array_module(x)
-    dtype = xp.uint8 if k * k <= 256 else xp.int32
-    if k == stride:
-        return _maxpool_tiled(x, k, dtype)
-    return _maxpool_scan(x, k, stride, dtype)
+    N, C, H, W = x.shape
+    shape = (N, C, conv_output_size(H, k, stride, 0, "pool"), conv_output_size(W, k, stride, 0, "pool"))
+    y = xp.empty(shape, dtype=x.dtype)
+    argmax = xp.empty(shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
+    pool = _maxpool_tiled if k == stride else _maxpool_scan
+
+    def run(chunks):  # channels are independent: each host thread takes its own (backend.split_work)
+        for c in chunks:
+            y[:, c], argmax[:, c] = pool(x[:, c], k, stride, argmax.dtype)
+
+    split_work(xp, split_range(xp, C), run)
+    return y, PoolCache(tuple(x.shape), k, stride, argmax)
 
 
 def _maxpool_scan(x, k: int, stride: int, dtype):
-    """Any windows: a running max over the k² offset views, in row-major offset order."""
+    """Any windows: a running max over the k² offset views, in row-major offset order. Returns
+    (y, argmax)."""
     xp = get_array_module(x)
     y = argmax = None
     for offset, view in _windows(x, k, stride):
@@ -52,7 +61,7 @@ def _maxpool_scan(x, k: int, stride: int, dtype):
             argmax = xp.zeros(y.shape, dtype=dtype)
             continue
         _keep_first_max(y, argmax, view, argmax.dtype.type(offset))
-    return y, PoolCache(tuple(x.shape), k, stride, argmax)
+    return y, argmax
 
 
 def _keep_first_max(best, tag, value, value_tag) -> None:
@@ -64,8 +73,9 @@ def _keep_first_max(best, tag, value, value_tag) -> None:
     xp.maximum(best, value, out=best)
 
 
-def _maxpool_tiled(x, k: int, dtype):
+def _maxpool_tiled(x, k: int, stride: int, dtype):
     """Non-overlapping windows (k == stride): the max along each window row, then down the rows.
+    Returns (y, argmax).
 
     Split W into (out_w, k) and H into (out_h, k) (free views, after cropping the rows and columns no
     window covers): first the max over q of x[.., i·k + p, j·k + q] for every input row, with the
@@ -87,20 +97,25 @@ def _maxpool_tiled(x, k: int, dtype):
     y, argmax = row_max[:, :, :, 0].copy(), first_q[:, :, :, 0].copy()
     for p in range(1, k):
         _keep_first_max(y, argmax, row_max[:, :, :, p], first_q[:, :, :, p] + first_q.dtype.type(p * k))
-    return y, PoolCache(tuple(x.shape), k, k, argmax)
+    return y, argmax
 
 
 def maxpool2d_backward(dout, cache: PoolCache):
     """dx: (N, C, H, W); each dout entry goes to the position of its window's (first) maximum."""
     xp = get_array_module(dout)
     dx = xp.zeros(cache.x_shape, dtype=dout.dtype)
-    for offset, view in _windows(dx, cache.k, cache.stride):
-        if cache.k <= cache.stride:
-            # Windows do not overlap: each position of dx is written by one offset only.
-            xp.multiply(dout, cache.argmax == offset, out=view)
-        else:
-            # view aliases dx; overlapping windows (k > stride) add up across offsets.
-            view += dout * (cache.argmax == offset)
+
+    def run(chunks):  # channel by channel, as in the forward pass
+        for c in chunks:
+            for offset, view in _windows(dx[:, c], cache.k, cache.stride):
+                if cache.k <= cache.stride:
+                    # Windows do not overlap: each position of dx is written by one offset only.
+                    xp.multiply(dout[:, c], cache.argmax[:, c] == offset, out=view)
+                else:
+                    # view aliases dx; overlapping windows (k > stride) add up across offsets.
+                    view += dout[:, c] * (cache.argmax[:, c] == offset)
+
+    split_work(xp, split_range(xp, dx.shape[1]), run)
     return dx
 
 
