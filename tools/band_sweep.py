@@ -10,7 +10,8 @@ BAND_THREADS threads (default: as many as BLAS has). Two measurements back those
         gets the same number of bands)
     python tools/band_sweep.py whole --size 512 --rounds 10 [--other NAME=VALUE ...]
         whole objective evaluations, alternating the current settings with the first session's
-        (16 MB bands of at least 4096 columns, one after another on multithreaded BLAS) or with
+        (16 MB bands of at least 4096 columns, one after another on multithreaded BLAS; ReLU and
+        pooling single-threaded as well, since they split only when BAND_THREADS > 1) or with
         the given ones; prints each pair and the median of the paired ratios, the statistic that
         survives the machine drifting between fast and slow minutes (docs/benchmarks.md)
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from scratchnst import backend  # noqa: E402
 from scratchnst.backend import reuse_freed_host_memory  # noqa: E402
@@ -89,7 +91,9 @@ def whole(size: int, rounds: int, other: dict) -> None:
     from scratchnst.bench import _objective, conv_flops, gemm_peak
     from scratchnst.vgg import load_vgg16
 
+    blas_threads = backend.band_workers(np)  # before anything pins BLAS
     current = {name: getattr(backend if name == "BAND_THREADS" else conv, name) for name in EARLIER}
+    current["BAND_THREADS"] = current["BAND_THREADS"] or blas_threads
     net = load_vgg16()
     obj, x = _objective(net, size)
     gflop = conv_flops(net.params, size, size, obj.layers)["total"] / 1e9
@@ -99,7 +103,10 @@ def whole(size: int, rounds: int, other: dict) -> None:
         for constants in (current, {**current, **other}):
             for name, value in constants.items():
                 setattr(backend if name == "BAND_THREADS" else conv, name, value)
-            pair.append(_best_seconds(lambda: obj.loss_and_grad(x), repeats=1))
+            # As an application runs each: with split work, BLAS single-threaded throughout
+            # (backend.give_blas_threads_to_split_work); without, BLAS on all its threads.
+            with threadpool_limits(1 if constants["BAND_THREADS"] > 1 else blas_threads, user_api="blas"):
+                pair.append(_best_seconds(lambda: obj.loss_and_grad(x), repeats=1))
         ratios.append(pair[0] / pair[1])
         print(f"GEMM peak {peak:.0f} GFLOP/s  current {pair[0]:.3f} s ({100 * gflop / pair[0] / peak:.1f}%)  "
               f"other {pair[1]:.3f} s ({100 * gflop / pair[1] / peak:.1f}%)  ratio {ratios[-1]:.3f}", flush=True)
