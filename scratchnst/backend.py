@@ -18,11 +18,12 @@ GPU_HELP = "pip install 'scratchnst[gpu]' on a machine with an NVIDIA GPU; see d
 
 _working: set[int] = set()  # id() of CuPy modules that passed the smoke test in this process
 
-# Host threads that run split work (ops.conv's im2col bands, ops.gram's position chunks); None: as
-# many as BLAS has threads.
-BAND_THREADS: int | None = None
+# Host threads that run split work (the conv's im2col bands, Gram position chunks, ReLU stretches,
+# pooling channels); None: as many as BLAS has threads.
+SPLIT_THREADS: int | None = None
 _blas = None  # threadpoolctl controller of the loaded BLAS libraries, made on first use
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 
 
 def _probe_cupy() -> tuple[types.ModuleType | None, str]:
@@ -144,19 +145,19 @@ def _blas_controller():
     return _blas
 
 
-def band_workers(xp: types.ModuleType) -> int:
-    """How many threads `split_work` uses: 1 on CuPy (one stream), else BAND_THREADS, else BLAS's
+def split_workers(xp: types.ModuleType) -> int:
+    """How many threads `split_work` uses: 1 on CuPy (one stream), else SPLIT_THREADS, else BLAS's
     own thread count (so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS still decide)."""
     if xp.__name__ == "cupy":
         return 1
-    if BAND_THREADS is not None:
-        return max(1, BAND_THREADS)
+    if SPLIT_THREADS is not None:
+        return max(1, SPLIT_THREADS)
     return max((lib.num_threads for lib in _blas_controller().lib_controllers), default=1)
 
 
 def split_range(xp: types.ModuleType, n: int) -> list[slice]:
     """0..n as one contiguous slice per `split_work` worker (a single slice on CuPy)."""
-    k = band_workers(xp)
+    k = split_workers(xp)
     return [slice(i * n // k, (i + 1) * n // k) for i in range(k)]
 
 
@@ -167,15 +168,15 @@ def split_work(xp: types.ModuleType, items: list, run) -> list:
     thread, with BLAS held at one thread meanwhile, so that each thread does its own share of the
     copies and GEMMs back to back and both kinds of work use every core. (With multithreaded BLAS
     instead, the single-threaded copies between GEMMs left all but one core idle, and every GEMM
-    call had to wake the BLAS threads again: docs/benchmarks.md, "Threads over bands".) `run` must
-    write only what its own items own.
+    call had to wake the BLAS threads again: docs/benchmarks.md, "Why split the work over our own
+    threads".) `run` must write only what its own items own.
     """
-    global _pool
-    workers = min(band_workers(xp), len(items))
+    global _pool, _pool_size
+    workers = min(split_workers(xp), len(items))
     if workers <= 1:
         return [run(list(items))]
-    if _pool is None or _pool._max_workers < workers:
-        _pool = ThreadPoolExecutor(workers, thread_name_prefix="scratchnst-split")
+    if _pool_size < workers:
+        _pool, _pool_size = ThreadPoolExecutor(workers, thread_name_prefix="scratchnst-split"), workers
     errors = np.geterr()  # per thread: the workers take the caller's floating-point error handling
 
     def guarded(subset):
@@ -190,15 +191,15 @@ def split_work(xp: types.ModuleType, items: list, run) -> list:
 
 def give_blas_threads_to_split_work() -> int:
     """Process-wide, for applications (like reuse_freed_host_memory): BLAS single-threaded for
-    good, and BAND_THREADS = the threads it had. Returns BAND_THREADS.
+    good, and SPLIT_THREADS = the threads it had. Returns SPLIT_THREADS.
 
     split_work already holds BLAS at one thread while it runs; this also keeps the BLAS calls in
     between (L-BFGS's dot products, for one) single-threaded. Each multithreaded OpenBLAS call
     otherwise leaves its threads spinning for up to ~0.1 s, on the cores that the next split work
     needs: the first conv of the backward pass took 46 ms instead of 30 (docs/benchmarks.md).
     """
-    global BAND_THREADS
-    if BAND_THREADS is None:
-        BAND_THREADS = band_workers(np)
+    global SPLIT_THREADS
+    if SPLIT_THREADS is None:
+        SPLIT_THREADS = split_workers(np)
         _blas_controller().limit(limits=1)
-    return BAND_THREADS
+    return SPLIT_THREADS

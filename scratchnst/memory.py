@@ -80,7 +80,7 @@ def estimate_peak_bytes(
     from scratchnst.image import MIN_SIDE, long_side_dims
     import numpy as np
 
-    from scratchnst.backend import band_workers
+    from scratchnst.backend import split_workers
     from scratchnst.ops import conv
 
     itemsize = 8 if settings.dtype == "float64" else 4
@@ -95,7 +95,7 @@ def estimate_peak_bytes(
     vectors = 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
     optimiser = vectors * 3 * cw * ch * itemsize
     # The bands never hold more than the whole image (+10% for the padded flat grid's extra columns).
-    bound = conv.DEVICE_TILE_BYTES if gpu else conv.TILE_BYTES * band_workers(np)
+    bound = conv.DEVICE_TILE_BYTES if gpu else conv.TILE_BYTES * split_workers(np)
     tiles = min(bound, 1.1 * band * pixels * itemsize)
     return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + activations + tiles + optimiser)
 

@@ -98,7 +98,7 @@ def test_applications_give_the_blas_threads_to_split_work():
         "blas = lambda: max(p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas')\n"
         "before = blas()\n"
         "backend.tune_host_process()\n"
-        "print(before, blas(), backend.BAND_THREADS)\n"
+        "print(before, blas(), backend.SPLIT_THREADS)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -75,9 +75,9 @@ def test_conv_and_gram_split_over_threads_equal_one_thread(rng, monkeypatch, str
         return (y, ops.conv2d_backward(y, cache), ops.conv2d_backward(y16, cache16), g, ops.gram_backward(g, gcache),
                 r, ops.relu_backward(y, mask), p, ops.maxpool2d_backward(p, pcache))
 
-    monkeypatch.setattr("scratchnst.backend.BAND_THREADS", 1)
+    monkeypatch.setattr("scratchnst.backend.SPLIT_THREADS", 1)
     one = run()
-    monkeypatch.setattr("scratchnst.backend.BAND_THREADS", 3)
+    monkeypatch.setattr("scratchnst.backend.SPLIT_THREADS", 3)
     names = ("conv", "conv backward", "col2im backward", "gram", "gram backward", "relu", "relu backward", "maxpool", "maxpool backward")
     for got, want, what in zip(run(), one, names, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=what)
@@ -86,7 +86,7 @@ def test_conv_and_gram_split_over_threads_equal_one_thread(rng, monkeypatch, str
 def test_split_work_covers_every_item_once_and_passes_errors_on(monkeypatch):
     from scratchnst.backend import split_work
 
-    monkeypatch.setattr("scratchnst.backend.BAND_THREADS", 3)
+    monkeypatch.setattr("scratchnst.backend.SPLIT_THREADS", 3)
     parts = split_work(np, list(range(10)), lambda subset: subset)
     assert len(parts) == 3 and sorted(i for part in parts for i in part) == list(range(10))
     assert split_work(np, [7], lambda subset: subset) == [[7]]  # fewer items than workers

@@ -27,7 +27,7 @@ from PIL import Image
 
 from scratchnst import image as im
 from scratchnst import memory, ops
-from scratchnst.backend import band_workers
+from scratchnst.backend import split_workers
 from scratchnst import weights as wts
 from scratchnst.settings import Settings
 from scratchnst.stylize import NOISE_STD
@@ -429,7 +429,7 @@ def test_memory_estimate_on_a_gpu_counts_its_larger_im2col_bands(pics):
         for gpu in (False, True)
     ]
     host, gpu = estimates(2048)  # conv1_2's band at 2048² (~11 GB) is far over both tile bounds
-    assert gpu - host == conv.DEVICE_TILE_BYTES - conv.TILE_BYTES * band_workers(np)
+    assert gpu - host == conv.DEVICE_TILE_BYTES - conv.TILE_BYTES * split_workers(np)
     host, gpu = estimates(32)  # a whole 32² band (~3 MB) is under both: the same estimate
     assert gpu == host
     s = Settings(size=2048, scales=(1.0,), iterations=1).validated(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from scratchnst.backend import band_workers, get_array_module, split_work
+from scratchnst.backend import split_workers, get_array_module, split_work
 
 # Bound on one band: its im2col rows plus its GEMM output rows, in bytes. The full 9·C × H·W im2col
 # matrix of a 512² image is 600 MB at conv1_2; bands of output rows keep the working set small while
@@ -62,7 +62,7 @@ def _band_rows(xp, K: int, F: int, row_len: int, out_h: int, itemsize: int, per_
     worker gets the same number of bands (of equal height, but for the last).
     """
     rows = max(1, tile_bytes(xp) // ((K + F) * row_len * itemsize), -(-MIN_BAND_COLS // row_len))
-    parts = per_worker * band_workers(xp)
+    parts = per_worker * split_workers(xp)
     bands = -(-out_h // rows)  # -(-a // b) is a ceiling division
     bands = min(out_h, -(-bands // parts) * parts)
     return -(-out_h // bands)

@@ -13,8 +13,11 @@ def gram_forward(f):
     xp = get_array_module(f)
     N, C, H, W = f.shape
     F = f.reshape(N, C, H * W)
-    # A sum over positions: each worker takes the Gram matrix of its own chunk of them.
-    parts = split_work(xp, split_range(xp, H * W), lambda chunks: sum(F[:, :, c] @ F[:, :, c].transpose(0, 2, 1) for c in chunks))
+
+    def partial_gram(chunks):  # a sum over positions: each host thread sums its own chunk of them
+        return sum(F[:, :, c] @ F[:, :, c].transpose(0, 2, 1) for c in chunks)
+
+    parts = split_work(xp, split_range(xp, H * W), partial_gram)
     return sum(parts[1:], parts[0]), f
 
 
@@ -30,5 +33,10 @@ def gram_backward(dg, cache):
     F = f.reshape(N, C, H * W)
     s = dg + dg.transpose(0, 2, 1)
     df = xp.empty_like(F)
-    split_work(xp, split_range(xp, H * W), lambda chunks: [xp.matmul(s, F[:, :, c], out=df[:, :, c]) for c in chunks])
+
+    def run(chunks):  # dF's columns are positions: each host thread fills its own
+        for c in chunks:
+            xp.matmul(s, F[:, :, c], out=df[:, :, c])
+
+    split_work(xp, split_range(xp, H * W), run)
     return df.reshape(f.shape)
