@@ -24,6 +24,7 @@ SPLIT_THREADS: int | None = None
 _blas = None  # threadpoolctl controller of the loaded BLAS libraries, made on first use
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+MIN_SPLIT_ELEMENTS = 2**16
 
 
 def _probe_cupy() -> tuple[types.ModuleType | None, str]:
@@ -155,9 +156,11 @@ def split_workers(xp: types.ModuleType) -> int:
     return max((lib.num_threads for lib in _blas_controller().lib_controllers), default=1)
 
 
-def split_range(xp: types.ModuleType, n: int) -> list[slice]:
-    """0..n as one contiguous slice per `split_work` worker (a single slice on CuPy)."""
-    k = split_workers(xp)
+def split_range(xp: types.ModuleType, n: int, item_size: int = 1) -> list[slice]:
+    """0..n as one contiguous slice per `split_work` worker (a single slice on CuPy), but no slice
+    under MIN_SPLIT_ELEMENTS elements (item_size per item): handing a few microseconds of work
+    to another thread costs more than it saves."""
+    k = max(1, min(split_workers(xp), n * item_size // MIN_SPLIT_ELEMENTS))
     return [slice(i * n // k, (i + 1) * n // k) for i in range(k)]
 
 

@@ -65,6 +65,7 @@ def test_conv_and_gram_split_over_threads_equal_one_thread(rng, monkeypatch, str
     w_col2im = rng.standard_normal((16, 5, 3, 3))  # 2·C ≤ F: col2im, with its even/odd band phases
     for name in ("TILE_BYTES", "MIN_BAND_COLS"):  # many small bands
         monkeypatch.setattr(f"scratchnst.ops.conv.{name}", 1)
+    monkeypatch.setattr("scratchnst.backend.MIN_SPLIT_ELEMENTS", 1)  # split even these tiny arrays
 
     def run():
         y, cache = ops.conv2d_forward(x, w, b, stride, 1)
@@ -84,12 +85,15 @@ def test_conv_and_gram_split_over_threads_equal_one_thread(rng, monkeypatch, str
 
 
 def test_split_work_covers_every_item_once_and_passes_errors_on(monkeypatch):
-    from scratchnst.backend import split_work
+    from scratchnst.backend import MIN_SPLIT_ELEMENTS, split_range, split_work
 
     monkeypatch.setattr("scratchnst.backend.SPLIT_THREADS", 3)
     parts = split_work(np, list(range(10)), lambda subset: subset)
     assert len(parts) == 3 and sorted(i for part in parts for i in part) == list(range(10))
     assert split_work(np, [7], lambda subset: subset) == [[7]]  # fewer items than workers
+    assert split_range(np, 10, MIN_SPLIT_ELEMENTS) == [slice(0, 3), slice(3, 6), slice(6, 10)]
+    assert split_range(np, 10, MIN_SPLIT_ELEMENTS // 4) == [slice(0, 5), slice(5, 10)]  # ≥ the minimum each
+    assert split_range(np, 10) == [slice(0, 10)]  # too little work to hand over
 
     def fails(subset):
         if 4 in subset:

@@ -17,7 +17,7 @@ def gram_forward(f):
     def partial_gram(chunks):  # a sum over positions: each host thread sums its own chunk of them
         return sum(F[:, :, c] @ F[:, :, c].transpose(0, 2, 1) for c in chunks)
 
-    parts = split_work(xp, split_range(xp, H * W), partial_gram)
+    parts = split_work(xp, split_range(xp, H * W, N * C), partial_gram)
     return sum(parts[1:], parts[0]), f
 
 
@@ -38,5 +38,5 @@ def gram_backward(dg, cache):
         for c in chunks:
             xp.matmul(s, F[:, :, c], out=df[:, :, c])
 
-    split_work(xp, split_range(xp, H * W), run)
+    split_work(xp, split_range(xp, H * W, N * C), run)
     return df.reshape(f.shape)

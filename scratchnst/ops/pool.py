@@ -46,7 +46,7 @@ def maxpool2d_forward(x, k: int, stride: int):
         for c in chunks:
             y[:, c], argmax[:, c] = pool(x[:, c], k, stride, argmax.dtype)
 
-    split_work(xp, split_range(xp, C), run)
+    split_work(xp, split_range(xp, C, N * H * W), run)
     return y, PoolCache(tuple(x.shape), k, stride, argmax)
 
 
@@ -115,7 +115,7 @@ def maxpool2d_backward(dout, cache: PoolCache):
                     # view aliases dx; overlapping windows (k > stride) add up across offsets.
                     view += dout[:, c] * (cache.argmax[:, c] == offset)
 
-    split_work(xp, split_range(xp, dx.shape[1]), run)
+    split_work(xp, split_range(xp, dx.shape[1], dx[:, 0].size), run)
     return dx
 
 
