@@ -121,18 +121,28 @@ def reuse_freed_host_memory() -> bool:
 
     glibc serves every allocation above its mmap threshold (128 KB, adapting up to 32 MB) with a
     fresh mmap and unmaps it on free, so each objective evaluation re-faults and zeroes every big
-    activation, mask and gradient (≈ 1.5 GB of pages at 512²). Raising the threshold and the trim
-    threshold to 1 GB keeps those pages mapped for the next evaluation: 3.16 → 2.44 s per 512²
-    evaluation on the 2-core benchmark machine, for ≈ 7% more peak RSS. Process-wide, so only the
-    applications call it (the CLI, `stylize`). Returns False where it does not apply (not glibc).
+    activation, mask and gradient (≈ 1.5 GB of pages at 512²). Three settings keep those pages:
+    - the mmap threshold at 2 GB (the largest an int can say): big arrays come from the heap;
+      3.16 → 2.44 s per 512² evaluation on the 2-core benchmark machine, ≈ 7% more peak RSS;
+    - no trimming: with a 1 GB trim threshold, a 1024² evaluation still handed > 1 GB back at the
+      end and faulted it in again, ≈ 2 s of system time each;
+    - one malloc arena: split_work's threads would otherwise allocate from arenas of their own,
+      whose heaps cannot hold a 64 MB array and mmap it per use instead. The threads allocate a
+      few buffers per call, so sharing one arena's lock costs nothing measurable.
+    With both, 1024²: 9.7 → 8.2–9.0 s per evaluation, system time 2 → 0.04 s (docs/benchmarks.md).
+    Process-wide, so only the applications call it (the CLI, `stylize`, bench's children). Returns
+    False where it does not apply (not glibc).
     """
     import ctypes
     import ctypes.util
 
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+        return all(
+            libc.mallopt(param, value)
+            for param, value in ((M_MMAP_THRESHOLD, 2**31 - 1), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))
+        )
     except (OSError, AttributeError):
         return False
 
