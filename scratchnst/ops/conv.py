@@ -15,8 +15,8 @@ from scratchnst.backend import split_workers, get_array_module, split_work
 # matrix of a 512² image is 600 MB at conv1_2; bands of output rows keep the working set small while
 # leaving each GEMM big enough to run at full speed. On the host each band worker thread
 # (backend.split_work) fills a band and multiplies it straight away, single-threaded: 4 MB bands
-# stay in cache between the two, which made conv1_2 and conv2_2 10-15% faster than 16 MB ones
-# (docs/benchmarks.md, "Band sizes"). Never fewer than MIN_BAND_COLS output columns, below which a
+# stay in cache between the two. Measured per VGG conv, they are within 5% of the best band height
+# for all but one (docs/benchmarks.md, "Band sizes"). Never fewer than MIN_BAND_COLS output columns, below which a
 # GEMM call is mostly overhead. On a GPU every band costs about a dozen kernel launches (9 slice
 # copies, the GEMM, the copy-out), each too short to keep the device busy when bands are small: a
 # 1024² evaluation on an H200 took 0.12 s with 16 MB bands, 0.064 s with 256 MB and 0.060 s with
@@ -58,8 +58,8 @@ def tile_bytes(xp) -> int:
 def _band_rows(xp, K: int, F: int, row_len: int, out_h: int, itemsize: int, per_worker: int = 1) -> int:
     """Output rows per band: im2col (K rows) + output (F rows), `row_len` columns per output row.
 
-    The band count is rounded up to a multiple of per_worker × the band workers, so that every
-    worker gets the same number of bands (of equal height, but for the last).
+    The band count is rounded up to a multiple of per_worker × the split workers (before the rows
+    are rounded up again), so that the workers get equal shares, give or take one band.
     """
     rows = max(1, tile_bytes(xp) // ((K + F) * row_len * itemsize), -(-MIN_BAND_COLS // row_len))
     parts = per_worker * split_workers(xp)
