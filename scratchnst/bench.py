@@ -105,7 +105,7 @@ def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: 
     if grad.dtype != net.dtype:
         raise ScratchnstError(f"gradient came back {grad.dtype}, expected {net.dtype}")
     # Right before the timed evaluations, under the same load, on as many BLAS threads as there
-    # are band workers (an application runs BLAS single-threaded inside each of them).
+    # are split workers (an application runs BLAS single-threaded inside each of them).
     with threadpool_limits(split_workers(np), user_api="blas"):
         peak = gemm_peak(xp, dtype)
     times = [_clock(xp, lambda: obj.loss_and_grad(x)) for _ in range(repeats)]
@@ -122,7 +122,7 @@ def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: 
         "gemm_peak_gflops": peak,
         "pct_of_peak": 100.0 * flops["total"] / best / 1e9 / peak,
         "peak_rss_mb": _peak_rss_mb(),
-        "band_threads": split_workers(xp),
+        "split_threads": split_workers(xp),
     }
     if profile:
         result["profile"] = profile_eval(obj, x)

@@ -5,7 +5,7 @@ The model (bytes), calibrated against measured peak RSS on the NumPy backend (do
     BASELINE                              interpreter, NumPy/PIL/h5py, reading + verifying the weights
   + WEIGHTS_BYTES * itemsize / 4          the 13 conv layers on the backend, in the run's dtype
   + ACT_FACTOR * E * P * itemsize         activations and backward caches at the largest scale
-  + im2col bands                          one conv's: ops.conv's tile bound, TILE_BYTES per band
+  + im2col bands                          one conv's: ops.conv's tile bound, TILE_BYTES per split
                                           worker thread on the host, DEVICE_TILE_BYTES on a GPU, or the
                                           whole image's band where that is smaller (one conv runs at a
                                           time and frees its bands when it returns)
@@ -77,10 +77,10 @@ def estimate_peak_bytes(
     settings: validated Settings; content_size, style_sizes: (width, height) of the loaded images;
     gpu: the run is on CuPy (its im2col bands are larger).
     """
-    from scratchnst.image import MIN_SIDE, long_side_dims
     import numpy as np
 
     from scratchnst.backend import split_workers
+    from scratchnst.image import MIN_SIDE, long_side_dims
     from scratchnst.ops import conv
 
     itemsize = 8 if settings.dtype == "float64" else 4
