@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from scratchnst.backend import split_workers, get_array_module, split_work
+from scratchnst.backend import get_array_module, split_work, split_workers
 
 # Bound on one band: its im2col rows plus its GEMM output rows, in bytes. The full 9·C × H·W im2col
 # matrix of a 512² image is 600 MB at conv1_2; bands of output rows keep the working set small while
