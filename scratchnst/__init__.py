@@ -5,10 +5,12 @@ The data path: image.preprocess → vgg (features) → losses → objective (bac
 
 __version__ = "0.1.0"
 
-from scratchnst.image import deprocess, preprocess
-from scratchnst.objective import NSTObjective
-from scratchnst.stylize import Result, stylize
-from scratchnst.vgg import VGG16, load_vgg16
-from scratchnst import gradcheck, ops
+from scratchnst.app.images import deprocess, preprocess
+from scratchnst.core.objective import NSTObjective
+from scratchnst.app.stylize import Result, stylize
+from scratchnst.app.weights import load_vgg16
+from scratchnst.core.vgg import VGG16
+from scratchnst import gradcheck
+from scratchnst.core import ops
 
 __all__ = ["NSTObjective", "Result", "VGG16", "deprocess", "gradcheck", "load_vgg16", "ops", "preprocess", "stylize"]

@@ -1,5 +1,5 @@
 import sys
 
-from scratchnst.cli import main
+from scratchnst.app.cli import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scratchnst.errors import WeightsError
-from scratchnst.weights import resolve_weights
+from scratchnst.app.weights import resolve_weights
 
 
 @pytest.fixture

@@ -1,14 +1,15 @@
 """`scratchnst bench`: the command runs at a tiny size and reports sane numbers; FLOP counting by hand."""
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from scratchnst.bench import conv_flops
-from scratchnst.objective import CONTENT_LAYERS, STYLE_LAYERS
+from scratchnst.app.bench import conv_flops
+from scratchnst.core.objective import CONTENT_LAYERS, STYLE_LAYERS
 
 # VGG-16's (F, C) per conv, as the weights file has them.
 VGG_FC = [(64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
@@ -80,27 +81,30 @@ def test_bench_table_and_bad_sizes(vgg_weights_path):
 
 
 def test_freed_host_memory_is_kept_on_glibc():
-    """The allocator setting the CLI, stylize and bench apply (worth ≈ 25% per evaluation at 512²)."""
+    """The allocator opt-in the CLI and bench's children make (docs/benchmarks.md, "The allocator")."""
     import platform
-
-    from scratchnst.backend import reuse_freed_host_memory
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt tuning applies to glibc only")
-    assert reuse_freed_host_memory() is True
+    code = "from scratchnst.core import host\nprint(host.keep_freed_memory())\n"  # its own process: it is permanent
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.split() == ["True"], proc.stderr
 
 
-def test_applications_give_the_blas_threads_to_split_work():
-    """tune_host_process (CLI, stylize, bench): BLAS single-threaded, its threads now split work's."""
+def test_engine_threads_hold_blas_at_one_thread_and_restore_it():
+    """host.engine_threads (stylize, the CLI, bench): BLAS single-threaded inside, its threads given to
+    split work, and the caller's BLAS thread count back afterwards."""
     code = (
         "from threadpoolctl import threadpool_info\n"
-        "from scratchnst import backend\n"
+        "from scratchnst.core import host\n"
         "blas = lambda: max(p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas')\n"
         "before = blas()\n"
-        "backend.tune_host_process()\n"
-        "print(before, blas(), backend.SPLIT_THREADS)\n"
+        "with host.engine_threads():\n"
+        "    inside, workers = blas(), host.workers()\n"
+        "print(before, inside, workers, blas())\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
     assert proc.returncode == 0, proc.stderr
-    before, after, band_threads = map(int, proc.stdout.split())
-    assert (after, band_threads) == (1, before)
+    before, inside, workers, after = map(int, proc.stdout.split())
+    assert (before, inside, workers, after) == (2, 1, 2, 2)

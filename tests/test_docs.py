@@ -63,5 +63,6 @@ def test_every_named_function_exists():
 
 def test_each_step_links_its_code():
     text = _text()
-    for target in ("image.py", "ops/conv.py", "ops/relu.py", "ops/pool.py", "ops/gram.py", "vgg.py", "losses.py", "objective.py", "optim.py"):
+    for target in ("core/preprocess.py", "core/ops/conv.py", "core/ops/relu.py", "core/ops/pool.py", "core/ops/gram.py",
+                   "core/vgg.py", "core/losses.py", "core/objective.py", "core/optim.py"):
         assert f"](../scratchnst/{target})" in text, target

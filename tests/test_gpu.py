@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 
 import scratchnst
-from scratchnst import ops
-from scratchnst.backend import _probe_cupy, get_backend, to_host
+from scratchnst.core import ops
+from scratchnst.core.backend import _probe_cupy, get_backend, to_host
 from scratchnst.errors import ScratchnstError
 from scratchnst.gradcheck import CONV_CASES, POOL_CASES, _tie_free, random_vgg, rel_error
-from scratchnst.objective import NSTObjective
-from scratchnst.optim import make_optimizer
-from scratchnst.vgg import load_vgg16
+from scratchnst.core.objective import NSTObjective
+from scratchnst.core.optim import make_optimizer
+from scratchnst.app.weights import load_vgg16
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = {"float32": 1e-5, "float64": 1e-12}
@@ -105,9 +105,9 @@ def test_conv2d_matches_numpy(rng, dtype, shape, kernel, stride, pad):
 def test_conv2d_banded_path_matches_numpy(rng, monkeypatch, dtype):
     """One output row per band (both tile bounds = 1) on both backends, through all three conv paths."""
     tol = _tol(dtype)
-    monkeypatch.setattr("scratchnst.ops.conv.TILE_BYTES", 1)
-    monkeypatch.setattr("scratchnst.ops.conv.DEVICE_TILE_BYTES", 1)
-    monkeypatch.setattr("scratchnst.ops.conv.MIN_BAND_COLS", 1)
+    monkeypatch.setattr("scratchnst.core.ops.conv.TILE_BYTES", 1)
+    monkeypatch.setattr("scratchnst.core.ops.conv.DEVICE_TILE_BYTES", 1)
+    monkeypatch.setattr("scratchnst.core.ops.conv.MIN_BAND_COLS", 1)
     for shape, (F, KH, KW), stride in [((1, 6, 13, 10), (4, 3, 3), 1), ((1, 3, 13, 10), (8, 3, 3), 1), ((1, 3, 13, 10), (4, 3, 3), 2)]:
         x, x_d = _pair(rng.standard_normal(shape), dtype)
         w, w_d = _pair(rng.standard_normal((F, shape[1], KH, KW)), dtype)

@@ -4,8 +4,9 @@ walk that names a broken backward."""
 import numpy as np
 import pytest
 
-from scratchnst import gradcheck, ops
-from scratchnst.cli import main
+from scratchnst import gradcheck
+from scratchnst.core import ops
+from scratchnst.app.cli import main
 from scratchnst.gradcheck.layers import _kink_side
 
 

@@ -1,4 +1,4 @@
-"""Tests for scratchnst.image: loading odd/broken files, pre/deprocess, atomic saving, colour."""
+"""Tests for scratchnst.app.images: loading odd/broken files, pre/deprocess, atomic saving, colour."""
 
 import io
 import os
@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from scratchnst import image as im
+import scratchnst
+from scratchnst.app import images as im
 from scratchnst.errors import ScratchnstError
 
 # Independent reference: BT.601 full-range RGB -> (Y, Cb - 128, Cr - 128).
@@ -99,7 +100,7 @@ def test_round_trip_property(a):
 
 @pytest.mark.gpu
 def test_preprocess_cupy_round_trip(rng):
-    from scratchnst.backend import _cupy_or_none
+    from scratchnst.core.backend import _cupy_or_none
 
     cupy = _cupy_or_none()
     if cupy is None:
@@ -493,7 +494,7 @@ def test_default_images():
     content, style = im.default_images()
     for img in (content, style):
         assert img.mode == "RGB" and max(img.size) == 512 and min(img.size) >= im.MIN_SIDE
-    assets = Path(im.__file__).parent / "assets"
+    assets = Path(scratchnst.__file__).parent / "assets"
     for name in ("content.jpg", "style.jpg", "ATTRIBUTION.md"):
         assert (assets / name).is_file()
     assert (assets / "content.jpg").stat().st_size <= 300_000

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from scratchnst import gradcheck
-from scratchnst.cli import main
-from scratchnst.inspect import diverging, feature_grid, gradient_picture, sequential, term_gradients
-from scratchnst.losses import content_loss, style_loss, tv_loss
-from scratchnst.objective import NSTObjective
+from scratchnst.app.cli import main
+from scratchnst.app.study import diverging, feature_grid, gradient_picture, sequential, term_gradients
+from scratchnst.core.losses import content_loss, style_loss, tv_loss
+from scratchnst.core.objective import NSTObjective
 
 # -- colour maps and pictures -----------------------------------------------------------------------
 

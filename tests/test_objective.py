@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from scratchnst.gradcheck import THRESHOLDS, objective_check, random_vgg
-from scratchnst.objective import NSTObjective
-from scratchnst.ops.reference import gram_naive
-from scratchnst.vgg import LAYER_NAMES
+from scratchnst.core.objective import NSTObjective
+from scratchnst.core.ops.reference import gram_naive
+from scratchnst.core.vgg import LAYER_NAMES
+from scratchnst.errors import ScratchnstError
 
 
 
@@ -14,18 +15,19 @@ def _image(rng, h, w):
     return rng.uniform(-100, 100, (1, 3, h, w))
 
 
-def _formula(net, x, content, styles, *, cl, sl, alpha, beta, gamma, blend, layer_w):
-    """L(x) from the issue's formula, with naive Gram matrices; styles here share x's size."""
+def _formula(net, x, content, styles, *, cl, sl, alpha, beta, gamma, blend, layer_w, per_size=False):
+    """L(x) from the issue's formula, with naive Gram matrices; styles here share x's size.
+    per_size: the content term as a mean over each layer's activations, TV over the pixel values."""
     fx = net.extract(x, cl + sl)
     fc = net.extract(content, cl)
-    total = sum(alpha * 0.5 * np.sum((fx[l] - fc[l]) ** 2) for l in cl)
+    total = sum(alpha * 0.5 * np.sum((fx[l] - fc[l]) ** 2) / (fx[l].size if per_size else 1) for l in cl)
     for l, wl in zip(sl, layer_w):
         A = sum(b * gram_naive(net.extract(s, [l])[l]) for b, s in zip(blend, styles))
         G = gram_naive(fx[l])
         _, N, H, W = fx[l].shape
         total += beta * wl * np.sum((G - A) ** 2) / (4 * N**2 * (H * W) ** 2)
     tv = np.sum((x[:, :, 1:] - x[:, :, :-1]) ** 2) + np.sum((x[:, :, :, 1:] - x[:, :, :, :-1]) ** 2)
-    return total + gamma * tv
+    return total + gamma * tv / (x.size if per_size else 1)
 
 
 def test_loss_equals_the_formula(rng):
@@ -40,8 +42,46 @@ def test_loss_equals_the_formula(rng):
     expected = _formula(net, x, content, [s1, s2], blend=[0.75, 0.25], layer_w=[1, 2, 0.5], **kw)
     assert loss == pytest.approx(expected, rel=1e-12)
     assert grad.shape == x.shape and np.isfinite(grad).all()
-    terms = obj.last_terms
+    evaluation = obj.evaluate(x.copy())
+    assert evaluation.loss == loss and np.array_equal(evaluation.grad, grad)
+    terms = evaluation.terms
     assert loss == pytest.approx(2.0 * terms["content"] + 30.0 * terms["style"] + 0.1 * terms["tv"], rel=1e-12)
+
+
+def test_size_normalisation_is_the_formula_per_activation(rng):
+    net = random_vgg(rng)
+    content, s1, x = (_image(rng, 24, 36) for _ in range(3))
+    kw = dict(cl=["relu4_1", "relu2_2"], sl=["relu1_1", "relu3_1"], alpha=2.0, beta=30.0, gamma=0.1)
+    obj = NSTObjective(
+        net, content, [s1], content_layers=kw["cl"], style_layers=kw["sl"], normalize="size",
+        content_weight=2.0, style_weight=30.0, tv_weight=0.1,
+    )
+    expected = _formula(net, x, content, [s1], blend=[1.0], layer_w=[0.5, 0.5], per_size=True, **kw)
+    assert obj.loss_and_grad(x.copy())[0] == pytest.approx(expected, rel=1e-12)
+    r = objective_check_of(obj, x, rng)
+    assert r.passed, r
+
+
+def objective_check_of(obj, x, rng):
+    from scratchnst.gradcheck import check_loss
+
+    return check_loss("size-normalised objective", obj.loss_and_grad, x.copy(), eps=1e-5, threshold=THRESHOLDS["float64"],
+                      coords=sorted(rng.choice(x.size, size=12, replace=False).tolist()))
+
+
+def test_size_normalisation_defaults_and_bad_values(rng):
+    from scratchnst.core.objective import DEFAULT_WEIGHTS
+
+    net = random_vgg(rng)
+    content, style = _image(rng, 32, 32), _image(rng, 32, 32)
+    obj = NSTObjective(net, content, [style], normalize="size")
+    assert (obj.content_weight, obj.style_weight, obj.tv_weight) == DEFAULT_WEIGHTS["size"]
+    raw = NSTObjective(net, content, [style])  # the seed formula stays the API's default
+    assert raw.normalize == "none" and (raw.content_weight, raw.style_weight, raw.tv_weight) == DEFAULT_WEIGHTS["none"]
+    with pytest.raises(ScratchnstError, match="--normalize: unknown value 'pixels'"):
+        NSTObjective(net, content, [style], normalize="pixels")
+    with pytest.raises(ScratchnstError, match="--style-weight must be a finite number"):
+        NSTObjective(net, content, [style], style_weight=float("nan"))
 
 
 def test_default_layer_weights_are_uniform(rng):
@@ -95,13 +135,14 @@ def test_backward_starts_at_deepest_gradient(rng):
 def test_unknown_layer_and_bad_weights_are_rejected(rng):
     net = random_vgg(rng)
     c = _image(rng, 32, 32)
-    with pytest.raises(ValueError, match="relu9_9"):
+    # The one user-error type, worded as stylize's options are (the same validation serves both).
+    with pytest.raises(ScratchnstError, match="relu9_9"):
         NSTObjective(net, c, [c], content_layers=["relu9_9"])
-    with pytest.raises(ValueError, match="style_weight"):
+    with pytest.raises(ScratchnstError, match="--style-weight"):
         NSTObjective(net, c, [c], style_weight=float("nan"))
-    with pytest.raises(ValueError, match="style_blend"):
+    with pytest.raises(ScratchnstError, match="--style-blend has 1 values for 2 style images"):
         NSTObjective(net, c, [c, c], style_blend=[1.0])
-    with pytest.raises(ValueError, match="style_layer_weights"):
+    with pytest.raises(ScratchnstError, match="--style-layer-weights has 2 values for 5 style layers"):
         NSTObjective(net, c, [c], style_layer_weights=[1.0, 2.0])
 
 
@@ -119,7 +160,7 @@ def test_float32_objective_stays_float32_and_agrees_with_float64(rng):
 @pytest.mark.weights
 def test_objective_gradient_through_the_real_vgg16(rng, vgg_weights_path):
     """The full objective through the real network (float64, 32×32), at sampled pixels."""
-    from scratchnst.vgg import load_vgg16
+    from scratchnst.app.weights import load_vgg16
 
     net = load_vgg16(vgg_weights_path, backend="numpy", dtype="float64")
     r = objective_check(net, rng, coords=16, eps=1e-4, threshold=THRESHOLDS["float64"], name="objective (VGG-16)")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from scratchnst import ops
+from scratchnst.core import ops
 from scratchnst.gradcheck import CONV_CASES, POOL_CASES, THRESHOLDS, _tie_free, check_op
-from scratchnst.ops.reference import conv2d_naive, gram_naive, pool2d_naive
+from scratchnst.core.ops.reference import conv2d_naive, gram_naive, pool2d_naive
 
 EPS = 1e-5
 THR = THRESHOLDS["float64"]
@@ -46,7 +46,7 @@ def test_conv_banded_path_equals_single_band(rng, monkeypatch):
     dout8 = rng.standard_normal((1, 8, 13, 10))
     dx8 = ops.conv2d_backward(dout8, cache8)
     for name in ("TILE_BYTES", "MIN_BAND_COLS"):  # one output row per band
-        monkeypatch.setattr(f"scratchnst.ops.conv.{name}", 1)
+        monkeypatch.setattr(f"scratchnst.core.ops.conv.{name}", 1)
     assert ops.conv._band_rows(np, 27, 4, 12, 13, 8) == 1
     y_b, cache_b = ops.conv2d_forward(x, w, None, 1, 1)
     np.testing.assert_allclose(y_b, y, rtol=1e-13)
@@ -56,16 +56,17 @@ def test_conv_banded_path_equals_single_band(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv_and_gram_split_over_threads_equal_one_thread(rng, monkeypatch, stride):
-    """Conv bands, Gram position chunks, ReLU stretches and pooling channels split over 3 worker
-    threads give what one thread gives."""
+def test_split_over_threads_gives_the_same_bits_as_one_thread(rng, monkeypatch, stride):
+    """Conv bands, Gram position chunks, ReLU stretches and pooling channels split over 2, 3 or 4
+    worker threads give exactly (bit for bit) what one thread gives."""
     x = rng.standard_normal((2, 5, 23, 9))
     w = rng.standard_normal((4, 5, 3, 3))
     b = rng.standard_normal(4)
     w_col2im = rng.standard_normal((16, 5, 3, 3))  # 2·C ≤ F: col2im, with its even/odd band phases
     for name in ("TILE_BYTES", "MIN_BAND_COLS"):  # many small bands
-        monkeypatch.setattr(f"scratchnst.ops.conv.{name}", 1)
-    monkeypatch.setattr("scratchnst.backend.MIN_SPLIT_ELEMENTS", 1)  # split even these tiny arrays
+        monkeypatch.setattr(f"scratchnst.core.ops.conv.{name}", 1)
+    monkeypatch.setattr("scratchnst.core.host.MIN_SPLIT_ELEMENTS", 1)  # split even these tiny arrays
+    monkeypatch.setattr("scratchnst.core.host.SUM_CHUNK_ELEMENTS", 64)  # the Gram sum in several chunks
 
     def run():
         y, cache = ops.conv2d_forward(x, w, b, stride, 1)
@@ -76,24 +77,27 @@ def test_conv_and_gram_split_over_threads_equal_one_thread(rng, monkeypatch, str
         return (y, ops.conv2d_backward(y, cache), ops.conv2d_backward(y16, cache16), g, ops.gram_backward(g, gcache),
                 r, ops.relu_backward(y, mask), p, ops.maxpool2d_backward(p, pcache))
 
-    monkeypatch.setattr("scratchnst.backend.SPLIT_THREADS", 1)
+    monkeypatch.setattr("scratchnst.core.host.THREADS", 1)
     one = run()
-    monkeypatch.setattr("scratchnst.backend.SPLIT_THREADS", 3)
     names = ("conv", "conv backward", "col2im backward", "gram", "gram backward", "relu", "relu backward", "maxpool", "maxpool backward")
-    for got, want, what in zip(run(), one, names, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=what)
+    for threads in (2, 3, 4):
+        monkeypatch.setattr("scratchnst.core.host.THREADS", threads)
+        for got, want, what in zip(run(), one, names, strict=True):
+            assert np.array_equal(got, want), f"{what} with {threads} threads"
 
 
-def test_split_work_covers_every_item_once_and_passes_errors_on(monkeypatch):
-    from scratchnst.backend import MIN_SPLIT_ELEMENTS, split_range, split_work
+def test_split_map_covers_every_item_once_and_passes_errors_on(monkeypatch):
+    from scratchnst.core.host import MIN_SPLIT_ELEMENTS, slices, split_map, split_sum
 
-    monkeypatch.setattr("scratchnst.backend.SPLIT_THREADS", 3)
-    parts = split_work(np, list(range(10)), lambda subset: subset)
+    monkeypatch.setattr("scratchnst.core.host.THREADS", 3)
+    parts = split_map(np, list(range(10)), lambda subset: subset)
     assert len(parts) == 3 and sorted(i for part in parts for i in part) == list(range(10))
-    assert split_work(np, [7], lambda subset: subset) == [[7]]  # fewer items than workers
-    assert split_range(np, 10, MIN_SPLIT_ELEMENTS) == [slice(0, 3), slice(3, 6), slice(6, 10)]
-    assert split_range(np, 10, MIN_SPLIT_ELEMENTS // 4) == [slice(0, 5), slice(5, 10)]  # ≥ the minimum each
-    assert split_range(np, 10) == [slice(0, 10)]  # too little work to hand over
+    assert split_map(np, [7], lambda subset: subset) == [[7]]  # fewer items than workers
+    assert slices(np, 10, MIN_SPLIT_ELEMENTS) == [slice(0, 3), slice(3, 6), slice(6, 10)]
+    assert slices(np, 10, MIN_SPLIT_ELEMENTS // 4) == [slice(0, 5), slice(5, 10)]  # ≥ the minimum each
+    assert slices(np, 10) == [slice(0, 10)]  # too little work to hand over
+    monkeypatch.setattr("scratchnst.core.host.SUM_CHUNK_ELEMENTS", 3)
+    assert split_sum(np, 10, 1, lambda s: [s.start]) == [0, 3, 6]  # 3 chunks, added in chunk order
 
     def fails(subset):
         if 4 in subset:
@@ -101,10 +105,10 @@ def test_split_work_covers_every_item_once_and_passes_errors_on(monkeypatch):
         return subset
 
     with pytest.raises(ValueError, match="band 4"):
-        split_work(np, list(range(10)), fails)
+        split_map(np, list(range(10)), fails)
     # The caller's floating-point error handling holds in the workers too.
     with np.errstate(over="raise"), pytest.raises(FloatingPointError):
-        split_work(np, [0, 1], lambda subset: np.float32(1e38) * np.float32(10))
+        split_map(np, [0, 1], lambda subset: np.float32(1e38) * np.float32(10))
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", [((1, 1, 2, 2), (1, 3, 3), 1, 0), ((1, 1, 4, 4), (1, 1, 1), 0, 0), ((1, 1, 4, 4), (1, 3, 3), 1, -1)])
@@ -156,7 +160,7 @@ def test_maxpool_ties_go_to_first_maximum_in_row_major_order():
 def test_maxpool_argmax_is_the_first_maximum_of_each_window_even_with_many_ties(rng, shape, k):
     """Inputs drawn from {0, 1, 2} tie in most windows. np.argmax of a window's row-major ravel is
     its first maximum; both forward paths (k == stride, and the offset scan) must give it."""
-    from scratchnst.ops.pool import _maxpool_scan
+    from scratchnst.core.ops.pool import _maxpool_scan
 
     x = rng.integers(0, 3, shape).astype(np.float32)
     N, C, H, W = shape

@@ -1,4 +1,4 @@
-"""Tests for scratchnst.optim: convergence, strong Wolfe, save/resume, non-finite handling."""
+"""Tests for scratchnst.core.optim: convergence, strong Wolfe, save/resume, non-finite handling."""
 
 import io
 import json
@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from scratchnst.backend import get_array_module
+from scratchnst.core.backend import get_array_module
 from scratchnst.errors import ScratchnstError
-from scratchnst.optim import LBFGS, Adam, make_optimizer
+from scratchnst.core.optim import LBFGS, Adam, make_optimizer
 
 
 @pytest.fixture
@@ -230,7 +230,7 @@ def test_make_optimizer_rejects_unknown_name():
 @pytest.mark.parametrize("name", ["lbfgs", "adam"])
 def test_cupy_matches_numpy(name):
     cupy = pytest.importorskip("cupy")
-    from scratchnst.backend import get_backend
+    from scratchnst.core.backend import get_backend
 
     try:
         get_backend("cupy")

@@ -25,12 +25,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from scratchnst import image as im
-from scratchnst import memory, ops
-from scratchnst.backend import split_workers
-from scratchnst import weights as wts
-from scratchnst.settings import Settings
-from scratchnst.stylize import NOISE_STD
+from scratchnst.app import images as im
+from scratchnst.app import memory
+from scratchnst.core import ops
+from scratchnst.core import host
+from scratchnst.app import weights as wts
+from scratchnst.app.settings import Settings
+from scratchnst.app.stylize import NOISE_STD
 
 pytestmark = pytest.mark.weights
 
@@ -266,7 +267,7 @@ def test_content_without_style(tmp_path, pics):
 
 
 def test_cupy_backend_without_a_gpu(tmp_path, pics, out):
-    from scratchnst.backend import _cupy_or_none
+    from scratchnst.core.backend import _cupy_or_none
 
     if _cupy_or_none() is not None:
         pytest.skip("a CUDA device is present")
@@ -421,17 +422,17 @@ def test_memory_refusal_names_the_estimate_and_the_largest_size(tmp_path, pics, 
 
 
 def test_memory_estimate_on_a_gpu_counts_its_larger_im2col_bands(pics):
-    from scratchnst.ops import conv
+    from scratchnst.core.ops import conv
 
     sizes = (Image.open(pics[0]).size, [Image.open(pics[1]).size])
     estimates = lambda size: [
         memory.estimate_peak_bytes(Settings(size=size, scales=(1.0,), iterations=1).validated(1), *sizes, gpu=gpu)
         for gpu in (False, True)
     ]
-    host, gpu = estimates(2048)  # conv1_2's band at 2048² (~11 GB) is far over both tile bounds
-    assert gpu - host == conv.DEVICE_TILE_BYTES - conv.TILE_BYTES * split_workers(np)
-    host, gpu = estimates(32)  # a whole 32² band (~3 MB) is under both: the same estimate
-    assert gpu == host
+    on_host, on_gpu = estimates(2048)  # conv1_2's band at 2048² (~11 GB) is far over both tile bounds
+    assert on_gpu - on_host == conv.DEVICE_TILE_BYTES - conv.TILE_BYTES * host.workers()
+    on_host, on_gpu = estimates(32)  # a whole 32² band (~3 MB) is under both: the same estimate
+    assert on_gpu == on_host
     s = Settings(size=2048, scales=(1.0,), iterations=1).validated(1)
     limit = sum(estimates(1024)) // 2  # the host's 1024² fits, the GPU's does not
     assert memory.largest_size_that_fits(s, *sizes, limit, gpu=True) < memory.largest_size_that_fits(s, *sizes, limit)
@@ -450,7 +451,7 @@ def test_max_memory_overrides_the_machine(tmp_path, pics):
         [sys.executable, "-c",
          # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child forked from a big pytest
          # process would report the parent's resident size.
-         "import re, sys; from scratchnst.cli import main; rc = main(sys.argv[1:]); "
+         "import re, sys; from scratchnst.app.cli import main; rc = main(sys.argv[1:]); "
          "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024); sys.exit(rc)",
          "stylize", *map(str, pics), "-o", str(out), *TINY, "--size", "64", "--max-memory", "1G"],
         cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ))
@@ -622,13 +623,13 @@ def test_pool_and_gram_shapes(n, c, h, w, k, stride, kind):
 def test_interrupt_at_an_awkward_moment_still_resumes_identically(tmp_path, reference, monkeypatch, moment):
     """KeyboardInterrupt while scale 1's images are prepared (the optimiser still belongs to scale 0),
     or right after opt.step() returned but before the iteration was recorded."""
-    sty = sys.modules["scratchnst.stylize"]  # the package exports a function of the same name
+    sty = sys.modules["scratchnst.app.stylize"]  # the package exports a function of the same name
     calls = {"n": 0}
     if moment == "between-scales":
         original = sty.Stylizer._images_at
 
         def images_at(self, long_side):
-            if self.scale_index == 1:
+            if long_side == self.sizes[1]:  # scale 1's images: its optimiser does not exist yet
                 raise KeyboardInterrupt
             return original(self, long_side)
 

@@ -1,7 +1,7 @@
 """How big should an im2col band be? Measure it on this machine (developer tool, NumPy backend).
 
-ops.conv sizes its bands by TILE_BYTES and MIN_BAND_COLS, and backend.split_work runs them on
-SPLIT_THREADS threads (default: as many as BLAS has). Two measurements back those settings:
+ops.conv sizes its bands by TILE_BYTES and MIN_BAND_COLS, and host.split_map runs them on
+host.THREADS threads (default: as many as BLAS has). Two measurements back those settings:
 
     python tools/band_sweep.py layers --size 512 --rounds 4 [--threads N]
         every distinct VGG conv at that input size (forward; the backward passes are the same
@@ -11,7 +11,7 @@ SPLIT_THREADS threads (default: as many as BLAS has). Two measurements back thos
     python tools/band_sweep.py whole --size 512 --rounds 10 [--other NAME=VALUE ...]
         whole objective evaluations, alternating the current settings with the first session's
         (16 MB bands of at least 4096 columns, one after another on multithreaded BLAS; ReLU and
-        pooling single-threaded as well, since they split only when SPLIT_THREADS > 1) or with
+        pooling single-threaded as well, since they split only when host.THREADS > 1) or with
         the given ones; prints each pair and the median of the paired ratios, the statistic that
         survives the machine drifting between fast and slow minutes (docs/benchmarks.md)
 """
@@ -29,18 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from scratchnst import backend  # noqa: E402
-from scratchnst.backend import reuse_freed_host_memory  # noqa: E402
-from scratchnst.ops import conv  # noqa: E402
+from scratchnst.core import host  # noqa: E402
+from scratchnst.core.ops import conv  # noqa: E402
 
 # The first session's settings: 16 MB bands of at least 4096 columns, one after another, each GEMM
 # on all of BLAS's threads.
-EARLIER = {"TILE_BYTES": 16 * 2**20, "MIN_BAND_COLS": 4096, "SPLIT_THREADS": 1}
+EARLIER = {"TILE_BYTES": 16 * 2**20, "MIN_BAND_COLS": 4096, "THREADS": 1}
 
 
 def _shapes(size: int) -> list[tuple[int, int, int]]:
     """Distinct (C, F, H) of VGG-16's convs up to conv5_1 at a size×size input."""
-    from scratchnst.vgg import BLOCK_DEPTHS
+    from scratchnst.core.vgg import BLOCK_DEPTHS
 
     shapes, c, h = [], 3, size
     for block, depth in enumerate(BLOCK_DEPTHS, start=1):
@@ -88,12 +87,12 @@ def layers(size: int, rounds: int) -> None:
 
 def whole(size: int, rounds: int, other: dict) -> None:
     """Paired whole-evaluation times: current band constants against `other` (EARLIER by default)."""
-    from scratchnst.bench import _objective, conv_flops, gemm_peak
-    from scratchnst.vgg import load_vgg16
+    from scratchnst.app.bench import _objective, conv_flops, gemm_peak
+    from scratchnst.app.weights import load_vgg16
 
-    blas_threads = backend.split_workers(np)  # before anything pins BLAS
-    current = {name: getattr(backend if name == "SPLIT_THREADS" else conv, name) for name in EARLIER}
-    current["SPLIT_THREADS"] = current["SPLIT_THREADS"] or blas_threads
+    blas_threads = host.workers()  # before anything pins BLAS
+    current = {name: getattr(host if name == "THREADS" else conv, name) for name in EARLIER}
+    current["THREADS"] = current["THREADS"] or blas_threads
     net = load_vgg16()
     obj, x = _objective(net, size)
     gflop = conv_flops(net.params, size, size, obj.layers)["total"] / 1e9
@@ -102,10 +101,10 @@ def whole(size: int, rounds: int, other: dict) -> None:
         peak, pair = gemm_peak(np), []
         for constants in (current, {**current, **other}):
             for name, value in constants.items():
-                setattr(backend if name == "SPLIT_THREADS" else conv, name, value)
+                setattr(host if name == "THREADS" else conv, name, value)
             # As an application runs each: with split work, BLAS single-threaded throughout
-            # (backend.give_blas_threads_to_split_work); without, BLAS on all its threads.
-            with threadpool_limits(1 if constants["SPLIT_THREADS"] > 1 else blas_threads, user_api="blas"):
+            # (host.engine_threads); without, BLAS on all its threads.
+            with threadpool_limits(1 if constants["THREADS"] > 1 else blas_threads, user_api="blas"):
                 pair.append(_best_seconds(lambda: obj.loss_and_grad(x), repeats=1))
         ratios.append(pair[0] / pair[1])
         print(f"GEMM peak {peak:.0f} GFLOP/s  current {pair[0]:.3f} s ({100 * gflop / pair[0] / peak:.1f}%)  "
@@ -122,8 +121,8 @@ def main() -> None:
     parser.add_argument("--other", nargs="*", metavar="NAME=VALUE", default=[],
                         help=f"whole: compare against these values of {', '.join(EARLIER)} instead of the earlier ones")
     args = parser.parse_args()
-    reuse_freed_host_memory()
-    backend.SPLIT_THREADS = args.threads
+    host.keep_freed_memory()
+    host.THREADS = args.threads
     if args.mode == "layers":
         layers(args.size, args.rounds)
     else:

@@ -9,7 +9,7 @@ evaluation above what was resident before it:
          is the most it held at once) and the drop in cudaMemGetInfo's free bytes (pool + cuBLAS);
   torch: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), and the same free-bytes drop.
 The PyTorch side is written here from torch ops (no torchvision): VGG-16 features from OUR weights
-file (scratchnst.weights.read_vgg16_weights), the same losses, .backward() to the input. Before any
+file (scratchnst.app.weights.read_vgg16_weights), the same losses, .backward() to the input. Before any
 timing it checks that torch's loss matches ours to 1e-4 relative at 64 px (float64, and float32 with
 TF32 off).
 
@@ -63,7 +63,7 @@ def _emit(kind: str, **data) -> None:
 
 def _images(size: int, dtype: str):
     """Host (1, 3, S, S) preprocessed content, style, and a start point (content + fixed noise)."""
-    from scratchnst.image import default_images, preprocess, resize_to
+    from scratchnst.app.images import default_images, preprocess, resize_to
 
     content, style = (preprocess(resize_to(img, size, size), dtype="float64") for img in default_images())
     x = content + np.random.default_rng(0).standard_normal(content.shape) * 10
@@ -73,18 +73,14 @@ def _images(size: int, dtype: str):
 def conv_flops(size: int) -> int:
     """FLOPs of the convs one default evaluation runs at S×S: forward to relu5_1, and again for the
     input gradient (every conv down to the pixels); a 3×3 pad-1 conv costs 2·F·C·9·H·W."""
-    from scratchnst.objective import CONTENT_LAYERS, STYLE_LAYERS
-    from scratchnst.vgg import LAYER_NAMES, LAYERS
-    from scratchnst.weights import CHANNELS
+    from scratchnst.core.objective import CONTENT_LAYERS, STYLE_LAYERS
+    from scratchnst.core.vgg import grid, layers_through
 
-    deepest = max(LAYER_NAMES.index(n) for n in CONTENT_LAYERS + STYLE_LAYERS)
-    total, h = 0, size
-    for _, kind, conv in LAYERS[: deepest + 1]:
-        if kind == "conv":
-            C, F = CHANNELS[conv]
-            total += 2 * F * C * 9 * h * h
-        elif kind == "pool":
-            h //= 2
+    total = 0
+    for layer in layers_through(CONTENT_LAYERS + STYLE_LAYERS):
+        if layer.kind == "conv":
+            h, w = grid(layer, size, size)
+            total += 2 * layer.channels * layer.c_in * 9 * h * w
     return 2 * total
 
 
@@ -96,7 +92,7 @@ class OurEngine:
     def __init__(self, weights: str, dtype: str):
         import cupy
 
-        from scratchnst.vgg import load_vgg16
+        from scratchnst.app.weights import load_vgg16
 
         self.cp = cupy
         self.net = load_vgg16(weights, backend="cupy", dtype=dtype)
@@ -106,7 +102,7 @@ class OurEngine:
         self.cp.cuda.Device().synchronize()
 
     def objective(self, content, style):
-        from scratchnst.objective import NSTObjective
+        from scratchnst.core.objective import NSTObjective
 
         obj = NSTObjective(self.net, self.cp.asarray(content), [self.cp.asarray(style)])
         return lambda x: obj.loss_and_grad(x)
@@ -147,9 +143,9 @@ class TorchEngine:
     def __init__(self, weights: str, dtype: str, device: str = "cuda"):
         import torch
 
-        from scratchnst.objective import CONTENT_LAYERS, STYLE_LAYERS
-        from scratchnst.vgg import LAYER_NAMES
-        from scratchnst.weights import read_vgg16_weights
+        from scratchnst.core.objective import CONTENT_LAYERS, STYLE_LAYERS
+        from scratchnst.core.vgg import LAYER_NAMES
+        from scratchnst.app.weights import read_vgg16_weights
 
         self.torch = torch
         self.dev = torch.device(device)
@@ -172,10 +168,10 @@ class TorchEngine:
     def features(self, x):
         import torch.nn.functional as Fn
 
-        from scratchnst.vgg import LAYERS
+        from scratchnst.core.vgg import LAYERS
 
         wanted, feats = set(self.content_layers + self.style_layers), {}
-        for name, kind, conv in LAYERS[: self.deepest + 1]:
+        for name, kind, conv, *_ in LAYERS[: self.deepest + 1]:
             if kind == "conv":
                 w, b = self.params[conv]
                 x = Fn.conv2d(x, w, b, stride=1, padding=1)
@@ -194,9 +190,11 @@ class TorchEngine:
         return F @ F.T
 
     def objective(self, content, style):
-        """loss_and_grad with NSTObjective's defaults: α, β, γ from scratchnst.objective, equal style
+        """loss_and_grad with NSTObjective's defaults: α, β, γ from scratchnst.core.objective, equal style
         layer weights, TV = Σ (vertical differences)² + Σ (horizontal differences)²."""
-        from scratchnst.objective import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
+        from scratchnst.core.objective import DEFAULT_WEIGHTS
+
+        CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = DEFAULT_WEIGHTS["none"]  # NSTObjective's defaults
 
         torch = self.torch
         with torch.no_grad():
@@ -473,9 +471,9 @@ def _markdown(env: dict, rows: list[dict]) -> str:
 
 
 def parent(args) -> int:
-    from scratchnst.backend import _probe_cupy
+    from scratchnst.core.backend import _probe_cupy
     from scratchnst.errors import ScratchnstError
-    from scratchnst.weights import resolve_weights
+    from scratchnst.app.weights import resolve_weights
 
     cupy, why = _probe_cupy()
     if cupy is None:

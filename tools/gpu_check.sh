@@ -49,7 +49,7 @@ fi
 if ! "$PY" - 2>&1 <<'EOF' | tee -a "$LOG"; then
 import sys
 import cupy
-from scratchnst.backend import _probe_cupy
+from scratchnst.core.backend import _probe_cupy
 
 found, why = _probe_cupy()
 print("cupy", cupy.__version__, "| CUDA runtime", cupy.cuda.runtime.runtimeGetVersion() if found else "-",
@@ -70,7 +70,7 @@ if [ -z "${SCRATCHNST_WEIGHTS:-}" ]; then
 fi
 MARKS="gpu"
 # Without either, the cache ($SCRATCHNST_HOME or ~/.cache/scratchnst); never a download.
-if found=$("$PY" -c 'from scratchnst.weights import resolve_weights; print(resolve_weights(fetch=False))' 2>>"$LOG"); then
+if found=$("$PY" -c 'from scratchnst.app.weights import resolve_weights; print(resolve_weights(fetch=False))' 2>>"$LOG"); then
     export SCRATCHNST_WEIGHTS="$found"
     say "weights: $SCRATCHNST_WEIGHTS (verified)"
 else

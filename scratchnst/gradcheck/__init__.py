@@ -18,11 +18,11 @@ from typing import Callable
 
 import numpy as np
 
-from scratchnst import ops
-from scratchnst.backend import get_array_module, to_host
-from scratchnst.losses import content_loss, style_loss, tv_loss
-from scratchnst.objective import NSTObjective
-from scratchnst.vgg import BLOCK_DEPTHS, VGG16
+from scratchnst.core import ops
+from scratchnst.core.backend import get_array_module, to_host
+from scratchnst.core.losses import content_loss, style_loss, tv_loss
+from scratchnst.core.objective import NSTObjective
+from scratchnst.core.vgg import BLOCK_DEPTHS, VGG16
 
 TINY = 1e-30
 THRESHOLDS = {"float64": 1e-7, "float32": 1e-2}

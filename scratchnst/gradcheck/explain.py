@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scratchnst import ops
-from scratchnst.backend import get_array_module, to_host
+from scratchnst.core import ops
+from scratchnst.core.backend import get_array_module, to_host
 from scratchnst.gradcheck import EPS, THRESHOLDS, _away_from_zero, _tie_free, numeric_gradient, rel_error
-from scratchnst.losses import content_loss, style_loss, tv_loss
+from scratchnst.core.losses import content_loss, style_loss, tv_loss
+from scratchnst.errors import ScratchnstError
 
 OPS = ("conv2d", "relu", "maxpool", "avgpool", "gram", "content", "style", "tv")
 DEFAULT_SHAPES = {  # x for the layers, the feature map F for the losses, the image for TV
@@ -59,9 +60,9 @@ class OpReport:
 def _shape4(shape, op: str) -> tuple[int, int, int, int]:
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"{op}: --shape needs 4 positive sizes N,C,H,W, got {shape}")
+        raise ScratchnstError(f"{op}: --shape needs 4 positive sizes N,C,H,W, got {shape}")
     if op in ("content", "style") and shape[0] != 1:
-        raise ValueError(f"{op}: the loss is defined for one image, so N must be 1 (got shape {shape})")
+        raise ScratchnstError(f"{op}: the loss is defined for one image, so N must be 1 (got shape {shape})")
     return shape
 
 
@@ -103,7 +104,7 @@ def _op_function(op: str, x, rng, *, kernel, stride, pad):
         return (lambda v: style_loss(v, a)[0]), style_loss(x, a)[1], f"F{tuple(x.shape)}, A{tuple(a.shape)}"
     if op == "tv":
         return (lambda v: tv_loss(v)[0]), tv_loss(x)[1], f"x{tuple(x.shape)}"
-    raise ValueError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
+    raise ScratchnstError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
 
 
 def explain_op(
@@ -126,16 +127,16 @@ def explain_op(
     most ALL_COORDS_UP_TO entries, else over a random 256 of them.
     """
     if op not in OPS:
-        raise ValueError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
+        raise ScratchnstError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
     if dtype not in THRESHOLDS:
-        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(THRESHOLDS)})")
+        raise ScratchnstError(f"unknown dtype {dtype!r} (choose from {', '.join(THRESHOLDS)})")
     if pad is not None and op != "conv2d":
-        raise ValueError(f"--pad applies to conv2d only, not {op}")
+        raise ScratchnstError(f"--pad applies to conv2d only, not {op}")
     if (kernel is not None or stride is not None) and op not in ("conv2d", "maxpool", "avgpool"):
-        raise ValueError(f"--kernel/--stride apply to conv2d and the pools, not {op}")
+        raise ScratchnstError(f"--kernel/--stride apply to conv2d and the pools, not {op}")
     eps = EPS[dtype] if eps is None else float(eps)
     if not eps > 0:
-        raise ValueError(f"--eps must be > 0, got {eps}")
+        raise ScratchnstError(f"--eps must be > 0, got {eps}")
     rng = np.random.default_rng(seed)
     shape = _shape4(DEFAULT_SHAPES[op] if shape is None else shape, op)
     if op == "maxpool":  # well-separated values: no window has a tie within ±eps
@@ -144,7 +145,10 @@ def explain_op(
         x = _away_from_zero(rng, shape, xp, dtype)
     else:
         x = xp.asarray(rng.standard_normal(shape), dtype=dtype)
-    f, analytic, shapes = _op_function(op, x, rng, kernel=kernel, stride=stride, pad=pad)
+    try:
+        f, analytic, shapes = _op_function(op, x, rng, kernel=kernel, stride=stride, pad=pad)
+    except ValueError as exc:  # the op refused the shapes the user asked for
+        raise ScratchnstError(str(exc)) from None
     analytic = to_host(analytic).reshape(-1).astype(np.float64)
     total = x.size
     coords = list(range(total)) if total <= ALL_COORDS_UP_TO else sorted(rng.choice(total, 256, replace=False).tolist())

@@ -10,11 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from scratchnst import ops
-from scratchnst.backend import to_host
+from scratchnst.core.backend import to_host
 from scratchnst.gradcheck import THRESHOLDS, TINY, numeric_gradient
-from scratchnst.losses import content_loss, style_loss
-from scratchnst.objective import NSTObjective
+from scratchnst.core.objective import NSTObjective
 
 
 @dataclass
@@ -51,20 +49,6 @@ class StageResult:
         return "ok"
 
 
-def _stage_forward(net, index: int, z):
-    """Layer `index` of the VGG table alone, forward, through the ops (what net.forward does there)."""
-    from scratchnst.vgg import LAYERS
-
-    _, kind, conv = LAYERS[index]
-    if kind == "conv":
-        w, b = net.params[conv]
-        return ops.conv2d_forward(z, w, b, stride=1, pad=1)[0]
-    if kind == "relu":
-        return ops.relu_forward(z)[0]
-    pool = ops.maxpool2d_forward if net.pooling == "max" else ops.avgpool2d_forward
-    return pool(z, 2, 2)[0]
-
-
 def _kink_side(kind: str, pooling: str, z):
     """Which side of its kinks a ReLU or max-pool stage is on for input z (None: no kinks).
 
@@ -84,15 +68,9 @@ def _kink_side(kind: str, pooling: str, z):
 def _losses_at(obj: NSTObjective, layer: str, f):
     """(weighted loss terms that live at `layer`, their gradient) for activation f; (0, None) if none."""
     value, grad = 0.0, None
-    if layer in obj.content_layers:
-        v, d = content_loss(f, obj.targets[layer])
-        value, grad = value + obj.content_weight * v, obj.content_weight * d
-    for name, w in zip(obj.style_layers, obj.style_layer_weights):
-        if name == layer:
-            v, d = style_loss(f, obj.grams[layer])
-            value = value + obj.style_weight * w * v
-            d = (obj.style_weight * w) * d
-            grad = d if grad is None else grad + d
+    for t in obj.feature_terms({layer: f}):
+        value = value + t.weight * t.value
+        grad = t.weight * t.grad if grad is None else grad + t.weight * t.grad
     return value, grad
 
 
@@ -189,24 +167,46 @@ def vgg_layer_check(
     Rows "losses@layer" check the loss terms' gradient at that layer, and the last row the whole
     NSTObjective.loss_and_grad (TV included) at the input pixels.
     """
-    from scratchnst.vgg import LAYER_NAMES, LAYERS
-
-    xp = net.xp
     if str(net.dtype) != "float64":
         raise ValueError(f"the layer-by-layer check needs a float64 net (got {net.dtype})")
-    h, w = size
-    content = xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype="float64")
-    style = xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype="float64")
-    obj = NSTObjective(net, content, [style], content_weight=1.0, style_weight=1e2, tv_weight=1e-2)
-    x = xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype="float64")
-    deepest = max(LAYER_NAMES.index(n) for n in obj.layers)
-    names = LAYER_NAMES[: deepest + 1]
-    feats, caches = net.forward(x, names)
-    if [c.name for c in caches] != list(names):
-        raise RuntimeError("net.forward no longer returns one cache per layer; the layer-by-layer check needs that")
-    inputs = [x] + [feats[n] for n in names[:-1]]
+    walk = _Walk(net, rng, size, coords, rel_eps, threshold)
+    results = []
+    out_grad = None  # dL/d(output of layer k), built as the walk goes down
+    for k in range(len(walk.layers) - 1, -1, -1):
+        row, loss_grad = walk.check_losses(k)
+        if row is not None:
+            results.append(row)
+            out_grad = loss_grad if out_grad is None else out_grad + loss_grad
+        row, out_grad, picked = walk.check_stage(k, out_grad)
+        results.append(row)
+    results.append(walk.check_objective(picked))
+    return results
 
-    def tail(k, z, pattern: list | None = None):
+
+class _Walk:
+    """The state of one layer-by-layer check: the net, a random objective on it, one forward pass."""
+
+    def __init__(self, net, rng, size, coords: int, rel_eps: float, threshold: float):
+        from scratchnst.core.vgg import layers_through
+
+        xp = net.xp
+        h, w = size
+        content = xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype="float64")
+        style = xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype="float64")
+        self.obj = NSTObjective(net, content, [style], content_weight=1.0, style_weight=1e2, tv_weight=1e-2)
+        self.x = xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype="float64")
+        self.net, self.rng, self.coords, self.rel_eps, self.threshold = net, rng, coords, rel_eps, threshold
+        self.layers = layers_through(self.obj.layers)
+        self.feats, self.caches = net.forward(self.x, [layer.name for layer in self.layers])
+        if [c.name for c in self.caches] != [layer.name for layer in self.layers]:
+            raise RuntimeError("net.forward no longer returns one cache per layer; the layer-by-layer check needs that")
+        self.inputs = [self.x] + [self.feats[layer.name] for layer in self.layers[:-1]]
+
+    def stage(self, k: int, z):
+        """Layer k alone, forward, as net.forward runs it."""
+        return self.net.layer_forward(self.layers[k], z)[0]
+
+    def tail(self, k: int, z, pattern: list | None = None):
         """L as a function of z = the input of layer k (losses at layers k.. only; no TV).
 
         With `pattern`, appends which side of every kink the forward took: the sign of each ReLU
@@ -214,77 +214,80 @@ def vgg_layer_check(
         in between, so the central difference is a derivative.
         """
         total = 0.0
-        for j in range(k, deepest + 1):
+        for j in range(k, len(self.layers)):
             if pattern is not None:
-                pattern.append(_kink_side(LAYERS[j][1], net.pooling, z))
-            z = _stage_forward(net, j, z)
-            total = total + _losses_at(obj, names[j], z)[0]
+                pattern.append(_kink_side(self.layers[j].kind, self.net.pooling, z))
+            z = self.stage(j, z)
+            total = total + _losses_at(self.obj, self.layers[j].name, z)[0]
         return total
 
-    def e2e_numeric(k, z, candidates, eps):
+    def tail_differences(self, k: int, z, candidates, eps: float):
         """(coords, central differences of tail(k)) at the first `coords` candidates with no kink."""
         flat, picked, values = z.reshape(-1), [], []
         for i in candidates:
             old = flat[i].copy()
-            flat[i] = old + eps
-            up_side = []
-            f_plus = float(tail(k, z, up_side))
-            flat[i] = old - eps
-            down_side = []
-            f_minus = float(tail(k, z, down_side))
+            sides = []
+            for sign in (1, -1):
+                flat[i] = old + sign * eps
+                pattern = []
+                sides.append((float(self.tail(k, z, pattern)), pattern))
             flat[i] = old
-            if all(a is None or bool((a == b).all()) for a, b in zip(up_side, down_side)):
+            (f_plus, up), (f_minus, down) = sides
+            if all(a is None or bool((a == b).all()) for a, b in zip(up, down)):
                 picked.append(i)
                 values.append((f_plus - f_minus) / (2 * eps))
-            if len(picked) == coords:
+            if len(picked) == self.coords:
                 break
         return picked, np.asarray(values)
 
-    def eps_for(z) -> float:
-        return rel_eps * max(float(np.sqrt(float((z * z).mean()))), 1e-3)
+    def eps_for(self, z) -> float:
+        return self.rel_eps * max(float(np.sqrt(float((z * z).mean()))), 1e-3)
 
-    def error(analytic, picked, numeric) -> float:
-        """max over the sampled coordinates of |a − n|, over the largest |a| of the WHOLE stage gradient.
+    def check_losses(self, k: int):
+        """(the row checking the loss terms at layer k's output, their gradient); (None, None) if none."""
+        name = self.layers[k].name
+        _, loss_grad = _losses_at(self.obj, name, self.feats[name])
+        if loss_grad is None:
+            return None, None
+        f = self.feats[name].copy()
+        picked = sorted(self.rng.choice(f.size, size=min(self.coords, f.size), replace=False).tolist())
+        numeric = _five_point(lambda v: _losses_at(self.obj, name, v)[0], f, eps=100 * self.eps_for(f), coords=picked)
+        return StageResult(f"losses@{name}", tuple(f.shape), None, _sampled_error(loss_grad, picked, numeric), self.threshold, len(picked)), loss_grad
 
-        That is rel_error's normwise error estimated from a sample: dividing by the sampled entries
-        alone would blow rounding up wherever the sample happens to hold only tiny gradients.
-        """
-        a = to_host(analytic).reshape(-1)
-        if not len(picked):
-            return 0.0
-        diff = np.max(np.abs(a[np.asarray(picked, dtype=int)] - numeric))
-        return float(diff / max(np.max(np.abs(a)), np.max(np.abs(numeric)), TINY))
-
-    results = []
-    out_grad = None  # dL/d(output of layer k), built as the walk goes down
-    for k in range(deepest, -1, -1):
-        name, kind = names[k], LAYERS[k][1]
-        _, loss_grad = _losses_at(obj, name, feats[name])
-        if loss_grad is not None:
-            f = feats[name].copy()
-            eps = eps_for(f)
-            picked = sorted(rng.choice(f.size, size=min(coords, f.size), replace=False).tolist())
-            numeric = _five_point(lambda v: _losses_at(obj, name, v)[0], f, eps=100 * eps, coords=picked)
-            results.append(StageResult(f"losses@{name}", tuple(f.shape), None, error(loss_grad, picked, numeric), threshold, len(picked)))
-            out_grad = loss_grad if out_grad is None else out_grad + loss_grad
-        in_grad = net.backward({name: out_grad}, [caches[k]])
-        z = inputs[k].copy()
-        eps = eps_for(z)
-        layer = lambda v, k=k: _stage_forward(net, k, v)  # noqa: E731
-        picked = _kink_free_coords(layer, z, rng, coords, eps, linear=kind == "conv")
-        local = error(in_grad, picked, _numeric_jvp(layer, z, out_grad, eps=eps, coords=picked))
+    def check_stage(self, k: int, out_grad):
+        """(the row of layer k, dL/d(its input), the kink-free coordinates of its input)."""
+        layer = self.layers[k]
+        in_grad = self.net.backward({layer.name: out_grad}, [self.caches[k]])
+        z = self.inputs[k].copy()
+        eps = self.eps_for(z)
+        forward = lambda v: self.stage(k, v)  # noqa: E731
+        picked = _kink_free_coords(forward, z, self.rng, self.coords, eps, linear=layer.kind == "conv")
+        local = _sampled_error(in_grad, picked, _numeric_jvp(forward, z, out_grad, eps=eps, coords=picked))
         # End to end, a kink may also sit downstream: keep the first `coords` candidates free of any.
-        candidates = picked + [i for i in rng.permutation(z.size)[: 20 * coords].tolist() if i not in picked]
-        picked, numeric = e2e_numeric(k, z, candidates, eps)
-        e2e = error(in_grad, picked, numeric) if picked else None
-        results.append(StageResult(name, tuple(z.shape), e2e, local, threshold, len(picked)))
-        out_grad = in_grad
-    # The production path, NSTObjective.loss_and_grad (TV included), at the input pixels the walk
-    # found kink-free.
-    _, grad = obj.loss_and_grad(x.copy())
-    numeric = numeric_gradient(lambda v: obj.loss_and_grad(v)[0], x.copy(), eps=eps_for(x), coords=picked)
-    results.append(StageResult("objective (with TV)", tuple(x.shape), error(grad, picked, numeric), None, threshold, len(picked)))
-    return results
+        candidates = picked + [i for i in self.rng.permutation(z.size)[: 20 * self.coords].tolist() if i not in picked]
+        picked, numeric = self.tail_differences(k, z, candidates, eps)
+        e2e = _sampled_error(in_grad, picked, numeric) if picked else None
+        return StageResult(layer.name, tuple(z.shape), e2e, local, self.threshold, len(picked)), in_grad, picked
+
+    def check_objective(self, picked) -> StageResult:
+        """The production path, NSTObjective.loss_and_grad (TV included), at the input pixels the
+        walk found kink-free."""
+        _, grad = self.obj.loss_and_grad(self.x.copy())
+        numeric = numeric_gradient(lambda v: self.obj.loss_and_grad(v)[0], self.x.copy(), eps=self.eps_for(self.x), coords=picked)
+        return StageResult("objective (with TV)", tuple(self.x.shape), _sampled_error(grad, picked, numeric), None, self.threshold, len(picked))
+
+
+def _sampled_error(analytic, picked, numeric) -> float:
+    """max over the sampled coordinates of |a − n|, over the largest |a| of the WHOLE stage gradient.
+
+    That is rel_error's normwise error estimated from a sample: dividing by the sampled entries
+    alone would blow rounding up wherever the sample happens to hold only tiny gradients.
+    """
+    a = to_host(analytic).reshape(-1)
+    if not len(picked):
+        return 0.0
+    diff = np.max(np.abs(a[np.asarray(picked, dtype=int)] - numeric))
+    return float(diff / max(np.max(np.abs(a)), np.max(np.abs(numeric)), TINY))
 
 
 def format_layer_report(results: list[StageResult]) -> str:

@@ -20,16 +20,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from scratchnst.core.backend import check_dtype, get_backend
+from scratchnst.core.vgg import CONVS, VGG16
 from scratchnst.errors import WeightsError, one_line
 
 WEIGHTS_FILENAME = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-LAYERS: tuple[str, ...] = tuple(
-    f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)
-)
-CHANNELS: tuple[tuple[int, int], ...] = (
-    (3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
-    (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512),
-)  # (Cin, Cout) per entry of LAYERS
+LAYERS: tuple[str, ...] = tuple(conv.keras for conv in CONVS)  # the file's group names, in order
+CHANNELS: tuple[tuple[int, int], ...] = tuple((conv.c_in, conv.channels) for conv in CONVS)
 # sha256 over the 13 layers in order: kernel (HWIO, float32, C order) bytes, then bias bytes.
 EXPECTED_SHA256 = "d9a27cc1fc7f975ef8cff49180e794ccd7c4bc868ebb49740803b3bbaa8dbefd"
 
@@ -262,34 +259,56 @@ def fetch_weights(dest: str | os.PathLike | None = None, *, log: Log | None = No
     raise WeightsError(f"could not fetch VGG-16 weights into {dest}: " + "; ".join(reasons))
 
 
-def resolve_weights(path: str | os.PathLike | None = None, *, fetch: bool = True, log: Log | None = None) -> Path:
-    """Return the path of a verified weights file.
+def load_verified(path: str | os.PathLike | None = None, *, fetch: bool = True, log: Log | None = None) -> tuple[Path, Layers, str]:
+    """(path, layers, content sha256) of the weights, the file read and hashed once.
 
     Order: `path` (must be valid, no fallback) -> $SCRATCHNST_WEIGHTS (same) ->
-    cache_dir()/WEIGHTS_FILENAME -> fetch_weights() when `fetch`, logging one line.
+    cache_dir()/WEIGHTS_FILENAME -> fetch_weights() when `fetch`, logging one line. Layers as
+    read_vgg16_weights returns them. Raises WeightsError naming the file.
     """
     if path is not None:
-        path = Path(path).expanduser()
-        verify_weights(path)
-        return path
+        return _read_verified(Path(path).expanduser())
     env = os.environ.get("SCRATCHNST_WEIGHTS")
     if env:
-        path = Path(env).expanduser()
-        try:
-            verify_weights(path)
-        except WeightsError as e:
-            raise WeightsError(f"{e} (set by $SCRATCHNST_WEIGHTS)") from e
-        return path
+        return _read_verified(Path(env).expanduser(), " (set by $SCRATCHNST_WEIGHTS)")
     cached = cache_dir() / WEIGHTS_FILENAME
-    if fetch:
-        return fetch_weights(cached, log=log)
-    if not cached.exists():
+    if not fetch and not cached.exists():
         raise WeightsError(
             f"VGG-16 weights not found at {cached} and $SCRATCHNST_WEIGHTS is unset; "
             "run `python -m scratchnst weights fetch`"
         )
+    if cached.exists():
+        try:
+            return _read_verified(cached)
+        except WeightsError as e:
+            if not fetch:
+                raise WeightsError(f"{e}; run `python -m scratchnst weights fetch` to replace it") from e
+    return _read_verified(fetch_weights(cached, log=log))  # fetches when the cached file is missing or bad
+
+
+def _read_verified(path: Path, context: str = "") -> tuple[Path, Layers, str]:
     try:
-        verify_weights(cached)
+        layers = _load(path)
+        return path, layers, _check_hash(path, layers)
     except WeightsError as e:
-        raise WeightsError(f"{e}; run `python -m scratchnst weights fetch` to replace it") from e
-    return cached
+        if not context:
+            raise
+        raise WeightsError(f"{e}{context}") from e
+
+
+def resolve_weights(path: str | os.PathLike | None = None, *, fetch: bool = True, log: Log | None = None) -> Path:
+    """The path of a verified weights file, found as `load_verified` finds it."""
+    return load_verified(path, fetch=fetch, log=log)[0]
+
+
+def load_vgg16(weights=None, *, backend: str = "auto", dtype: str = "float32", pooling: str = "max") -> VGG16:
+    """VGG-16 with ImageNet weights from a Keras-layout HDF5 file (found or fetched when weights is None).
+
+    The file is read and hashed once; net.weights_path and net.weights_sha256 say which it was.
+    """
+    xp = get_backend(backend)
+    dtype = check_dtype(dtype)
+    path, layers, sha256 = load_verified(weights)
+    net = VGG16.from_hwio([(kernel, bias) for _, kernel, bias in layers], xp=xp, dtype=dtype, pooling=pooling)
+    net.weights_path, net.weights_sha256 = path, sha256
+    return net

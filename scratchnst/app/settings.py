@@ -5,18 +5,19 @@ Validation raises ScratchnstError with the option's command-line name, before an
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
-from scratchnst.backend import BACKENDS, DTYPES
+from scratchnst.core.backend import BACKENDS, DTYPES
+from scratchnst.core.objective import (
+    CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_normalize, check_weight, check_weights,
+)
+from scratchnst.core.optim import DEFAULT_LEARNING_RATE, LBFGS_HISTORY, OPTIMIZERS
+from scratchnst.core.vgg import LAYER_NAMES, POOLINGS
 from scratchnst.errors import ScratchnstError
-from scratchnst.objective import CONTENT_LAYERS, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT
-from scratchnst.vgg import LAYER_NAMES, POOLINGS
 
-OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("noise", "content", "style")
-DEFAULT_LEARNING_RATE = {"lbfgs": 1.0, "adam": 8.0}
+NOISE_STD = 24.0  # the white-noise start, in preprocessed 0..255 units
 
 
 @dataclass
@@ -25,9 +26,10 @@ class Settings:
     iterations: int = 60
     scales: tuple[float, ...] = (0.5, 1.0)
     seed: int = 0
-    content_weight: float = CONTENT_WEIGHT
-    style_weight: float = STYLE_WEIGHT
-    tv_weight: float = TV_WEIGHT
+    normalize: str = "size"  # objective.NORMALIZATIONS; the weights left None take its DEFAULT_WEIGHTS
+    content_weight: float | None = None
+    style_weight: float | None = None
+    tv_weight: float | None = None
     content_layers: tuple[str, ...] = CONTENT_LAYERS
     style_layers: tuple[str, ...] = STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
@@ -36,7 +38,7 @@ class Settings:
     init: str = "noise"
     optimizer: str = "lbfgs"
     learning_rate: float | None = None
-    lbfgs_history: int = 20
+    lbfgs_history: int = LBFGS_HISTORY
     pooling: str = "max"
     preserve_colors: bool = False
     save_every: int = 0
@@ -57,7 +59,7 @@ class Settings:
         _positive_int("lbfgs-history", self.lbfgs_history)
         if self.max_memory is not None:
             if isinstance(self.max_memory, str):
-                from scratchnst.memory import parse_bytes
+                from scratchnst.app.memory import parse_bytes
 
                 try:
                     self.max_memory = parse_bytes(self.max_memory)
@@ -66,8 +68,10 @@ class Settings:
             _positive_int("max-memory", self.max_memory)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ScratchnstError(f"--seed must be a whole number ≥ 0 (got {self.seed!r})")
-        for name in ("content_weight", "style_weight", "tv_weight"):
-            _nonneg_float(name.replace("_", "-"), getattr(self, name))
+        self.normalize = check_normalize(self.normalize)
+        for name, default in zip(("content_weight", "style_weight", "tv_weight"), DEFAULT_WEIGHTS[self.normalize]):
+            value = getattr(self, name)
+            setattr(self, name, default if value is None else check_weight(name.replace("_", "-"), value))
         _positive_float("style-scale", self.style_scale)
         self.scales = tuple(float(s) for s in self.scales)
         if not self.scales:
@@ -80,12 +84,8 @@ class Settings:
         self.style_layers = _layers("style-layers", self.style_layers)
         if not self.content_layers and not self.style_layers:
             raise ScratchnstError("--content-layers and --style-layers are both empty: nothing to optimise")
-        if self.style_layer_weights is not None:
-            self.style_layer_weights = _weights("style-layer-weights", self.style_layer_weights, len(self.style_layers), "style layers")
-        if self.style_blend is not None:
-            self.style_blend = _weights("style-blend", self.style_blend, n_styles, "style images")
-            if sum(self.style_blend) <= 0:
-                raise ScratchnstError("--style-blend must not sum to 0")
+        self.style_layer_weights = check_weights("style-layer-weights", self.style_layer_weights, len(self.style_layers), "style layers")
+        self.style_blend = check_weights("style-blend", self.style_blend, n_styles, "style images", nonzero_sum=True)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("pooling", self.pooling, POOLINGS)
         _choice("backend", self.backend, BACKENDS)
@@ -116,18 +116,8 @@ def _nonneg_int(name: str, value) -> None:
         raise ScratchnstError(f"--{name} must be a whole number ≥ 0 (got {value!r})")
 
 
-def _nonneg_float(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ScratchnstError(f"--{name} must be a number (got {value!r})") from None
-    if not math.isfinite(v) or v < 0:
-        raise ScratchnstError(f"--{name} must be a finite number ≥ 0 (got {value!r})")
-    return v
-
-
 def _positive_float(name: str, value) -> None:
-    if _nonneg_float(name, value) <= 0:
+    if check_weight(name, value) <= 0:
         raise ScratchnstError(f"--{name} must be > 0 (got {value!r})")
 
 
@@ -144,10 +134,3 @@ def _layers(name: str, layers) -> tuple[str, ...]:
     if len(set(layers)) != len(layers):
         raise ScratchnstError(f"--{name}: a layer is listed twice ({','.join(layers)})")
     return layers
-
-
-def _weights(name: str, values, count: int, what: str) -> tuple[float, ...]:
-    values = tuple(_nonneg_float(name, v) for v in values)
-    if len(values) != count:
-        raise ScratchnstError(f"--{name} has {len(values)} values for {count} {what}")
-    return values

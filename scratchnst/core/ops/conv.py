@@ -9,21 +9,23 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from scratchnst.backend import get_array_module, split_work, split_workers
+from scratchnst.core import host
+from scratchnst.core.backend import get_array_module
 
 # Bound on one band: its im2col rows plus its GEMM output rows, in bytes. The full 9·C × H·W im2col
 # matrix of a 512² image is 600 MB at conv1_2; bands of output rows keep the working set small while
-# leaving each GEMM big enough to run at full speed. On the host each band worker thread
-# (backend.split_work) fills a band and multiplies it straight away, single-threaded: 4 MB bands
-# stay in cache between the two. Measured per VGG conv, they are within 5% of the best band height
-# for all but one (docs/benchmarks.md, "Band sizes"). Never fewer than MIN_BAND_COLS output columns, below which a
-# GEMM call is mostly overhead. On a GPU every band costs about a dozen kernel launches (9 slice
-# copies, the GEMM, the copy-out), each too short to keep the device busy when bands are small: a
-# 1024² evaluation on an H200 took 0.12 s with 16 MB bands, 0.064 s with 256 MB and 0.060 s with
-# 1 GB (docs/gpu.md).
+# leaving each GEMM big enough to run at full speed. On the host each worker thread (host.split_map)
+# fills a band and multiplies it straight away, single-threaded, so a band stays in cache between
+# the two; on a GPU each band costs about a dozen kernel launches, so bands are as large as memory
+# allows. Never fewer than MIN_BAND_COLS output columns, below which a GEMM call is mostly overhead.
+# The sizes were measured per VGG conv: docs/benchmarks.md ("Band sizes"), docs/gpu.md.
 TILE_BYTES = 4 * 2**20
 DEVICE_TILE_BYTES = 2**30
 MIN_BAND_COLS = 1024
+# The band count is rounded up to a multiple of this (times per_worker), so that 1, 2 or 4 threads
+# get equal shares; it must not depend on the thread count, or the bands (and so the bits of the
+# result) would.
+BAND_GROUP = 4
 
 
 class ConvCache(NamedTuple):
@@ -58,11 +60,11 @@ def tile_bytes(xp) -> int:
 def _band_rows(xp, K: int, F: int, row_len: int, out_h: int, itemsize: int, per_worker: int = 1) -> int:
     """Output rows per band: im2col (K rows) + output (F rows), `row_len` columns per output row.
 
-    The band count is rounded up to a multiple of per_worker × the split workers (before the rows
-    are rounded up again), so that the workers get equal shares, give or take one band.
+    The band count is rounded up to a multiple of per_worker × BAND_GROUP (before the rows are
+    rounded up again), so that the threads get equal shares, give or take one band.
     """
     rows = max(1, tile_bytes(xp) // ((K + F) * row_len * itemsize), -(-MIN_BAND_COLS // row_len))
-    parts = per_worker * split_workers(xp)
+    parts = per_worker * (BAND_GROUP if xp.__name__ != "cupy" else 1)
     bands = -(-out_h // rows)  # -(-a // b) is a ceiling division
     bands = min(out_h, -(-bands // parts) * parts)
     return -(-out_h // bands)
@@ -97,7 +99,7 @@ def _conv_gemm(x, w, b, stride: int, pad: int):
             xp.matmul(w2, col.reshape(K, R * out_w), out=y[n, :, r0 : r0 + R].reshape(F, R * out_w))
 
     for n in range(N):
-        split_work(xp, list(range(0, out_h, rows)), lambda starts: run(n, starts))
+        host.split_map(xp, list(range(0, out_h, rows)), lambda starts: run(n, starts))
     if b is not None:
         y += b.reshape(1, F, 1, 1)
     return y
@@ -149,7 +151,7 @@ def _conv_gemm_flat(x, w, b, pad: int):
     for n in range(N):
         # Borders stay zero from the allocation; only the interior is rewritten per image.
         flat[:, : Hp * Wp].reshape(C, Hp, Wp)[:, pad : pad + H, pad : pad + W] = x[n]
-        split_work(xp, list(range(0, out_h, rows)), lambda starts: run(n, starts))
+        host.split_map(xp, list(range(0, out_h, rows)), lambda starts: run(n, starts))
     return y
 
 
@@ -214,5 +216,5 @@ def _col2im_backward(dout, cache: ConvCache):
     for n in range(N):
         starts = list(range(0, out_h, rows))
         for phase in (starts[0::2], starts[1::2]):
-            split_work(xp, phase, lambda subset: run(n, subset))
+            host.split_map(xp, phase, lambda subset: run(n, subset))
     return dxpad[:, :, pad : pad + H, pad : pad + W]

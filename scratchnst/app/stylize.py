@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scratchnst import image as im
-from scratchnst import report
-from scratchnst.backend import backend_name, get_array_module, get_backend, to_host, tune_host_process
+from scratchnst.app import images as im
+from scratchnst.app import report
+from scratchnst.app.images import DEFAULT
+from scratchnst.core import host
+from scratchnst.core.backend import backend_name, get_array_module, get_backend, to_host
 from scratchnst.errors import ScratchnstError, one_line
-from scratchnst.memory import check_fits
-from scratchnst.objective import NSTObjective
-from scratchnst.optim import OPTIMIZERS, make_optimizer
-from scratchnst.settings import Settings
-from scratchnst.vgg import load_vgg16
+from scratchnst.app.memory import check_fits
+from scratchnst.core.objective import NSTObjective
+from scratchnst.core.optim import OPTIMIZERS, make_optimizer
+from scratchnst.app.settings import NOISE_STD, Settings
+from scratchnst.app.weights import load_vgg16
 
-NOISE_STD = 24.0  # white-noise init, in preprocessed 0..255 units
-DEFAULT = "<default>"  # manifest name of an embedded default image
 
 
 class NonFiniteError(ScratchnstError):
@@ -42,26 +42,6 @@ class Result:
     manifest: dict
     status: str = "done"
     paths: dict = field(default_factory=dict)
-
-
-def _as_image(source, what: str) -> tuple[Image.Image, str]:
-    """(RGB image, description for the manifest) from a path, a PIL image / uint8 array, or None
-    (the embedded default)."""
-    if source is None or source == DEFAULT:
-        content, style = im.default_images()
-        return (content if what == "content" else style), DEFAULT
-    if isinstance(source, (str, os.PathLike)):
-        return im.load_image(source), str(Path(source).resolve())
-    if isinstance(source, Image.Image):
-        return source.convert("RGB"), f"<{what} image>"
-    return Image.fromarray(np.asarray(source, dtype=np.uint8)), f"<{what} array>"
-
-
-def _fit(img: Image.Image, long_side: int) -> Image.Image:
-    """Resize to `long_side`, or larger where needed to keep the short side ≥ MIN_SIDE."""
-    w, h = img.size
-    need = math.ceil(im.MIN_SIDE * max(w, h) / min(w, h))
-    return im.resize_long_side(img, max(long_side, need))
 
 
 def _scale_sizes(size: int, scales) -> list[int]:
@@ -108,14 +88,14 @@ def _check_not_too_elongated(img: Image.Image, long_side: int, src: str) -> None
 class Stylizer:
     """One run: settings, the loaded images and net, progress, outputs, checkpoints."""
 
-    def __init__(self, content, styles, settings: Settings, out=None, *, on_progress=None):
+    def __init__(self, content, styles, settings: Settings, out=None, *, on_progress=None, net=None):
         styles = [None] if styles is None else list(styles)
         if not styles:
             raise ScratchnstError("give at least one style image")
         self.settings = settings.validated(len(styles))
         self.out = im.check_output_path(out) if out is not None else None
-        self.content, self.content_src = _as_image(content, "content")
-        loaded = [_as_image(s, "style") for s in styles]
+        self.content, self.content_src = im.open_image(content, "content")
+        loaded = [im.open_image(s, "style") for s in styles]
         self.styles = [img for img, _ in loaded]
         self.style_srcs = [src for _, src in loaded]
         s = self.settings
@@ -131,8 +111,9 @@ class Stylizer:
             _check_not_too_elongated(st, int(round(self.sizes[-1] * s.style_scale)), src)
         # Cheap checks are done; refuse a run that cannot fit before the net is allocated.
         self.memory_estimate = check_fits(s, self.content.size, [st.size for st in self.styles], get_backend(s.backend))
-        tune_host_process()
-        self.net = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling)
+        if net is None or (backend_name(net.xp), str(net.dtype), net.pooling) != (backend_name(get_backend(s.backend)), s.dtype, s.pooling):
+            net = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling)
+        self.net = net
         self.xp = self.net.xp
         self.on_progress = on_progress
         self.history: list[dict] = []
@@ -146,8 +127,8 @@ class Stylizer:
     def _images_at(self, long_side: int):
         """Preprocessed content and styles for one scale (luma-only when preserving colours)."""
         s = self.settings
-        content = _fit(self.content, long_side)
-        styles = [_fit(st, int(round(long_side * s.style_scale))) for st in self.styles]
+        content = im.fit_long_side(self.content, long_side)
+        styles = [im.fit_long_side(st, int(round(long_side * s.style_scale))) for st in self.styles]
         if s.preserve_colors:
             styles = [im.match_luminance(st, content) for st in styles]
             content = im.luma_rgb(content)
@@ -174,7 +155,7 @@ class Stylizer:
             self.net, content, styles,
             content_layers=s.content_layers, style_layers=s.style_layers,
             content_weight=s.content_weight, style_weight=s.style_weight, tv_weight=s.tv_weight,
-            style_blend=s.style_blend, style_layer_weights=s.style_layer_weights,
+            style_blend=s.style_blend, style_layer_weights=s.style_layer_weights, normalize=s.normalize,
         )
 
     # -- the run --------------------------------------------------------------------------------
@@ -182,73 +163,36 @@ class Stylizer:
     def run(self, *, resume_state=None) -> Result:
         """Optimise every scale (from `resume_state`, a read checkpoint, if given); write the outputs.
 
+        The engine's host threads and BLAS limits hold for the run only (host.engine_threads).
         NumPy's overflow/invalid warnings are silenced: non-finite values are detected by the
         optimisers and reported once, as NonFiniteError.
         """
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        with host.engine_threads(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             return self._run(resume_state)
 
     def _run(self, resume_state) -> Result:
-        s = self.settings
-        status, x, error = "done", None, None
         first_scale, opt_state = 0, None
         if resume_state is not None:
             first_scale, opt_state = resume_state["scale_index"], resume_state["optimizer"]
             self.history = resume_state["history"]
             self.iteration, self.evaluations = resume_state["iteration"], resume_state["evaluations"]
             self.elapsed_before = resume_state["elapsed_s"]
-        total = s.iterations * len(self.sizes)
-        bar = report.progress_bar(total, initial=self.iteration, disable=s.quiet)
-        self.scale_index, self.opt = first_scale, None
-        self.opt_scale, base = first_scale, None  # the scale self.opt belongs to; global iteration - opt's
+        self.scale_index, self.opt, self.opt_base = first_scale, None, None
+        bar = report.progress_bar(self.settings.iterations * len(self.sizes), initial=self.iteration, disable=self.settings.quiet)
+        status, error, x = "done", None, None
         try:
-            for self.scale_index in range(first_scale, len(self.sizes)):
-                content, styles = self._images_at(self.sizes[self.scale_index])
-                objective = self._objective(content, styles)
-                fun = self._tracked(objective)
-                if opt_state is not None:
-                    if tuple(opt_state["x"].shape) != tuple(content.shape):
-                        raise ScratchnstError(
-                            f"the checkpoint's image is {opt_state['x'].shape[3]}x{opt_state['x'].shape[2]} but this scale is "
-                            f"{content.shape[3]}x{content.shape[2]}: the input images changed since the run was interrupted"
-                        )
-                    self.opt = OPTIMIZERS[s.optimizer].from_state(opt_state, fun, xp=self.xp)
-                    opt_state = None
-                else:
-                    x0 = self._start_point(content, styles, x)
-                    self.opt = make_optimizer(s.optimizer, x0, fun, **self._optimizer_options())
-                    self.evaluations += 1
-                self.opt_scale, base = self.scale_index, self.iteration - self.opt.iteration
-                while self.opt.iteration < s.iterations and not self.opt.converged:
-                    before = self.opt.evaluations
-                    self.opt.step()
-                    self.evaluations += self.opt.evaluations - before
-                    if self.opt.nonfinite:
-                        break
-                    self.iteration += 1
-                    self._record()
-                    bar.update(1)
-                    bar.set_postfix_str(report.postfix(self.history[-1]))
-                    self._periodic_outputs()
+            for scale_index in range(first_scale, len(self.sizes)):
+                self._start_scale(scale_index, x, opt_state)
+                opt_state = None
+                self._optimise_scale(bar)
                 x = self.opt.x
                 if self.opt.nonfinite:
-                    kept = f" ({self.out})" if self.out is not None else ""
-                    error = NonFiniteError(
-                        f"the loss or gradient became NaN/inf at iteration {self.iteration + 1}; kept the last "
-                        f"finite image{kept}. Try a lower --learning-rate or smaller --style-weight/--content-weight"
-                    )
-                    status = "failed"
+                    status, error = "failed", self._nonfinite_error()
                     break
-                if self.scale_index + 1 < len(self.sizes):
-                    bar.total = self.iteration + s.iterations * (len(self.sizes) - self.scale_index - 1)
+                bar.total = self.iteration + self.settings.iterations * (len(self.sizes) - scale_index - 1)
         except KeyboardInterrupt:
             status = "interrupted"
-            # An interrupt that landed between opt.step() returning and its bookkeeping: record the
-            # finished step, so the checkpoint's counters and history agree with the optimiser's.
-            if self.opt is not None and base is not None and self.opt_scale == self.scale_index:
-                self.iteration = max(self.iteration, base + self.opt.iteration)
-                if self.iteration and (not self.history or self.history[-1]["iteration"] < self.iteration):
-                    self._record()
+            self._record_interrupted_step()
         finally:
             bar.close()
         result = self._finish(status, error)
@@ -257,6 +201,56 @@ class Stylizer:
             raise error
         return result
 
+    def _start_scale(self, scale_index: int, x_previous, opt_state) -> None:
+        """self.opt for scale `scale_index`: restored from `opt_state`, or started from the previous
+        scale's image (or the init). self.scale_index follows only once the new optimiser exists:
+        until then an interrupt saves the previous scale's finished state."""
+        s = self.settings
+        content, styles = self._images_at(self.sizes[scale_index])
+        fun = self._objective(content, styles).evaluate
+        if opt_state is not None:
+            if tuple(opt_state["x"].shape) != tuple(content.shape):
+                raise ScratchnstError(
+                    f"the checkpoint's image is {opt_state['x'].shape[3]}x{opt_state['x'].shape[2]} but this scale is "
+                    f"{content.shape[3]}x{content.shape[2]}: the input images changed since the run was interrupted"
+                )
+            opt = OPTIMIZERS[s.optimizer].from_state(opt_state, fun, xp=self.xp)
+        else:
+            opt = make_optimizer(s.optimizer, self._start_point(content, styles, x_previous), fun, **self._optimizer_options())
+            self.evaluations += 1
+        # The run's iteration count at this optimiser's iteration 0 (for the interrupt handler).
+        self.opt, self.scale_index, self.opt_base = opt, scale_index, self.iteration - opt.iteration
+
+    def _optimise_scale(self, bar) -> None:
+        """Step self.opt to this scale's iterations (or convergence, or a non-finite value)."""
+        while self.opt.iteration < self.settings.iterations and not self.opt.converged:
+            before = self.opt.evaluations
+            self.opt.step()
+            self.evaluations += self.opt.evaluations - before
+            if self.opt.nonfinite:
+                return
+            self.iteration += 1
+            self._record()
+            bar.update(1)
+            bar.set_postfix_str(report.postfix(self.history[-1]))
+            self._periodic_outputs()
+
+    def _nonfinite_error(self) -> "NonFiniteError":
+        kept = f" ({self.out})" if self.out is not None else ""
+        return NonFiniteError(
+            f"the loss or gradient became NaN/inf at iteration {self.iteration + 1}; kept the last "
+            f"finite image{kept}. Try a lower --learning-rate or smaller --style-weight/--content-weight"
+        )
+
+    def _record_interrupted_step(self) -> None:
+        """An interrupt that landed between opt.step() returning and its bookkeeping: record the
+        finished step, so the checkpoint's counters and history agree with the optimiser's."""
+        if self.opt is None:
+            return
+        self.iteration = max(self.iteration, self.opt_base + self.opt.iteration)
+        if self.iteration and (not self.history or self.history[-1]["iteration"] < self.iteration):
+            self._record()
+
     def _optimizer_options(self) -> dict:
         s = self.settings
         opts = {"learning_rate": s.learning_rate}
@@ -264,26 +258,14 @@ class Stylizer:
             opts["history"] = s.lbfgs_history
         return opts
 
-    def _tracked(self, objective: NSTObjective):
-        """fun(x) that also remembers each evaluation's terms, to report those of the accepted point."""
-        self._terms = []
-
-        def fun(x):
-            loss, grad = objective.loss_and_grad(x)
-            self._terms = (self._terms + [(loss, dict(objective.last_terms))])[-32:]
-            return loss, grad
-
-        return fun
-
     def _record(self) -> None:
-        loss = self.opt.loss
-        terms = next((t for l, t in reversed(self._terms) if l == loss), self._terms[-1][1] if self._terms else {})
+        terms = self.opt.info or {}  # the loss terms of the point the optimiser accepted
         self.history.append({
             "iteration": self.iteration,
             "scale": self.scale_index,
             "size": self.sizes[self.scale_index],
             "evaluations": self.evaluations,
-            "loss": loss,
+            "loss": self.opt.loss,
             "content": terms.get("content"),
             "style": terms.get("style"),
             "tv": terms.get("tv"),
@@ -317,7 +299,7 @@ class Stylizer:
     def _checkpoint_state(self) -> dict:
         return {
             # A checkpoint taken between scales belongs to the scale its optimiser finished.
-            "scale_index": self.opt_scale,
+            "scale_index": self.scale_index,
             "iteration": self.iteration,
             "evaluations": self.evaluations,
             "elapsed_s": self.elapsed(),

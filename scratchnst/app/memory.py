@@ -54,18 +54,14 @@ def _per_pixel(layers: Sequence[str]) -> tuple[float, float]:
     """Per input pixel, over every VGG layer up to the deepest of `layers`: (activation elements of
     all of them, elements of the largest whole-image conv band: im2col 9·C_in plus the output C_out,
     forward or, with C_in and C_out swapped, backward)."""
-    from scratchnst.vgg import LAYER_NAMES, LAYERS
+    from scratchnst.core.vgg import LAYER_NAMES, layers_through
 
-    deepest = max((LAYER_NAMES.index(n) for n in layers if n in LAYER_NAMES), default=0)
-    total, band, channels, area = 3.0, 0.0, 3, 1.0
-    for name, kind, _ in LAYERS[: deepest + 1]:
-        if kind == "conv":
-            block, i = (int(v) for v in name[4:].split("_"))
-            c_in, channels = channels, (64, 128, 256, 512, 512)[block - 1]
-            band = max(band, (9 * c_in + channels) * area, (9 * channels + c_in) * area)
-        elif kind == "pool":
-            area /= 4
-        total += channels * area
+    total, band = 3.0, 0.0
+    for layer in layers_through([n for n in layers if n in LAYER_NAMES] or ["conv1_1"]):
+        area = 4.0**-layer.pools
+        if layer.kind == "conv":
+            band = max(band, (9 * layer.c_in + layer.channels) * area, (9 * layer.channels + layer.c_in) * area)
+        total += layer.channels * area
     return total, band
 
 
@@ -79,9 +75,9 @@ def estimate_peak_bytes(
     """
     import numpy as np
 
-    from scratchnst.backend import split_workers
-    from scratchnst.image import MIN_SIDE, long_side_dims
-    from scratchnst.ops import conv
+    from scratchnst.core import host
+    from scratchnst.app.images import MIN_SIDE, long_side_dims
+    from scratchnst.core.ops import conv
 
     itemsize = 8 if settings.dtype == "float64" else 4
     top = max(MIN_SIDE, int(round(settings.size * max(settings.scales))))
@@ -95,7 +91,7 @@ def estimate_peak_bytes(
     vectors = 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
     optimiser = vectors * 3 * cw * ch * itemsize
     # The bands never hold more than the whole image (+10% for the padded flat grid's extra columns).
-    bound = conv.DEVICE_TILE_BYTES if gpu else conv.TILE_BYTES * split_workers(np)
+    bound = conv.DEVICE_TILE_BYTES if gpu else conv.TILE_BYTES * host.workers()
     tiles = min(bound, 1.1 * band * pixels * itemsize)
     return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + activations + tiles + optimiser)
 
@@ -104,7 +100,7 @@ def largest_size_that_fits(settings, content_size, style_sizes, limit: int, *, g
     """The largest --size (others unchanged) whose estimate is ≤ limit; None if not even the minimum."""
     from dataclasses import replace
 
-    from scratchnst.image import MIN_SIDE
+    from scratchnst.app.images import MIN_SIDE
 
     fits = lambda size: estimate_peak_bytes(replace(settings, size=size), content_size, style_sizes, gpu=gpu) <= limit
     lo, hi = MIN_SIDE, settings.size

@@ -12,10 +12,14 @@ import signal
 import sys
 import traceback
 
-from scratchnst import inspect
-from scratchnst.backend import tune_host_process
+from scratchnst.app import study
+from scratchnst.core import host
 from scratchnst.errors import ScratchnstError, one_line
-from scratchnst.settings import INITS, OPTIMIZERS, Settings
+from scratchnst.app.settings import INITS, Settings
+from scratchnst.core.backend import BACKENDS, DTYPES
+from scratchnst.core.objective import DEFAULT_WEIGHTS, NORMALIZATIONS
+from scratchnst.core.optim import DEFAULT_LEARNING_RATE, OPTIMIZERS
+from scratchnst.core.vgg import POOLINGS
 
 PROG = "scratchnst"
 DEFAULTS = Settings()
@@ -59,32 +63,27 @@ def _int_at_least(minimum: int):
     return parse
 
 
-_positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
+_integer, _positive_int, _nonneg_int = _int_at_least(-(2**63)), _int_at_least(1), _int_at_least(0)
 
 
-def _byte_count(text: str) -> int:
-    from scratchnst.memory import parse_bytes
-
+def _number(text: str) -> float:
+    """An argparse type: any number; whether it is in range is Settings' (or the objective's) to say."""
     try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text!r}")
+    """An argparse type for the study tools' own options (gradcheck's --eps): a finite number ≥ 0."""
+    value = _number(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text!r}")
     return value
 
 
 def _float_list(text: str) -> tuple[float, ...]:
-    return tuple(_finite_float(part) for part in _split(text))
+    return tuple(_number(part) for part in _split(text))
 
 
 def _name_list(text: str) -> tuple[str, ...]:
@@ -115,36 +114,39 @@ def _add_stylize(subparsers) -> None:
     p.add_argument("-o", "--output", default="stylized.png", help="output image (.png, .jpg, .webp); the manifest goes beside it as .json")
     p.add_argument("--resume", metavar="OUT.json", help="continue an interrupted run from its manifest")
     g = p.add_argument_group("size and schedule")
-    g.add_argument("--size", type=_positive_int, default=DEFAULTS.size, help="long side of the output in px")
-    g.add_argument("--iterations", type=_positive_int, default=DEFAULTS.iterations, help="optimiser iterations at each scale")
+    g.add_argument("--size", type=_integer, default=DEFAULTS.size, help="long side of the output in px")
+    g.add_argument("--iterations", type=_integer, default=DEFAULTS.iterations, help="optimiser iterations at each scale")
     g.add_argument("--scales", type=_float_list, default=DEFAULTS.scales, help="coarse-to-fine fractions of --size, each optimised in turn")
-    g.add_argument("--seed", type=_nonneg_int, default=DEFAULTS.seed, help="random seed (noise init)")
+    g.add_argument("--seed", type=_integer, default=DEFAULTS.seed, help="random seed (noise init)")
     g = p.add_argument_group("objective")
-    g.add_argument("--content-weight", type=_finite_float, default=DEFAULTS.content_weight, help="alpha")
-    g.add_argument("--style-weight", type=_finite_float, default=DEFAULTS.style_weight, help="beta")
-    g.add_argument("--tv-weight", type=_finite_float, default=DEFAULTS.tv_weight, help="gamma (total variation)")
+    weights = lambda k: " / ".join(f"{DEFAULT_WEIGHTS[n][k]:g} with {n}" for n in NORMALIZATIONS)  # noqa: E731
+    g.add_argument("--normalize", choices=NORMALIZATIONS, default=DEFAULTS.normalize,
+                   help="size: content and TV terms as means, so the weights look the same at any --size; none: the seed article's sums")
+    g.add_argument("--content-weight", type=_number, default=None, help="alpha (default: " + weights(0) + ")")
+    g.add_argument("--style-weight", type=_number, default=None, help="beta (default: " + weights(1) + ")")
+    g.add_argument("--tv-weight", type=_number, default=None, help="gamma, total variation (default: " + weights(2) + ")")
     g.add_argument("--content-layers", type=_name_list, default=DEFAULTS.content_layers, help="comma list of layer names")
     g.add_argument("--style-layers", type=_name_list, default=DEFAULTS.style_layers, help="comma list of layer names")
     g.add_argument("--style-layer-weights", type=_float_list, default=None, help="one weight per style layer (default: equal)")
     g.add_argument("--style-blend", type=_float_list, default=None, help="one weight per style image (default: equal)")
-    g.add_argument("--style-scale", type=_finite_float, default=DEFAULTS.style_scale, help="style images are resized to long side = size x this")
-    g.add_argument("--pooling", choices=("max", "avg"), default=DEFAULTS.pooling, help="VGG pooling")
+    g.add_argument("--style-scale", type=_number, default=DEFAULTS.style_scale, help="style images are resized to long side = size x this")
+    g.add_argument("--pooling", choices=POOLINGS, default=DEFAULTS.pooling, help="VGG pooling")
     g = p.add_argument_group("optimisation")
     g.add_argument("--init", default=DEFAULTS.init, help=f"start image: {'|'.join(INITS)}|PATH")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer, help="L-BFGS (strong-Wolfe line search) or Adam")
-    g.add_argument("--learning-rate", type=_finite_float, default=None, help="step scale (default: 1 for lbfgs, 8 for adam)")
-    g.add_argument("--lbfgs-history", type=_positive_int, default=DEFAULTS.lbfgs_history, help="L-BFGS memory (pairs kept)")
+    g.add_argument("--learning-rate", type=_number, default=None, help="step scale (default: " + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LEARNING_RATE.items()) + ")")
+    g.add_argument("--lbfgs-history", type=_integer, default=DEFAULTS.lbfgs_history, help="L-BFGS memory (pairs kept)")
     g = p.add_argument_group("output")
     g.add_argument("--preserve-colors", action="store_true", help="keep the content's colours (luminance-only transfer)")
-    g.add_argument("--save-every", type=_nonneg_int, default=0, help="write OUT_iterNNNN every N iterations (0: never)")
-    g.add_argument("--checkpoint-every", type=_nonneg_int, default=0, help="write a resumable checkpoint every N iterations")
+    g.add_argument("--save-every", type=_integer, default=0, help="write OUT_iterNNNN every N iterations (0: never)")
+    g.add_argument("--checkpoint-every", type=_integer, default=0, help="write a resumable checkpoint every N iterations")
     g.add_argument("--plot", action="store_true", help="write the loss curves as OUT_loss.png")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("engine")
-    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default=DEFAULTS.backend, help="array library; auto = CuPy when a CUDA device works")
-    g.add_argument("--dtype", choices=("float32", "float64"), default=DEFAULTS.dtype, help="precision of the whole computation")
+    g.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend, help="array library; auto = CuPy when a CUDA device works")
+    g.add_argument("--dtype", choices=DTYPES, default=DEFAULTS.dtype, help="precision of the whole computation")
     g.add_argument("--weights", metavar="PATH", default=None, help="VGG-16 weights file (default: $SCRATCHNST_WEIGHTS, the cache, or fetch)")
-    g.add_argument("--max-memory", type=_byte_count, default=None, metavar="BYTES", help="memory the run may use, e.g. 2G, 500M (default: what the machine or GPU has available)")
+    g.add_argument("--max-memory", type=str, default=None, metavar="BYTES", help="memory the run may use, e.g. 2G, 500M (default: what the machine or GPU has available)")
     p.set_defaults(func=_run_stylize)
 
 
@@ -152,7 +154,7 @@ SETTING_NAMES = [f for f in Settings.__dataclass_fields__]
 
 
 def _run_stylize(args) -> int:
-    from scratchnst.stylize import resume, stylize
+    from scratchnst.app.stylize import resume, stylize
 
     if args.resume:
         if args.content is not None:
@@ -178,8 +180,7 @@ def _add_weights(subparsers) -> None:
 
 
 def _run_weights(args) -> int:
-    from scratchnst import weights
-
+    from scratchnst.app import weights
     if args.action == "fetch":
         path = weights.fetch_weights(force=args.force)
     else:
@@ -226,7 +227,7 @@ def _run_gradcheck(args) -> int:
     import numpy as np
 
     from scratchnst import gradcheck as gc
-    from scratchnst.vgg import load_vgg16
+    from scratchnst.app.weights import load_vgg16
 
     explained = gc.OPS if args.op == "all" else (args.op,) if args.op in gc.OPS else ()
     layer_by_layer = args.vgg or args.op == "vgg" or (args.op == "all" and not args.no_vgg)
@@ -286,10 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stylize(sub)
     _add_weights(sub)
     _add_gradcheck(sub)
-    from scratchnst import bench
-
+    from scratchnst.app import bench
     bench.add_parser(sub)
-    inspect.add_parser(sub)
+    study.add_parser(sub)
     return parser
 
 
@@ -300,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     args = parser.parse_args([a for a in argv if a != "--debug"])
     signal.signal(signal.SIGTERM, _on_sigterm)
-    tune_host_process()
+    host.keep_freed_memory()  # the application's opt-in (a library call never does this)
     try:
-        return args.func(args)
+        with host.engine_threads():
+            return args.func(args)
     except ScratchnstError as exc:
         if debug:
             traceback.print_exc()
@@ -316,8 +317,3 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{PROG}: error: out of memory; try a smaller --size (or fewer/smaller style images)", file=sys.stderr)
         return 1
-    except ValueError as exc:  # a bad value the engine caught (shapes, layers): still the user's input
-        if debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
-        return 2

@@ -20,21 +20,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scratchnst import image as im
-from scratchnst.atomic import atomic_open
-from scratchnst.backend import to_host
+from scratchnst.app import images as im
+from scratchnst.app.atomic import atomic_open
+from scratchnst.core.backend import to_host
 from scratchnst.errors import ScratchnstError
-from scratchnst.losses import content_loss, style_loss, tv_loss
-from scratchnst.objective import NSTObjective
-from scratchnst.settings import Settings
-from scratchnst.vgg import check_layers
+from scratchnst.core.objective import NSTObjective
+from scratchnst.app.settings import NOISE_STD, Settings
+from scratchnst.core.vgg import check_layers
 
 DEFAULTS = Settings()
 FEATURE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CHANNELS = 16  # strongest channels shown per layer, as a 4×4 grid
 MIN_TILE = 64  # feature tiles and Gram heatmaps are enlarged (nearest neighbour) to at least this
 SNAPSHOTS = 6  # frames in the --iterations strips
-NOISE_STD = 24.0  # the noise start, as stylize's
 # Anchors of the sequential map for Gram matrices (dark blue → teal → yellow), interpolated linearly.
 _SEQUENTIAL = np.array([[13, 8, 135], [84, 2, 163], [156, 23, 158], [205, 74, 113], [237, 121, 83], [252, 180, 52], [240, 249, 33]], float)
 
@@ -102,7 +100,7 @@ def feature_grid(f, count: int = CHANNELS) -> np.ndarray:
 
 def gram_per_position(f) -> np.ndarray:
     """f: (1, C, H, W) → G / M as a host (C, C) array, M = H·W, comparable across image sizes."""
-    from scratchnst.ops import gram_forward
+    from scratchnst.core.ops import gram_forward
 
     g, _ = gram_forward(f)
     return to_host(g)[0].astype(np.float64) / (f.shape[2] * f.shape[3])
@@ -116,22 +114,21 @@ def gradient_picture(grad, scale: float | None = None) -> np.ndarray:
 def term_gradients(obj: NSTObjective, x) -> dict[str, object]:
     """{term: weighted dL_term/dx} for every loss term alone: "content", "style <layer>" each, "tv".
 
-    One forward, then one backward per term (so each is exactly what that term contributes to the
-    objective's gradient: their sum is NSTObjective.loss_and_grad(x)[1]).
+    One forward (NSTObjective.terms), then one backward per term (so each is exactly what that term
+    contributes to the objective's gradient: their sum is NSTObjective.loss_and_grad(x)[1]).
     """
-    feats, caches = obj.net.forward(x, obj.layers)
+    terms, caches = obj.terms(x)
     grads = {}
-    if obj.content_layers:
-        dfeats = {}
-        for layer in obj.content_layers:
-            df = obj.content_weight * content_loss(feats[layer], obj.targets[layer])[1]
-            dfeats[layer] = df if layer not in dfeats else dfeats[layer] + df
-        grads["content"] = obj.net.backward(dfeats, caches)
-    for layer, w in zip(obj.style_layers, obj.style_layer_weights):
-        df = (obj.style_weight * w) * style_loss(feats[layer], obj.grams[layer])[1]
-        grads[f"style {layer}"] = obj.net.backward({layer: df}, caches)
-    if obj.tv_weight > 0:
-        grads["tv"] = obj.tv_weight * tv_loss(x)[1]
+    content = {}
+    for t in terms:
+        if t.name == "content":
+            content[t.layer] = t.weight * t.grad if t.layer not in content else content[t.layer] + t.weight * t.grad
+        elif t.name == "style":
+            grads[f"style {t.layer}"] = obj.net.backward({t.layer: t.weight * t.grad}, caches)
+        else:
+            grads["tv"] = t.weight * t.grad
+    if content:
+        grads = {"content": obj.net.backward(content, caches), **grads}
     return grads
 
 
@@ -174,19 +171,6 @@ def _strip(frames: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts[:-1], axis=1)
 
 
-def _load(source, what: str) -> Image.Image:
-    if source is None:
-        content, style = im.default_images()
-        return content if what == "content" else style
-    return im.load_image(source)
-
-
-def _fit(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    need = -(-im.MIN_SIDE * max(w, h) // min(w, h))
-    return im.resize_long_side(img, max(size, need))
-
-
 def inspect(
     content=None,
     style=None,
@@ -206,8 +190,8 @@ def inspect(
     iterate after them. `net`: an already loaded VGG16 (else loaded from `weights`). Returns the
     index.html path.
     """
-    from scratchnst.optim import LBFGS
-    from scratchnst.vgg import load_vgg16
+    from scratchnst.core.optim import LBFGS
+    from scratchnst.app.weights import load_vgg16
 
     if size < im.MIN_SIDE:
         raise ScratchnstError(f"--size must be at least {im.MIN_SIDE}, got {size}")
@@ -222,13 +206,13 @@ def inspect(
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ScratchnstError(f"{out}: exists and is not a directory")
-    content_img, style_img = _fit(_load(content, "content"), size), _fit(_load(style, "style"), size)
+    content_img, style_img = (im.fit_long_side(im.open_image(src, what)[0], size) for src, what in ((content, "content"), (style, "style")))
     net = net if net is not None else load_vgg16(weights, backend=backend, dtype="float32")
     xp, dtype = net.xp, str(net.dtype)
     c = im.preprocess(content_img, dtype=dtype, xp=xp)
     s = im.preprocess(style_img, dtype=dtype, xp=xp)
     obj = NSTObjective(
-        net, c, [s], content_weight=DEFAULTS.content_weight, style_weight=DEFAULTS.style_weight, tv_weight=DEFAULTS.tv_weight
+        net, c, [s], normalize=DEFAULTS.normalize
     )
     rng = np.random.default_rng(seed)
     x = xp.asarray(rng.normal(0.0, NOISE_STD, c.shape).astype(dtype))

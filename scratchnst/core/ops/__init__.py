@@ -3,16 +3,16 @@
 Weights are frozen everywhere: only input gradients are computed, never weight gradients.
 """
 
-from scratchnst.ops.conv import ConvCache, conv2d_backward, conv2d_forward
-from scratchnst.ops.gram import gram_backward, gram_forward
-from scratchnst.ops.pool import (
+from scratchnst.core.ops.conv import ConvCache, conv2d_backward, conv2d_forward
+from scratchnst.core.ops.gram import gram_backward, gram_forward
+from scratchnst.core.ops.pool import (
     PoolCache,
     avgpool2d_backward,
     avgpool2d_forward,
     maxpool2d_backward,
     maxpool2d_forward,
 )
-from scratchnst.ops.relu import relu_backward, relu_forward
+from scratchnst.core.ops.relu import relu_backward, relu_forward
 
 __all__ = [
     "ConvCache",

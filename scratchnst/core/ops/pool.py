@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from scratchnst.backend import get_array_module, split_range, split_work
-from scratchnst.ops.conv import conv_output_size
+from scratchnst.core import host
+from scratchnst.core.backend import get_array_module
+from scratchnst.core.ops.conv import conv_output_size
 
 
 class PoolCache(NamedTuple):
@@ -42,11 +43,11 @@ def maxpool2d_forward(x, k: int, stride: int):
     argmax = xp.empty(shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
     pool = _maxpool_tiled if k == stride else _maxpool_scan
 
-    def run(chunks):  # channels are independent: each host thread takes its own (backend.split_work)
-        for c in chunks:
+    def run(channels):  # channels are independent: each host thread takes its own
+        for c in channels:
             y[:, c], argmax[:, c] = pool(x[:, c], k, stride, argmax.dtype)
 
-    split_work(xp, split_range(xp, C, N * H * W), run)
+    host.split_map(xp, host.slices(xp, C, N * H * W), run)
     return y, PoolCache(tuple(x.shape), k, stride, argmax)
 
 
@@ -81,7 +82,7 @@ def _maxpool_tiled(x, k: int, stride: int, dtype):
     window covers): first the max over q of x[.., i·k + p, j·k + q] for every input row, with the
     first q that holds it; then the max of those over p, carrying p·k + q. The first maximum in
     row-major order is the first row's first maximum, so the tie rule is the scan's. This reads the
-    input twice instead of once per offset: ~2× faster on NumPy at 2×2.
+    input twice instead of once per offset (docs/benchmarks.md: about 2× faster at 2×2).
     """
     xp = get_array_module(x)
     N, C, H, W = x.shape
@@ -105,8 +106,8 @@ def maxpool2d_backward(dout, cache: PoolCache):
     xp = get_array_module(dout)
     dx = xp.zeros(cache.x_shape, dtype=dout.dtype)
 
-    def run(chunks):  # channel by channel, as in the forward pass
-        for c in chunks:
+    def run(channels):  # channel by channel, as in the forward pass
+        for c in channels:
             for offset, view in _windows(dx[:, c], cache.k, cache.stride):
                 if cache.k <= cache.stride:
                     # Windows do not overlap: each position of dx is written by one offset only.
@@ -115,7 +116,7 @@ def maxpool2d_backward(dout, cache: PoolCache):
                     # view aliases dx; overlapping windows (k > stride) add up across offsets.
                     view += dout[:, c] * (cache.argmax[:, c] == offset)
 
-    split_work(xp, split_range(xp, dx.shape[1], dx[:, 0].size), run)
+    host.split_map(xp, host.slices(xp, dx.shape[1], dx[:, 0].size), run)
     return dx
 
 

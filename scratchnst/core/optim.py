@@ -1,7 +1,8 @@
 """Optimisers on xp arrays: L-BFGS with a strong-Wolfe line search, and Adam.
 
 Both minimise `fun(x) -> (loss, grad)` where `x` is any float array (NumPy or CuPy, e.g. a
-(1, 3, H, W) image) and `grad` has x's shape. Internally everything is a flat view in x's dtype;
+(1, 3, H, W) image) and `grad` has x's shape. `fun` may return a third item (NSTObjective.evaluate
+returns the loss terms): the optimiser keeps the one of the point it accepted as `info`. Internally everything is a flat view in x's dtype;
 scalars (losses, dot products, step lengths) are Python floats, so nothing big is upcast.
 """
 
@@ -12,13 +13,16 @@ from typing import Callable
 
 import numpy as np
 
-from scratchnst.backend import get_array_module, to_host
+from scratchnst.core.backend import get_array_module, to_host
 from scratchnst.errors import ScratchnstError
 
 Objective = Callable[..., tuple]
 
 # Strong-Wolfe constants (Nocedal & Wright's usual choice for quasi-Newton methods).
 C1, C2 = 1e-4, 0.9
+# The defaults, here only: step scales per optimiser (Adam's in 0..255 pixel units) and L-BFGS's memory.
+DEFAULT_LEARNING_RATE = {"lbfgs": 1.0, "adam": 8.0}
+LBFGS_HISTORY = 20
 
 
 def _dot(a, b) -> float:
@@ -44,18 +48,18 @@ class _Optimizer:
         self._x = x0.reshape(-1).copy()
         self.evaluations = self.iteration = 0
         self.converged = self.nonfinite = False
-        self.loss, self._g, ok = self._evaluate(self._x)
+        self.loss, self._g, ok, self.info = self._evaluate(self._x)
         if not ok:  # nothing finite to start from: flag it and refuse to move
             self.nonfinite = self.converged = True
 
-    def _evaluate(self, x_flat) -> tuple[float, object, bool]:
-        """Loss, flat gradient (a private copy in x's dtype) and whether both are finite."""
-        loss, grad = self.fun(x_flat.reshape(self.shape))
+    def _evaluate(self, x_flat) -> tuple[float, object, bool, object]:
+        """Loss, flat gradient (a private copy in x's dtype), whether both are finite, and fun's info."""
+        loss, grad, *info = self.fun(x_flat.reshape(self.shape))
         self.evaluations += 1
         loss = float(loss)
         g = self.xp.asarray(grad).astype(x_flat.dtype).reshape(-1)
         ok = math.isfinite(loss) and bool(self.xp.isfinite(g).all())
-        return loss, g, ok
+        return loss, g, ok, (info[0] if info else None)
 
     @property
     def x(self):
@@ -79,6 +83,7 @@ class _Optimizer:
             "iteration": self.iteration,
             "converged": self.converged,
             "nonfinite": self.nonfinite,
+            "info": self.info,
         }
         for key in self._arrays:
             state[key] = to_host(getattr(self, "_" + key))
@@ -99,6 +104,7 @@ class _Optimizer:
         self.iteration = int(state["iteration"])
         self.converged = bool(state["converged"])
         self.nonfinite = bool(state["nonfinite"])
+        self.info = state.get("info")
         for key in self._arrays:
             setattr(self, "_" + key, xp.array(state[key]))
 
@@ -129,9 +135,9 @@ class LBFGS(_Optimizer):
         x0,
         fun: Objective,
         *,
-        history: int = 100,
+        history: int = LBFGS_HISTORY,
         max_line_search: int = 20,
-        learning_rate: float = 1.0,
+        learning_rate: float = DEFAULT_LEARNING_RATE["lbfgs"],
         tolerance_grad: float = 1e-7,
         tolerance_change: float = 1e-12,
     ) -> None:
@@ -178,7 +184,7 @@ class LBFGS(_Optimizer):
         if found is None:
             self.converged = True
             return self.loss
-        t, f_new, x_new, g_new = found
+        t, f_new, x_new, g_new, self.info = found
         s, y = x_new - self._x, g_new - g
         self._remember(s, y)
         f_old = self.loss
@@ -252,14 +258,14 @@ class LBFGS(_Optimizer):
 
         def probe(t: float) -> _Trial:
             x_t = x + t * d
-            f, g, ok = self._evaluate(x_t)
-            trial = _Trial(t, f, _dot(g, d) if ok else math.nan, x_t, g, ok)
+            f, g, ok, info = self._evaluate(x_t)
+            trial = _Trial(t, f, _dot(g, d) if ok else math.nan, x_t, g, ok, info)
             if ok and f <= f0 + C1 * t * gtd0 and (not best or f < best[0].f):
                 best[:] = [trial]
             return trial
 
         # Algorithm 3.5: grow t until the minimiser along d is bracketed by (lo, hi).
-        prev = _Trial(0.0, f0, gtd0, x, self._g, True)
+        prev = _Trial(0.0, f0, gtd0, x, self._g, True, self.info)
         while True:
             if budget == 0:
                 return best[0].found() if best else None
@@ -315,15 +321,15 @@ class LBFGS(_Optimizer):
 
 
 class _Trial:
-    """One line-search point: step t, phi(t), phi'(t), and the x and gradient there."""
+    """One line-search point: step t, phi(t), phi'(t), the x and gradient there, and fun's info."""
 
-    __slots__ = ("t", "f", "gtd", "x", "g", "ok")
+    __slots__ = ("t", "f", "gtd", "x", "g", "ok", "info")
 
-    def __init__(self, t: float, f: float, gtd: float, x, g, ok: bool) -> None:
-        self.t, self.f, self.gtd, self.x, self.g, self.ok = t, f, gtd, x, g, ok
+    def __init__(self, t: float, f: float, gtd: float, x, g, ok: bool, info=None) -> None:
+        self.t, self.f, self.gtd, self.x, self.g, self.ok, self.info = t, f, gtd, x, g, ok, info
 
     def found(self) -> tuple:
-        return self.t, self.f, self.x, self.g
+        return self.t, self.f, self.x, self.g, self.info
 
 
 def _cubic_min(p: _Trial, q: _Trial) -> float:
@@ -375,7 +381,7 @@ class Adam(_Optimizer):
         x0,
         fun: Objective,
         *,
-        learning_rate: float = 10.0,
+        learning_rate: float = DEFAULT_LEARNING_RATE["adam"],
         beta1: float = 0.9,
         beta2: float = 0.999,
         eps: float = 1e-8,
@@ -402,11 +408,11 @@ class Adam(_Optimizer):
         # (1 - beta^k); dividing it out gives unbiased m_hat, v_hat.
         v_hat = v * (1.0 / (1.0 - o["beta2"] ** k))
         x_new = self._x - (o["learning_rate"] / (1.0 - o["beta1"] ** k)) * m / (xp.sqrt(v_hat) + o["eps"])
-        f, g_new, ok = self._evaluate(x_new)
+        f, g_new, ok, info = self._evaluate(x_new)
         if not ok:
             self.nonfinite = self.converged = True
             return self.loss
-        self._x, self.loss, self._g, self._m, self._v = x_new, f, g_new, m, v
+        self._x, self.loss, self._g, self._m, self._v, self.info = x_new, f, g_new, m, v, info
         self.iteration = k
         return self.loss
 

@@ -5,8 +5,8 @@ Values are 0-d arrays on the input's array module (no host sync here); the objec
 
 from __future__ import annotations
 
-from scratchnst import ops
-from scratchnst.backend import get_array_module
+from scratchnst.core import ops
+from scratchnst.core.backend import get_array_module
 
 
 def content_loss(f, p):

@@ -9,6 +9,7 @@ warm-up) at the default layers, the conv FLOPs it performed, GFLOP/s and % of th
 from __future__ import annotations
 
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -49,16 +50,13 @@ def conv_flops(params, height: int, width: int, layers) -> dict:
     params: VGG16.params ((F, C, KH, KW) kernels); each 3×3 pad-1 conv costs 2·F·C·KH·KW·H·W.
     Returns {"forward": int, "backward": int, "total": int}.
     """
-    from scratchnst.vgg import LAYER_NAMES, LAYERS
+    from scratchnst.core.vgg import grid, layers_through
 
-    deepest = max(LAYER_NAMES.index(n) for n in layers)
-    fwd, h, w = 0, height, width
-    for _, kind, conv in LAYERS[: deepest + 1]:
-        if kind == "conv":
-            F, C, KH, KW = params[conv][0].shape
-            fwd += 2 * F * C * KH * KW * h * w
-        elif kind == "pool":
-            h, w = h // 2, w // 2
+    fwd = 0
+    for layer in layers_through(layers):
+        if layer.kind == "conv":
+            F, C, KH, KW = params[layer.conv][0].shape
+            fwd += 2 * F * C * KH * KW * math.prod(grid(layer, height, width))
     return {"forward": fwd, "backward": fwd, "total": 2 * fwd}
 
 
@@ -76,8 +74,8 @@ def _peak_rss_mb() -> float:
 
 def _objective(net, size: int):
     """The default objective on the bundled images resized to size×size, and a start image."""
-    from scratchnst.image import default_images, preprocess, resize_to
-    from scratchnst.objective import NSTObjective
+    from scratchnst.app.images import default_images, preprocess, resize_to
+    from scratchnst.core.objective import NSTObjective
 
     content, style = (resize_to(im, size, size) for im in default_images())
     xp, dtype = net.xp, str(net.dtype)
@@ -94,8 +92,8 @@ def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: 
     """Time one size in this process. Returns a dict of the measurements (see `run`)."""
     from threadpoolctl import threadpool_limits
 
-    from scratchnst.backend import split_workers
-    from scratchnst.vgg import load_vgg16
+    from scratchnst.core import host
+    from scratchnst.app.weights import load_vgg16
 
     net = load_vgg16(backend=backend, dtype=dtype)
     xp = net.xp
@@ -106,7 +104,7 @@ def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: 
         raise ScratchnstError(f"gradient came back {grad.dtype}, expected {net.dtype}")
     # Right before the timed evaluations, under the same load, on as many BLAS threads as there
     # are split workers (an application runs BLAS single-threaded inside each of them).
-    with threadpool_limits(split_workers(np), user_api="blas"):
+    with threadpool_limits(host.workers(), user_api="blas"):
         peak = gemm_peak(xp, dtype)
     times = [_clock(xp, lambda: obj.loss_and_grad(x)) for _ in range(repeats)]
     best = min(times)
@@ -122,7 +120,7 @@ def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: 
         "gemm_peak_gflops": peak,
         "pct_of_peak": 100.0 * flops["total"] / best / 1e9 / peak,
         "peak_rss_mb": _peak_rss_mb(),
-        "split_threads": split_workers(xp),
+        "split_threads": host.workers(xp),
     }
     if profile:
         result["profile"] = profile_eval(obj, x)
@@ -135,8 +133,7 @@ def profile_eval(obj, x) -> dict:
     Returns {"total_s": float, "rows": [(op, input shape, calls, seconds)], largest first}; the time
     outside the ops (loss arithmetic, gradient sums) is the row "other".
     """
-    from scratchnst import ops
-
+    from scratchnst.core import ops
     xp = obj.net.xp
     rows: dict = {}
 
@@ -180,7 +177,7 @@ def format_profile(prof: dict) -> str:
 
 def _child(size: int, args) -> dict:
     cmd = [
-        sys.executable, "-m", "scratchnst.bench", "--child", str(size),
+        sys.executable, "-m", "scratchnst.app.bench", "--child", str(size),
         "--repeats", str(args.repeats), "--backend", args.backend, "--dtype", args.dtype,
     ]
     if args.profile:
@@ -285,17 +282,18 @@ def _run_cli(args) -> int:
 def _child_main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="scratchnst.bench")
+    p = argparse.ArgumentParser(prog="scratchnst.app.bench")
     p.add_argument("--child", type=int, required=True)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backend", default="numpy")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args(argv)
-    from scratchnst.backend import tune_host_process
+    from scratchnst.core import host
 
-    tune_host_process()  # as the CLI and stylize do: measure what users get
-    r = measure_size(a.child, repeats=a.repeats, backend=a.backend, dtype=a.dtype, profile=a.profile)
+    host.keep_freed_memory()  # as the CLI does: measure what users get
+    with host.engine_threads():
+        r = measure_size(a.child, repeats=a.repeats, backend=a.backend, dtype=a.dtype, profile=a.profile)
     print(json.dumps(r))
     return 0
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from scratchnst.backend import get_array_module, split_range, split_work
+from scratchnst.core import host
+from scratchnst.core.backend import get_array_module
 
 
 def gram_forward(f):
@@ -10,15 +11,11 @@ def gram_forward(f):
 
     f: (N, C, H, W). Returns (g, cache) with g: (N, C, C), g[n, i, j] = Σ_p f[n, i, p] f[n, j, p].
     """
-    xp = get_array_module(f)
     N, C, H, W = f.shape
     F = f.reshape(N, C, H * W)
-
-    def partial_gram(chunks):  # a sum over positions: each host thread sums its own chunk of them
-        return sum(F[:, :, c] @ F[:, :, c].transpose(0, 2, 1) for c in chunks)
-
-    parts = split_work(xp, split_range(xp, H * W, N * C), partial_gram)
-    return sum(parts[1:], parts[0]), f
+    # A sum over positions: host.split_sum adds fixed chunks of them, in order, over the threads.
+    g = host.split_sum(get_array_module(f), H * W, N * C, lambda p: F[:, :, p] @ F[:, :, p].transpose(0, 2, 1))
+    return g, f
 
 
 def gram_backward(dg, cache):
@@ -33,10 +30,6 @@ def gram_backward(dg, cache):
     F = f.reshape(N, C, H * W)
     s = dg + dg.transpose(0, 2, 1)
     df = xp.empty_like(F)
-
-    def run(chunks):  # dF's columns are positions: each host thread fills its own
-        for c in chunks:
-            xp.matmul(s, F[:, :, c], out=df[:, :, c])
-
-    split_work(xp, split_range(xp, H * W, N * C), run)
+    # dF's columns are positions: each host thread fills its own.
+    host.split_map(xp, host.slices(xp, H * W, N * C), lambda parts: [xp.matmul(s, F[:, :, p], out=df[:, :, p]) for p in parts])
     return df.reshape(f.shape)

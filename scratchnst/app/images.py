@@ -13,22 +13,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from scratchnst.atomic import atomic_open
-from scratchnst.backend import to_host
+from scratchnst.app.atomic import atomic_open
+from scratchnst.core.backend import to_host
+from scratchnst.core.preprocess import MIN_SIDE, rgb_array, deprocess, preprocess, to_rgb
 from scratchnst.errors import ScratchnstError, one_line
 
-MEAN_BGR = (103.939, 116.779, 123.68)
-MIN_SIDE = 16
 MAX_PIXELS = 2**27  # ~134 megapixels: refuse anything larger (decompression bombs)
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
-_MEAN = np.array(MEAN_BGR, dtype=np.float64).reshape(3, 1, 1)
 # ITU-R BT.601 full-range YCbCr (the JPEG one); rows give Y, Cb - 128, Cr - 128 from R, G, B.
 _RGB_TO_YCC = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
 )
 _YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC)
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -36,7 +33,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
     EXIF orientation is applied. Transparent images (RGBA, LA, palette or grey with transparency)
     are composited over WHITE. 16-bit grey is scaled by 255/65535; 32-bit int ("I") and float
-    ("F") images are mapped as described in `_to_rgb`. Raises ScratchnstError (one line naming
+    ("F") images are mapped as described in `scratchnst.core.preprocess.to_rgb`. Raises ScratchnstError (one line naming
     the path) for a missing/empty/unreadable/corrupt/non-image file, more than MAX_PIXELS pixels,
     or a side shorter than MIN_SIDE.
     """
@@ -56,7 +53,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 try:
-                    return _to_rgb(im)
+                    return to_rgb(im)
                 except ScratchnstError as exc:
                     raise ScratchnstError(f"{p}: {exc}") from None
     except ScratchnstError:
@@ -87,43 +84,6 @@ def _check_size(p: Path, size: tuple[int, int]) -> None:
         raise ScratchnstError(f"{p}: image is {w}x{h}, smaller than {MIN_SIDE} px on a side")
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any-mode PIL image -> new RGB image.
-
-    Alpha is composited over white. "I;16*" is scaled by 255/65535. "I" (32-bit int): kept if in
-    0..255, scaled by 255/65535 if in 0..65535, else min-max stretched. "F" (float): scaled by
-    255 if in 0..1, kept if in 0..255, else min-max stretched.
-    """
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        return Image.fromarray(_scale_to_uint8(np.asarray(im), im.mode)).convert("RGB")
-    if im.mode in _ALPHA_MODES or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    try:
-        return im.convert("RGB")
-    except ValueError:
-        raise ScratchnstError(f"unsupported image mode {im.mode!r}") from None
-
-
-def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
-    """Grey (H, W) of mode "I;16*", "I" or "F" -> uint8 (H, W), by the rules in `_to_rgb`."""
-    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    offset = 0.0
-    if mode.startswith("I;16"):
-        scale = 255.0 / 65535.0
-    elif mode == "F" and lo >= 0 and hi <= 1:
-        scale = 255.0
-    elif lo >= 0 and hi <= 255:
-        scale = 1.0
-    elif mode == "I" and lo >= 0 and hi <= 65535:
-        scale = 255.0 / 65535.0
-    else:
-        scale, offset = 255.0 / max(hi - lo, 1e-12), lo
-    return np.clip(np.rint((a - offset) * scale), 0, 255).astype(np.uint8)
-
-
 def resize_long_side(img: Image.Image, size: int) -> Image.Image:
     """Resize (LANCZOS) so the longer side is `size`, keeping aspect; `img` itself if already so."""
     if size < 1:
@@ -148,49 +108,6 @@ def resize_to(img: Image.Image, width: int, height: int) -> Image.Image:
     if img.size == (width, height):
         return img
     return img.resize((width, height), Image.Resampling.LANCZOS)
-
-
-def _rgb_array(image) -> np.ndarray:
-    """PIL image (any mode) or uint8 (H, W, 3) array -> uint8 (H, W, 3) host array."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image if image.mode == "RGB" else _to_rgb(image))
-    a = to_host(image)
-    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) RGB array, got {a.dtype} {a.shape}")
-    return a
-
-
-def preprocess(image, *, dtype="float32", xp: types.ModuleType | None = None):
-    """PIL image or uint8 RGB (H, W, 3) -> (1, 3, H, W) BGR array minus MEAN_BGR, 0..255 scale.
-
-    The Caffe/Keras VGG convention. Built on the host in float64, cast to `dtype`, then moved
-    with `xp.asarray` (xp: numpy, the default, or cupy). H, W < MIN_SIDE raises ScratchnstError.
-    """
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        raise ValueError(f"preprocess needs a float dtype, got {dt}")
-    a = _rgb_array(image)
-    H, W = a.shape[:2]
-    if min(H, W) < MIN_SIDE:
-        raise ScratchnstError(f"image is {W}x{H}, smaller than {MIN_SIDE} px on a side")
-    x = a[:, :, ::-1].transpose(2, 0, 1).astype(np.float64) - _MEAN
-    x = np.ascontiguousarray(x[None], dtype=dt)
-    return x if xp is None or xp is np else xp.asarray(x)
-
-
-def deprocess(x) -> np.ndarray:
-    """(1, 3, H, W) or (3, H, W) preprocessed array (host or device) -> uint8 RGB (H, W, 3).
-
-    Inverse of `preprocess`: add MEAN_BGR, BGR -> RGB, round, clip to 0..255 (NaN -> 0).
-    """
-    a = to_host(x).astype(np.float64)
-    if a.ndim == 4 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 3 or a.shape[0] != 3:
-        raise ValueError(f"expected (1, 3, H, W) or (3, H, W), got {a.shape}")
-    rgb = (a + _MEAN)[::-1].transpose(1, 2, 0)
-    rgb = np.nan_to_num(rgb, nan=0.0, posinf=255.0, neginf=0.0)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -236,7 +153,7 @@ def save_image(image, path: str | os.PathLike, *, quality: int = 95) -> None:
     if not 1 <= quality <= 100:
         raise ScratchnstError(f"JPEG/WebP quality must be in 1..100, got {quality}")
     if isinstance(image, Image.Image):
-        img = image if image.mode in ("RGB", "L") else _to_rgb(image)
+        img = image if image.mode in ("RGB", "L") else to_rgb(image)
     else:
         a = to_host(image)
         if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
@@ -265,9 +182,9 @@ def preserve_colors(content_rgb: np.ndarray, stylized_rgb: np.ndarray) -> np.nda
     Accepts uint8 arrays or PIL images. Out-of-gamut results are clipped to 0..255.
     (Gatys et al. 2016, "Preserving color in neural artistic style transfer".)
     """
-    styl = _rgb_array(stylized_rgb)
+    styl = rgb_array(stylized_rgb)
     H, W = styl.shape[:2]
-    cont = _rgb_array(content_rgb)
+    cont = rgb_array(content_rgb)
     if cont.shape[:2] != (H, W):
         cont = np.asarray(resize_to(Image.fromarray(cont), W, H))
     ycc = _ycc(cont)
@@ -282,8 +199,8 @@ def match_luminance(style_rgb: np.ndarray, content_rgb: np.ndarray) -> np.ndarra
     has the style's size, R = G = B = L_s'. Pair it with `luma_rgb(content)` for the
     luminance-only run, then `preserve_colors(content, result)`.
     """
-    ys = _ycc(_rgb_array(style_rgb))[..., 0]
-    yc = _ycc(_rgb_array(content_rgb))[..., 0]
+    ys = _ycc(rgb_array(style_rgb))[..., 0]
+    yc = _ycc(rgb_array(content_rgb))[..., 0]
     sd_s = ys.std()
     y = (ys - ys.mean()) * (yc.std() / sd_s if sd_s > 1e-8 else 0.0) + yc.mean()
     return np.repeat(np.clip(np.rint(y), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
@@ -291,7 +208,7 @@ def match_luminance(style_rgb: np.ndarray, content_rgb: np.ndarray) -> np.ndarra
 
 def luma_rgb(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB (H, W, 3) or PIL image -> grey uint8 RGB (H, W, 3) of its BT.601 luma."""
-    y = _ycc(_rgb_array(rgb))[..., 0]
+    y = _ycc(rgb_array(rgb))[..., 0]
     return np.repeat(np.clip(np.rint(y), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
@@ -303,3 +220,26 @@ def default_images() -> tuple[Image.Image, Image.Image]:
         with resources.as_file(assets.joinpath(name)) as f:
             out.append(load_image(f))
     return out[0], out[1]
+
+
+DEFAULT = "<default>"  # the manifest's name for an embedded default image
+
+
+def open_image(source, what: str) -> tuple[Image.Image, str]:
+    """(RGB image, its name for the manifest) from a path, a PIL image, a uint8 RGB array, or None
+    (the embedded default `what`: "content" or "style")."""
+    if source is None or source == DEFAULT:
+        content, style = default_images()
+        return (content if what == "content" else style), DEFAULT
+    if isinstance(source, (str, os.PathLike)):
+        return load_image(source), str(Path(source).resolve())
+    if isinstance(source, Image.Image):
+        return to_rgb(source), f"<{what} image>"
+    return Image.fromarray(np.asarray(source, dtype=np.uint8)), f"<{what} array>"
+
+
+def fit_long_side(img: Image.Image, long_side: int) -> Image.Image:
+    """Resize to `long_side`, or larger where needed to keep the short side ≥ MIN_SIDE."""
+    w, h = img.size
+    need = -(-MIN_SIDE * max(w, h) // min(w, h))
+    return resize_long_side(img, max(long_side, need))

@@ -1,0 +1,99 @@
+"""The one place that decides NumPy or CuPy; everything else derives `xp` from its inputs.
+
+CuPy is imported lazily, here only, the first time a backend other than "numpy" is asked for.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+from scratchnst.errors import ScratchnstError, one_line
+
+BACKENDS = ("auto", "numpy", "cupy")
+DTYPES = ("float32", "float64")
+GPU_HELP = "pip install 'scratchnst[gpu]' on a machine with an NVIDIA GPU; see docs/gpu.md"
+
+_working: set[int] = set()  # id() of CuPy modules that passed the smoke test in this process
+
+
+def _probe_cupy() -> tuple[types.ModuleType | None, str]:
+    """(cupy, "") when CuPy imports, sees a CUDA device and runs a kernel; else (None, why not).
+
+    The smoke test (an elementwise kernel and a reduction) catches installs whose runtime
+    libraries or driver do not match, which would otherwise fail at the first real kernel.
+    """
+    try:
+        import cupy
+    except ImportError as exc:
+        if getattr(exc, "name", None) == "cupy":
+            return None, "CuPy is not installed"
+        return None, f"CuPy failed to import ({one_line(exc)})"
+    except Exception as exc:  # a broken install can raise anything at import time
+        return None, f"CuPy failed to import ({one_line(exc)})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return None, f"CuPy sees no CUDA device ({one_line(exc)})"
+    if count < 1:
+        return None, "CuPy sees no CUDA device"
+    if id(cupy) not in _working:
+        try:
+            if int((cupy.arange(3) * 2).sum()) != 6:
+                return None, "CuPy's smoke test computed a wrong result"
+        except Exception as exc:
+            return None, f"CuPy cannot run a kernel on the GPU ({one_line(exc)})"
+        _working.add(id(cupy))
+    return cupy, ""
+
+
+def _cupy_or_none() -> types.ModuleType | None:
+    """CuPy when it is usable (see _probe_cupy), else None."""
+    return _probe_cupy()[0]
+
+
+def get_backend(name: str = "auto") -> types.ModuleType:
+    """Return the array module for `name`: "numpy", "cupy" or "auto" (CuPy when usable, else NumPy).
+
+    "cupy" without a usable CuPy and CUDA device raises ScratchnstError saying which is missing.
+    """
+    if name not in BACKENDS:
+        raise ScratchnstError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    if name == "numpy":
+        return np
+    cupy, why = _probe_cupy()
+    if cupy is not None:
+        return cupy
+    if name == "cupy":
+        raise ScratchnstError(f"backend 'cupy' needs CuPy and a CUDA device: {why}; {GPU_HELP}")
+    return np
+
+
+def _is_cupy(a) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def get_array_module(*arrays) -> types.ModuleType:
+    """The module (numpy or cupy) the arrays live in, like cupy.get_array_module."""
+    for a in arrays:
+        if _is_cupy(a):
+            import cupy
+
+            return cupy
+    return np
+
+
+def to_host(a) -> np.ndarray:
+    """A NumPy copy of a host or device array (the only device-to-host edge)."""
+    return a.get() if _is_cupy(a) else np.asarray(a)
+
+
+def check_dtype(dtype: str) -> str:
+    if str(dtype) not in DTYPES:
+        raise ScratchnstError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    return str(dtype)
+
+
+def backend_name(xp: types.ModuleType) -> str:
+    return "cupy" if xp.__name__ == "cupy" else "numpy"

@@ -1,0 +1,203 @@
+"""The Gatys et al. objective over the input pixels and its gradient, from our own backward passes.
+
+    L(x) = α Σ_{l∈C} E_content,l  +  β Σ_{l∈S} w_l E_style,l  +  γ TV(x)
+
+with E_content,l = ½ Σ (F_l(x) − P_l)² and E_style,l = Σ (G_l(x) − A_l)² / (4 N_l² M_l²) (N_l channels,
+M_l positions). The style term is already free of the image size (G grows with M, and is divided by
+M²); the content term and TV grow with the number of pixels, so with the seed article's raw formula
+(normalize="none") the same α, β, γ stylize strongly at 128 px and hardly at 1024 px. With
+normalize="size" the content term is divided by N_l·M_l (a mean over the layer's activations) and TV
+by 3·H·W (a mean over the pixel values), so the same weights give the same balance at any size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+from scratchnst.core import ops
+from scratchnst.core.losses import content_loss, style_loss, tv_loss
+from scratchnst.core.vgg import check_layers
+from scratchnst.errors import ScratchnstError
+
+CONTENT_LAYERS = ("relu4_1",)
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+NORMALIZATIONS = ("size", "none")
+# Default (α, β, γ) for each normalisation, tuned by eye (docs/benchmarks.md, "The same look at every
+# size"). The "none" weights are the seed formula's, tuned at 384 px; the "size" ones give that look at
+# every size.
+DEFAULT_WEIGHTS = {"none": (1.0, 3e2, 1e-3), "size": (1.0, 5e-4, 5e-4)}
+
+
+class Term(NamedTuple):
+    """One loss term: what it is, where it reads, its weight in L, its value and its gradient."""
+
+    name: str  # "content", "style" or "tv"
+    layer: str | None  # the VGG layer whose activation it reads; None for TV (the image itself)
+    weight: float  # its factor in L: α, β·w_l or γ
+    value: object  # its unweighted value (a 0-d array on the input's module)
+    grad: object  # d value / d(its input): that layer's activation, or the image for TV
+
+
+class Evaluation(NamedTuple):
+    """L(x), dL/dx, and the unweighted totals {"content", "style" (Σ_l w_l E_l), "tv"} as floats."""
+
+    loss: float
+    grad: object
+    terms: dict
+
+
+def check_weight(name: str, value: float) -> float:
+    """value as a float, or ScratchnstError unless it is finite and ≥ 0."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ScratchnstError(f"--{name} must be a number (got {value!r})") from None
+    if not math.isfinite(value) or value < 0:
+        raise ScratchnstError(f"--{name} must be a finite number ≥ 0 (got {value!r})")
+    return value
+
+
+def check_weights(
+    name: str, values: Sequence[float] | None, count: int, what: str, *, nonzero_sum: bool = False
+) -> tuple[float, ...] | None:
+    """One finite weight ≥ 0 per item (None stays None), and with nonzero_sum not all 0;
+    ScratchnstError otherwise."""
+    if values is None:
+        return None
+    values = tuple(check_weight(name, v) for v in values)
+    if len(values) != count:
+        raise ScratchnstError(f"--{name} has {len(values)} values for {count} {what}")
+    if nonzero_sum and sum(values) <= 0:
+        raise ScratchnstError(f"--{name} must not sum to 0")
+    return values
+
+
+def check_normalize(normalize: str) -> str:
+    if normalize not in NORMALIZATIONS:
+        raise ScratchnstError(f"--normalize: unknown value {normalize!r} (choose from {', '.join(NORMALIZATIONS)})")
+    return normalize
+
+
+class NSTObjective:
+    """L(x) and dL/dx for one content image and one or more style images.
+
+    content: (1, 3, H, W), styles: list of (1, 3, H_k, W_k), all preprocessed; host or device arrays.
+    Style images may have any size: a style Gram matrix is computed at the style's own size M^k and
+    rescaled by M_l / M_l^k to the generated image's size, so that A_l means the same per-position
+    statistics (with equal sizes this is exactly A_l = Σ_k b_k G_l(style_k)). Weights left None take
+    DEFAULT_WEIGHTS[normalize]. Bad weights or layers raise ScratchnstError.
+    """
+
+    def __init__(
+        self,
+        net,
+        content,
+        styles,
+        *,
+        content_layers: Sequence[str] = CONTENT_LAYERS,
+        style_layers: Sequence[str] = STYLE_LAYERS,
+        content_weight: float | None = None,
+        style_weight: float | None = None,
+        tv_weight: float | None = None,
+        style_blend: Sequence[float] | None = None,
+        style_layer_weights: Sequence[float] | None = None,
+        normalize: str = "none",
+    ):
+        xp = net.xp
+        self.net = net
+        self.normalize = check_normalize(normalize)
+        try:
+            self.content_layers = check_layers(content_layers)
+            self.style_layers = check_layers(style_layers)
+        except ValueError as exc:
+            raise ScratchnstError(str(exc)) from None
+        defaults = DEFAULT_WEIGHTS[self.normalize]
+        self.content_weight, self.style_weight, self.tv_weight = (
+            check_weight(name, default if value is None else value)
+            for name, value, default in zip(("content-weight", "style-weight", "tv-weight"), (content_weight, style_weight, tv_weight), defaults)
+        )
+        styles = list(styles)
+        if self.style_layers and not styles:
+            raise ScratchnstError("style layers are set but no style image was given")
+        blend = check_weights("style-blend", style_blend, len(styles), "style images", nonzero_sum=True) or (1.0,) * max(1, len(styles))
+        self.style_blend = [b / sum(blend) for b in blend]
+        self.style_layer_weights = list(
+            check_weights("style-layer-weights", style_layer_weights, len(self.style_layers), "style layers")
+            or [1.0 / max(1, len(self.style_layers))] * len(self.style_layers)
+        )
+        self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
+        content = xp.asarray(content, dtype=net.dtype)
+        self.shape = tuple(content.shape)
+        content_feats = net.extract(content, self.layers)
+        self.targets = {layer: content_feats[layer] for layer in self.content_layers}
+        self.grams = {layer: 0 for layer in self.style_layers}
+        for blend, style in zip(self.style_blend, styles):
+            feats = net.extract(xp.asarray(style, dtype=net.dtype), self.style_layers)
+            for layer, f in feats.items():
+                m_x = content_feats[layer].shape[2] * content_feats[layer].shape[3]
+                m_style = f.shape[2] * f.shape[3]
+                g, _ = ops.gram_forward(f)
+                self.grams[layer] = self.grams[layer] + (blend * m_x / m_style) * g
+
+    # -- the terms ----------------------------------------------------------------------------
+
+    def feature_terms(self, feats: dict) -> list[Term]:
+        """The content and style terms of the activations in `feats` ({layer: (1, C, H, W)}).
+
+        Only the terms whose layer is in `feats` are computed: gradcheck checks one layer's terms
+        at a time, the study page each term's gradient alone.
+        """
+        terms = []
+        for layer in self.content_layers:
+            if layer in feats:
+                value, df = content_loss(feats[layer], self.targets[layer])
+                scale = 1.0 / feats[layer].size if self.normalize == "size" else 1.0
+                terms.append(Term("content", layer, self.content_weight, scale * value, scale * df))
+        for layer, w in zip(self.style_layers, self.style_layer_weights):
+            if layer in feats:
+                value, df = style_loss(feats[layer], self.grams[layer])
+                terms.append(Term("style", layer, self.style_weight * w, value, df))
+        return terms
+
+    def tv_term(self, x) -> Term:
+        """Total variation of the image x: (1, 3, H, W)."""
+        value, dx = tv_loss(x)
+        scale = 1.0 / x.size if self.normalize == "size" else 1.0
+        return Term("tv", None, self.tv_weight, scale * value, scale * dx)
+
+    def terms(self, x) -> tuple[list[Term], list]:
+        """Every term at x: (terms, the forward caches their gradients flow back through)."""
+        if tuple(x.shape) != self.shape:
+            raise ValueError(f"x has shape {tuple(x.shape)}, the content image {self.shape}")
+        feats, caches = self.net.forward(x, self.layers)
+        terms = self.feature_terms(feats)
+        if self.tv_weight > 0:
+            terms.append(self.tv_term(x))
+        return terms, caches
+
+    # -- L and dL/dx --------------------------------------------------------------------------
+
+    def evaluate(self, x) -> Evaluation:
+        """L(x), dL/dx and the unweighted totals. x: (1, 3, H, W) shaped like the content image,
+        on the net's array module."""
+        terms, caches = self.terms(x)
+        dfeats = {}
+        for t in terms:
+            if t.layer is not None:
+                dfeats[t.layer] = t.weight * t.grad if t.layer not in dfeats else dfeats[t.layer] + t.weight * t.grad
+        grad = self.net.backward(dfeats, caches) if dfeats else x * 0
+        layer_weight = dict(zip(self.style_layers, self.style_layer_weights))
+        totals = {"content": 0.0, "style": 0.0, "tv": 0.0}
+        for t in terms:
+            totals[t.name] = totals[t.name] + (layer_weight[t.layer] * t.value if t.name == "style" else t.value)
+            if t.layer is None:
+                grad += t.weight * t.grad
+        totals = {name: float(value) for name, value in totals.items()}  # the only host syncs: three scalars
+        loss = self.content_weight * totals["content"] + self.style_weight * totals["style"] + self.tv_weight * totals["tv"]
+        return Evaluation(loss, grad, totals)
+
+    def loss_and_grad(self, x):
+        """(L(x) as a float, dL/dx shaped like x)."""
+        loss, grad, _ = self.evaluate(x)
+        return loss, grad

@@ -1,0 +1,171 @@
+"""VGG-16's convolutional part run by our own layers: forward to the deepest layer asked for, backward
+from there to the input pixels.
+
+LAYERS is the one table of the network: conv1_1, relu1_1, conv1_2, relu1_2, pool1, conv2_1, ...,
+conv5_3, relu5_3, pool5, each with its output channels and grid. The forward and backward passes,
+gradcheck, the memory estimate and the benchmark all walk it. Convs are 3×3, stride 1, pad 1; pools
+2×2, stride 2 (max, or average with pooling="avg").
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple
+
+from scratchnst.core import ops
+from scratchnst.core.backend import get_array_module
+
+BLOCK_DEPTHS = (2, 2, 3, 3, 3)
+BLOCK_WIDTHS = (64, 128, 256, 512, 512)
+POOLINGS = ("max", "avg")
+
+
+class Layer(NamedTuple):
+    name: str  # "conv3_2", "relu3_2", "pool3"
+    kind: str  # "conv", "relu" or "pool"
+    conv: int  # index into VGG16.params for a conv, -1 otherwise
+    c_in: int  # channels coming in
+    channels: int  # channels going out
+    pools: int  # 2×2 poolings before this layer's output: its grid is the input's // 2**pools
+    keras: str  # the weights file's name of a conv ("block3_conv2"), "" otherwise
+
+
+def _layer_table() -> tuple[Layer, ...]:
+    table, conv, channels, pools = [], 0, 3, 0
+    for block, (depth, width) in enumerate(zip(BLOCK_DEPTHS, BLOCK_WIDTHS), start=1):
+        for i in range(1, depth + 1):
+            table.append(Layer(f"conv{block}_{i}", "conv", conv, channels, width, pools, f"block{block}_conv{i}"))
+            table.append(Layer(f"relu{block}_{i}", "relu", -1, width, width, pools, ""))
+            conv, channels = conv + 1, width
+        pools += 1
+        table.append(Layer(f"pool{block}", "pool", -1, channels, channels, pools, ""))
+    return tuple(table)
+
+
+LAYERS = _layer_table()
+LAYER_NAMES = tuple(layer.name for layer in LAYERS)
+CONVS = tuple(layer for layer in LAYERS if layer.kind == "conv")
+
+
+def check_layers(names: Iterable[str]) -> list[str]:
+    """The names as a list, or ValueError naming the first unknown one."""
+    names = list(names)
+    for name in names:
+        if name not in LAYER_NAMES:
+            raise ValueError(f"unknown layer {name!r} (layers are conv1_1, relu1_1, ..., relu5_3, pool5)")
+    return names
+
+
+def layers_through(names: Iterable[str]) -> tuple[Layer, ...]:
+    """The table from the input through the deepest of `names` (what a forward pass to them runs)."""
+    names = check_layers(names)
+    if not names:
+        return ()
+    return LAYERS[: max(LAYER_NAMES.index(n) for n in names) + 1]
+
+
+def grid(layer: Layer, height: int, width: int) -> tuple[int, int]:
+    """(h, w) of `layer`'s output for a height × width input: each 2×2 pool floors the halving."""
+    for _ in range(layer.pools):
+        height, width = height // 2, width // 2
+    return height, width
+
+
+class LayerCache(NamedTuple):
+    layer: Layer
+    cache: object
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+
+class VGG16:
+    """The 13 frozen conv layers of VGG-16 with explicit forward and backward passes.
+
+    params: 13 (kernel (F, C, 3, 3), bias (F,)) pairs, OIHW, all on one array module and dtype.
+    """
+
+    layer_names = LAYER_NAMES
+
+    def __init__(self, params: list[tuple[object, object]], pooling: str = "max"):
+        if len(params) != len(CONVS):
+            raise ValueError(f"VGG16 needs {len(CONVS)} conv layers, got {len(params)}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})")
+        self.params = params
+        self.pooling = pooling
+        if pooling == "max":
+            self._pool, self._unpool = ops.maxpool2d_forward, ops.maxpool2d_backward
+        else:
+            self._pool, self._unpool = ops.avgpool2d_forward, ops.avgpool2d_backward
+        self.weights_path = self.weights_sha256 = None
+
+    @classmethod
+    def from_hwio(cls, layers, *, xp, dtype: str, pooling: str = "max") -> "VGG16":
+        """From 13 (kernel (3, 3, C, F), bias (F,)) host pairs as the weights file stores them (HWIO):
+        each kernel is transposed once here to OIHW (F, C, 3, 3) and moved to xp in `dtype`."""
+        params = [
+            (xp.ascontiguousarray(xp.asarray(kernel.transpose(3, 2, 0, 1), dtype=dtype)), xp.asarray(bias, dtype=dtype))
+            for kernel, bias in layers
+        ]
+        return cls(params, pooling=pooling)
+
+    @property
+    def xp(self):
+        return get_array_module(self.params[0][0])
+
+    @property
+    def dtype(self):
+        return self.params[0][0].dtype
+
+    def layer_forward(self, layer: Layer, x):
+        """One layer of the table, forward: (out, cache)."""
+        if layer.kind == "conv":
+            w, b = self.params[layer.conv]
+            return ops.conv2d_forward(x, w, b, stride=1, pad=1)
+        if layer.kind == "relu":
+            return ops.relu_forward(x)
+        return self._pool(x, 2, 2)
+
+    def layer_backward(self, layer: Layer, dout, cache):
+        """One layer of the table, backward: d(input) from d(output)."""
+        if layer.kind == "conv":
+            return ops.conv2d_backward(dout, cache)
+        if layer.kind == "relu":
+            return ops.relu_backward(dout, cache)
+        return self._unpool(dout, cache)
+
+    def forward(self, x, layers: Iterable[str]):
+        """Run x: (N, 3, H, W) up to the deepest of `layers`.
+
+        Returns (feats, caches): feats maps each requested name to its activation (N, C_l, H_l, W_l);
+        caches is the list of LayerCache needed by `backward`, owned by the caller.
+        """
+        wanted = set(check_layers(layers))
+        feats, caches = {}, []
+        for layer in layers_through(wanted):
+            x, cache = self.layer_forward(layer, x)
+            caches.append(LayerCache(layer, cache))
+            if layer.name in wanted:
+                feats[layer.name] = x
+        return feats, caches
+
+    def extract(self, x, layers: Iterable[str]) -> dict:
+        """Activations of `layers` for x: (N, 3, H, W), running only as deep as needed."""
+        return self.forward(x, layers)[0]
+
+    def backward(self, dfeats: dict, caches: list[LayerCache]):
+        """Input gradient dx: (N, 3, H, W) given dL/d(activation) for some layers.
+
+        Starts at the deepest layer that has a gradient (nothing deeper is touched) and adds each
+        layer's own gradient as the backward pass reaches it.
+        """
+        dout = None
+        for layer, cache in reversed(caches):
+            if layer.name in dfeats:
+                dout = dfeats[layer.name] if dout is None else dout + dfeats[layer.name]
+            if dout is not None:
+                dout = self.layer_backward(layer, dout, cache)
+        if dout is None:
+            raise ValueError("backward needs a gradient for at least one layer that forward ran")
+        return dout
