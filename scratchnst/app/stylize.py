@@ -22,7 +22,7 @@ from scratchnst.core import host
 from scratchnst.core.backend import backend_name, get_array_module, get_backend, to_host
 from scratchnst.errors import ScratchnstError, one_line
 from scratchnst.app.memory import check_fits
-from scratchnst.core.objective import NSTObjective
+from scratchnst.core.objective import NSTObjective, style_grams
 from scratchnst.core.optim import OPTIMIZERS, make_optimizer
 from scratchnst.app.settings import NOISE_STD, Settings
 from scratchnst.app.weights import load_vgg16
@@ -88,7 +88,12 @@ def _check_not_too_elongated(img: Image.Image, long_side: int, src: str) -> None
 class Stylizer:
     """One run: settings, the loaded images and net, progress, outputs, checkpoints."""
 
-    def __init__(self, content, styles, settings: Settings, out=None, *, on_progress=None, net=None):
+    def __init__(self, content, styles, settings: Settings, out=None, *, on_progress=None, net=None,
+                 style_cache: dict | None = None, pixel_terms=None):
+        """net: an already loaded VGG16 to use when it matches the settings (batch workers keep one).
+        style_cache: a dict the caller keeps across runs, holding each style's Gram matrices by image,
+        size and layers (batch jobs share them). pixel_terms: pixel_terms(content (1, 3, H, W)) -> a
+        list of objective.PixelTerm added at each scale (video's temporal term)."""
         styles = [None] if styles is None else list(styles)
         if not styles:
             raise ScratchnstError("give at least one style image")
@@ -114,6 +119,7 @@ class Stylizer:
         if net is None or (backend_name(net.xp), str(net.dtype), net.pooling) != (backend_name(get_backend(s.backend)), s.dtype, s.pooling):
             net = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling)
         self.net = net
+        self.style_cache, self.pixel_terms = style_cache, pixel_terms
         self.xp = self.net.xp
         self.on_progress = on_progress
         self.history: list[dict] = []
@@ -152,11 +158,23 @@ class Stylizer:
     def _objective(self, content, styles) -> NSTObjective:
         s = self.settings
         return NSTObjective(
-            self.net, content, styles,
+            self.net, content, None, grams=[self._grams(src, style) for src, style in zip(self.style_srcs, styles)],
             content_layers=s.content_layers, style_layers=s.style_layers,
             content_weight=s.content_weight, style_weight=s.style_weight, tv_weight=s.tv_weight,
             style_blend=s.style_blend, style_layer_weights=s.style_layer_weights, normalize=s.normalize,
+            pixel_terms=self.pixel_terms(content) if self.pixel_terms is not None else (),
         )
+
+    def _grams(self, src: str, style) -> dict:
+        """style_grams of one preprocessed style image, from self.style_cache when it has them."""
+        s = self.settings
+        key = (src, tuple(style.shape), s.style_layers, s.pooling, s.dtype, backend_name(self.xp))
+        shareable = self.style_cache is not None and not s.preserve_colors and not (src.startswith("<") and src != DEFAULT)
+        if not shareable:  # in-memory images have no name to share by; preserve_colors mixes in the content
+            return style_grams(self.net, style, s.style_layers)
+        if key not in self.style_cache:
+            self.style_cache[key] = style_grams(self.net, style, s.style_layers)
+        return self.style_cache[key]
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -348,20 +366,20 @@ class Stylizer:
         return Result(image, self.history, manifest, status, paths)
 
 
-def stylize(content=None, styles=None, *, out=None, on_progress=None, **options) -> Result:
+def stylize(content=None, styles=None, *, out=None, on_progress=None, net=None, style_cache=None, **options) -> Result:
     """Stylize `content` with `styles` (paths, PIL images or uint8 RGB arrays; both default to the
     embedded pair). Options are the Settings fields (size, iterations, scales, content_weight, ...).
     With `out`, writes the image, the manifest (OUT with .json) and the extras the options ask for.
     Returns a Result (image as PIL, history, manifest dict, status "done" or "interrupted").
     A non-finite loss/gradient raises NonFiniteError after saving the last finite image (status
-    "failed"; the Result is on the exception's `.result`).
+    "failed"; the Result is on the exception's `.result`). net, style_cache: see Stylizer.
     """
     if isinstance(styles, (str, os.PathLike, Image.Image)):
         styles = [styles]
-    return Stylizer(content, styles, Settings(**options), out, on_progress=on_progress).run()
+    return Stylizer(content, styles, Settings(**options), out, on_progress=on_progress, net=net, style_cache=style_cache).run()
 
 
-def resume(manifest_path, *, quiet=None, on_progress=None) -> Result:
+def resume(manifest_path, *, quiet=None, on_progress=None, net=None, style_cache=None) -> Result:
     """Continue the interrupted run described by `manifest_path` (OUT.json) to its end."""
     manifest, state = report.read_resumable(manifest_path)
     settings = Settings.from_args(manifest["args"])
@@ -371,5 +389,5 @@ def resume(manifest_path, *, quiet=None, on_progress=None) -> Result:
     if any(src.startswith("<") and src != DEFAULT for src in sources):
         raise ScratchnstError(f"{manifest_path}: the run used in-memory images, which cannot be reloaded to resume")
     content, *styles = sources
-    stylizer = Stylizer(content, styles, settings, manifest["output"], on_progress=on_progress)
+    stylizer = Stylizer(content, styles, settings, manifest["output"], on_progress=on_progress, net=net, style_cache=style_cache)
     return stylizer.run(resume_state=state)

@@ -39,6 +39,22 @@ class Term(NamedTuple):
     grad: object  # d value / d(its input): that layer's activation, or the image for TV
 
 
+class PixelTerm(NamedTuple):
+    """A term on the image itself, beside TV (video's temporal term, for one): fn(x) -> (value, dx)."""
+
+    name: str
+    weight: float
+    fn: object
+
+
+def style_grams(net, style, layers: Sequence[str]) -> dict:
+    """{layer: (G, M)}: the unnormalised Gram matrix (1, C, C) of a preprocessed style image at each
+    layer, and the M positions it sums over. What NSTObjective needs of a style image, computed once
+    for any number of objectives (batch runs share it between jobs)."""
+    feats = net.extract(net.xp.asarray(style, dtype=net.dtype), layers)
+    return {layer: (ops.gram_forward(f)[0], f.shape[2] * f.shape[3]) for layer, f in feats.items()}
+
+
 class Evaluation(NamedTuple):
     """L(x), dL/dx, and the unweighted totals {"content", "style" (Σ_l w_l E_l), "tv"} as floats."""
 
@@ -87,6 +103,9 @@ class NSTObjective:
     rescaled by M_l / M_l^k to the generated image's size, so that A_l means the same per-position
     statistics (with equal sizes this is exactly A_l = Σ_k b_k G_l(style_k)). Weights left None take
     DEFAULT_WEIGHTS[normalize]. Bad weights or layers raise ScratchnstError.
+
+    pixel_terms: more terms on the image, added to L with their weights. grams: style_grams() of
+    each style image, when the caller has them already (then `styles` may be None).
     """
 
     def __init__(
@@ -103,6 +122,8 @@ class NSTObjective:
         style_blend: Sequence[float] | None = None,
         style_layer_weights: Sequence[float] | None = None,
         normalize: str = "none",
+        pixel_terms: Sequence[PixelTerm] = (),
+        grams: Sequence[dict] | None = None,
     ):
         xp = net.xp
         self.net = net
@@ -117,7 +138,9 @@ class NSTObjective:
             check_weight(name, default if value is None else value)
             for name, value, default in zip(("content-weight", "style-weight", "tv-weight"), (content_weight, style_weight, tv_weight), defaults)
         )
-        styles = list(styles)
+        styles = list(styles) if styles is not None else [None] * len(grams)
+        if grams is None:
+            grams = [style_grams(net, style, self.style_layers) for style in styles]
         if self.style_layers and not styles:
             raise ScratchnstError("style layers are set but no style image was given")
         blend = check_weights("style-blend", style_blend, len(styles), "style images", nonzero_sum=True) or (1.0,) * max(1, len(styles))
@@ -132,13 +155,12 @@ class NSTObjective:
         content_feats = net.extract(content, self.layers)
         self.targets = {layer: content_feats[layer] for layer in self.content_layers}
         self.grams = {layer: 0 for layer in self.style_layers}
-        for blend, style in zip(self.style_blend, styles):
-            feats = net.extract(xp.asarray(style, dtype=net.dtype), self.style_layers)
-            for layer, f in feats.items():
+        for blend, per_layer in zip(self.style_blend, grams):
+            for layer in self.style_layers:
+                g, m_style = per_layer[layer]
                 m_x = content_feats[layer].shape[2] * content_feats[layer].shape[3]
-                m_style = f.shape[2] * f.shape[3]
-                g, _ = ops.gram_forward(f)
                 self.grams[layer] = self.grams[layer] + (blend * m_x / m_style) * g
+        self.pixel_terms = list(pixel_terms)
 
     # -- the terms ----------------------------------------------------------------------------
 
@@ -174,6 +196,9 @@ class NSTObjective:
         terms = self.feature_terms(feats)
         if self.tv_weight > 0:
             terms.append(self.tv_term(x))
+        for pixel in self.pixel_terms:
+            value, dx = pixel.fn(x)
+            terms.append(Term(pixel.name, None, pixel.weight, value, dx))
         return terms, caches
 
     # -- L and dL/dx --------------------------------------------------------------------------
@@ -188,13 +213,15 @@ class NSTObjective:
                 dfeats[t.layer] = t.weight * t.grad if t.layer not in dfeats else dfeats[t.layer] + t.weight * t.grad
         grad = self.net.backward(dfeats, caches) if dfeats else x * 0
         layer_weight = dict(zip(self.style_layers, self.style_layer_weights))
-        totals = {"content": 0.0, "style": 0.0, "tv": 0.0}
+        totals = {"content": 0.0, "style": 0.0, "tv": 0.0, **{p.name: 0.0 for p in self.pixel_terms}}
         for t in terms:
             totals[t.name] = totals[t.name] + (layer_weight[t.layer] * t.value if t.name == "style" else t.value)
             if t.layer is None:
                 grad += t.weight * t.grad
-        totals = {name: float(value) for name, value in totals.items()}  # the only host syncs: three scalars
+        totals = {name: float(value) for name, value in totals.items()}  # the only host syncs: a scalar per kind
         loss = self.content_weight * totals["content"] + self.style_weight * totals["style"] + self.tv_weight * totals["tv"]
+        for pixel in self.pixel_terms:
+            loss += pixel.weight * totals[pixel.name]
         return Evaluation(loss, grad, totals)
 
     def loss_and_grad(self, x):
