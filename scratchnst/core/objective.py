@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Sequence
 
-from scratchnst.core import ops
+from scratchnst.core import host, ops
 from scratchnst.core.losses import content_loss, style_loss, tv_loss
 from scratchnst.core.vgg import check_layers
 from scratchnst.errors import ScratchnstError
@@ -161,6 +161,7 @@ class NSTObjective:
                 m_x = content_feats[layer].shape[2] * content_feats[layer].shape[3]
                 self.grams[layer] = self.grams[layer] + (blend * m_x / m_style) * g
         self.pixel_terms = list(pixel_terms)
+        self._buffers = host.BufferPool()  # the evaluations' big host arrays, reused by the next one
 
     # -- the terms ----------------------------------------------------------------------------
 
@@ -205,7 +206,15 @@ class NSTObjective:
 
     def evaluate(self, x) -> Evaluation:
         """L(x), dL/dx and the unweighted totals. x: (1, 3, H, W) shaped like the content image,
-        on the net's array module."""
+        on the net's array module.
+
+        For its duration BLAS runs single-threaded under our own host threads, and the big host
+        arrays come from this objective's BufferPool, as the previous evaluation left them; the
+        caller's process is as it was afterwards (host.engine_threads, host.reusing)."""
+        with host.engine_threads(), host.reusing(self._buffers):
+            return self._evaluate(x)
+
+    def _evaluate(self, x) -> Evaluation:
         terms, caches = self.terms(x)
         dfeats = {}
         for t in terms:
