@@ -6,9 +6,11 @@ our own threads"), the op hands its pieces to `split_map` or `split_sum` in one 
 stream) and with one thread both run the pieces in the calling thread.
 
 Two rules keep results identical whatever the thread count:
-- `split_map` pieces write disjoint parts of an output: who computes a piece changes nothing;
-- `split_sum` adds a FIXED set of chunks (their count depends on the size, never on the threads)
-  in a fixed order: the floating-point sum is the same with 1, 2 or 4 threads.
+- `split_map` pieces write disjoint parts of an output: who computes a piece changes nothing, as
+  long as the pieces are the same; where a piece's shape changes its arithmetic (a GEMM's bits can
+  depend on its width), the pieces are `chunks`, which depend on the size, never on the threads;
+- `split_sum` adds such fixed chunks in a fixed order: the same floating-point sum with 1, 2 or 4
+  threads.
 
 Process-wide settings are scoped: `engine_threads()` holds BLAS at one thread for the duration of
 a run and restores it after (threadpoolctl). Big host arrays come from `empty`/`zeros`: inside
@@ -92,20 +94,26 @@ def split_map(xp: types.ModuleType, items: list, run) -> list:
     return [future.result() for future in futures]  # re-raises a worker's exception here
 
 
-def split_sum(xp: types.ModuleType, n: int, item_size: int, term):
-    """Σ_chunks term(chunk) over 0..n cut into fixed chunks of about SUM_CHUNK_ELEMENTS elements,
-    added in chunk order: the same bits whatever the thread count."""
+def chunks(n: int, item_size: int = 1) -> list[slice]:
+    """0..n cut into contiguous chunks of about SUM_CHUNK_ELEMENTS elements (item_size per item):
+    how many depends on the size only, never on the threads."""
     k = max(1, n * item_size // SUM_CHUNK_ELEMENTS)
-    chunks = [slice(i * n // k, (i + 1) * n // k) for i in range(k)]
-    parts = {}
+    return [slice(i * n // k, (i + 1) * n // k) for i in range(k)]
+
+
+def split_sum(xp: types.ModuleType, n: int, item_size: int, term):
+    """Σ term(chunk) over the `chunks` of 0..n, added in chunk order: the same bits whatever the
+    thread count."""
+    pieces = chunks(n, item_size)
+    parts = dict.fromkeys(range(len(pieces)))
 
     def run(indices):
         for i in indices:
-            parts[i] = term(chunks[i])
+            parts[i] = term(pieces[i])
 
-    split_map(xp, list(range(k)), run)
+    split_map(xp, list(parts), run)
     total = parts[0]
-    for i in range(1, k):
+    for i in range(1, len(pieces)):
         total = total + parts[i]
     return total
 

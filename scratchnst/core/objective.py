@@ -125,7 +125,6 @@ class NSTObjective:
         pixel_terms: Sequence[PixelTerm] = (),
         grams: Sequence[dict] | None = None,
     ):
-        xp = net.xp
         self.net = net
         self.normalize = check_normalize(normalize)
         try:
@@ -139,8 +138,6 @@ class NSTObjective:
             for name, value, default in zip(("content-weight", "style-weight", "tv-weight"), (content_weight, style_weight, tv_weight), defaults)
         )
         styles = list(styles) if styles is not None else [None] * len(grams)
-        if grams is None:
-            grams = [style_grams(net, style, self.style_layers) for style in styles]
         if self.style_layers and not styles:
             raise ScratchnstError("style layers are set but no style image was given")
         blend = check_weights("style-blend", style_blend, len(styles), "style images", nonzero_sum=True) or (1.0,) * max(1, len(styles))
@@ -150,8 +147,17 @@ class NSTObjective:
             or [1.0 / max(1, len(self.style_layers))] * len(self.style_layers)
         )
         self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
-        content = xp.asarray(content, dtype=net.dtype)
         self.shape = tuple(content.shape)
+        with host.engine_threads():  # the targets' bits, like the evaluations', whatever BLAS's threads
+            self._targets(net, content, styles, grams)
+        self.pixel_terms = list(pixel_terms)
+        self._buffers = host.BufferPool()  # the evaluations' big host arrays, reused by the next one
+
+    def _targets(self, net, content, styles, grams) -> None:
+        """The content activations P_l and the style Gram matrices A_l, rescaled to x's positions."""
+        if grams is None:
+            grams = [style_grams(net, style, self.style_layers) for style in styles]
+        content = net.xp.asarray(content, dtype=net.dtype)
         content_feats = net.extract(content, self.layers)
         self.targets = {layer: content_feats[layer] for layer in self.content_layers}
         self.grams = {layer: 0 for layer in self.style_layers}
@@ -160,8 +166,6 @@ class NSTObjective:
                 g, m_style = per_layer[layer]
                 m_x = content_feats[layer].shape[2] * content_feats[layer].shape[3]
                 self.grams[layer] = self.grams[layer] + (blend * m_x / m_style) * g
-        self.pixel_terms = list(pixel_terms)
-        self._buffers = host.BufferPool()  # the evaluations' big host arrays, reused by the next one
 
     # -- the terms ----------------------------------------------------------------------------
 

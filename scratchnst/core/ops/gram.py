@@ -30,6 +30,6 @@ def gram_backward(dg, cache):
     F = f.reshape(N, C, H * W)
     s = dg + dg.transpose(0, 2, 1)
     df = host.empty(xp, F.shape, F.dtype)
-    # dF's columns are positions: each host thread fills its own.
-    host.split_map(xp, host.slices(xp, H * W, N * C), lambda parts: [xp.matmul(s, F[:, :, p], out=df[:, :, p]) for p in parts])
+    # dF's columns are positions: each host thread fills its own chunks of them.
+    host.split_map(xp, host.chunks(H * W, N * C), lambda parts: [xp.matmul(s, F[:, :, p], out=df[:, :, p]) for p in parts])
     return df.reshape(f.shape)
