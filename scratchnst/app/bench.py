@@ -239,46 +239,6 @@ def run(sizes=DEFAULT_SIZES, *, repeats: int = 3, backend: str = "numpy", dtype:
     return report
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-    import argparse
-
-    try:
-        sizes = tuple(int(part) for part in text.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 256,512, got {text!r}") from None
-    if not sizes or min(sizes) < 32:
-        raise argparse.ArgumentTypeError(f"sizes must be ≥ 32 (five 2×2 pools), got {text!r}")
-    return sizes
-
-
-def add_parser(subparsers) -> None:
-    """Register `bench` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "bench",
-        help="time one objective evaluation per image size; GFLOP/s vs GEMM peak, peak RSS",
-        description=(
-            "Each size runs in a fresh subprocess: GEMM peak, then s/eval of NSTObjective.loss_and_grad at "
-            "the default layers (min of --repeats after a warm-up), conv GFLOP/s, % of peak, peak RSS."
-        ),
-    )
-    p.add_argument("--sizes", type=_sizes, default=None, help="comma-separated square sizes (default 128,256,512,1024)")
-    p.add_argument("--include-2048", action="store_true", help="also run 2048×2048 (minutes, ~several GB)")
-    p.add_argument("--repeats", type=int, default=3, help="timed evaluations per size (min is reported)")
-    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--profile", action="store_true", help="also break one evaluation down by layer and op")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    if args.repeats < 1:
-        raise ScratchnstError("--repeats must be ≥ 1")
-    sizes = tuple(args.sizes or DEFAULT_SIZES) + ((2048,) if args.include_2048 else ())
-    run(sizes, repeats=args.repeats, backend=args.backend, dtype=args.dtype, profile=args.profile, as_json=args.json)
-    return 0
-
-
 def _child_main(argv: list[str]) -> int:
     import argparse
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m scratchnst {stylize,weights,gradcheck}`.
+"""Command line: `python -m scratchnst {stylize,weights,gradcheck,bench,inspect}`.
 
 One `_add_<cmd>(subparsers)` per subcommand; every user error is a ScratchnstError (or an argparse
 error), printed as one line to stderr with exit code 2. `--debug` shows the traceback instead.
@@ -12,7 +12,6 @@ import signal
 import sys
 import traceback
 
-from scratchnst.app import study
 from scratchnst.core import host
 from scratchnst.errors import ScratchnstError, one_line
 from scratchnst.app.settings import INITS, Settings
@@ -270,6 +269,77 @@ def _run_gradcheck(args) -> int:
     return 1 if failed else 0
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 256,512, got {text!r}") from None
+    if not sizes or min(sizes) < 32:
+        raise argparse.ArgumentTypeError(f"sizes must be ≥ 32 (five 2×2 pools), got {text!r}")
+    return sizes
+
+
+def _add_bench(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="time one objective evaluation per image size; GFLOP/s vs GEMM peak, peak RSS",
+        description=(
+            "Each size runs in a fresh subprocess: GEMM peak, then s/eval of NSTObjective.loss_and_grad at "
+            "the default layers (min of --repeats after a warm-up), conv GFLOP/s, % of peak, peak RSS."
+        ),
+    )
+    p.add_argument("--sizes", type=_sizes, default=None, help="comma-separated square sizes (default 128,256,512,1024)")
+    p.add_argument("--include-2048", action="store_true", help="also run 2048×2048 (minutes, ~several GB)")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed evaluations per size (min is reported)")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--profile", action="store_true", help="also break one evaluation down by layer and op")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from scratchnst.app import bench
+
+    sizes = tuple(args.sizes or bench.DEFAULT_SIZES) + ((2048,) if args.include_2048 else ())
+    bench.run(sizes, repeats=args.repeats, backend=args.backend, dtype=args.dtype, profile=args.profile, as_json=args.json)
+    return 0
+
+
+def _add_inspect(subparsers) -> None:
+    from scratchnst.app.study import FEATURE_LAYERS
+
+    p = subparsers.add_parser(
+        "inspect",
+        help="write pictures of features, Gram matrices and each loss term's gradient, with an index.html",
+        description="Look inside the objective: writes PNGs and a static DIR/index.html to browse them (no server).",
+    )
+    p.add_argument("content", nargs="?", help="content image (default: the embedded photo)")
+    p.add_argument("style", nargs="?", help="style image (default: the embedded painting)")
+    p.add_argument("-o", "--output", metavar="DIR", default="inspect", help="output directory")
+    p.add_argument("--size", type=int, default=128, help="long side in px")
+    p.add_argument("--layers", default=",".join(FEATURE_LAYERS), help="comma list of layers whose feature maps to show")
+    p.add_argument("--iterations", type=int, default=0, help="also run N L-BFGS iterations and show the evolution")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise start")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--weights", metavar="PATH", default=None)
+    p.set_defaults(func=_run_inspect)
+
+
+def _run_inspect(args) -> int:
+    from scratchnst.app import study
+
+    if args.content is not None and args.style is None:
+        raise ScratchnstError("give a STYLE image after CONTENT")
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    index = study.inspect(
+        args.content, args.style, args.output, size=args.size, layers=layers, iterations=args.iterations,
+        seed=args.seed, weights=args.weights, backend=args.backend,
+    )
+    print(f"{PROG}: wrote {index}", file=sys.stderr)
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 _received_signal = [signal.SIGINT]
@@ -284,12 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Neural style transfer from scratch: every backward pass by hand.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_stylize(sub)
-    _add_weights(sub)
-    _add_gradcheck(sub)
-    from scratchnst.app import bench
-    bench.add_parser(sub)
-    study.add_parser(sub)
+    for add in (_add_stylize, _add_weights, _add_gradcheck, _add_bench, _add_inspect):
+        add(sub)
     return parser
 
 

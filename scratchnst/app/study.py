@@ -338,39 +338,3 @@ def render_html(page: Page) -> str:
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
-
-
-# -- command line -----------------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> None:
-    """Register `inspect` on the CLI's subparsers (called from cli.build_parser)."""
-    p = subparsers.add_parser(
-        "inspect",
-        help="write pictures of features, Gram matrices and each loss term's gradient, with an index.html",
-        description="Look inside the objective: writes PNGs and a static DIR/index.html to browse them (no server).",
-    )
-    p.add_argument("content", nargs="?", help="content image (default: the embedded photo)")
-    p.add_argument("style", nargs="?", help="style image (default: the embedded painting)")
-    p.add_argument("-o", "--output", metavar="DIR", default="inspect", help="output directory")
-    p.add_argument("--size", type=int, default=128, help="long side in px")
-    p.add_argument("--layers", default=",".join(FEATURE_LAYERS), help="comma list of layers whose feature maps to show")
-    p.add_argument("--iterations", type=int, default=0, help="also run N L-BFGS iterations and show the evolution")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise start")
-    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
-    p.add_argument("--weights", metavar="PATH", default=None)
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    import sys
-
-    if args.content is not None and args.style is None:
-        raise ScratchnstError("give a STYLE image after CONTENT")
-    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
-    index = inspect(
-        args.content, args.style, args.output, size=args.size, layers=layers, iterations=args.iterations,
-        seed=args.seed, weights=args.weights, backend=args.backend,
-    )
-    print(f"scratchnst: wrote {index}", file=sys.stderr)
-    return 0

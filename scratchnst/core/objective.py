@@ -26,7 +26,7 @@ NORMALIZATIONS = ("size", "none")
 # Default (α, β, γ) for each normalisation, tuned by eye (docs/benchmarks.md, "The same look at every
 # size"). The "none" weights are the seed formula's, tuned at 384 px; the "size" ones give that look at
 # every size.
-DEFAULT_WEIGHTS = {"none": (1.0, 3e2, 1e-3), "size": (1.0, 5e-4, 5e-4)}
+DEFAULT_WEIGHTS = {"none": (1.0, 3e2, 1e-3), "size": (1.0, 3e-4, 4e-4)}
 
 
 class Term(NamedTuple):
