@@ -45,31 +45,34 @@ def conv_output_size(size: int, k: int, stride: int, pad: int, what: str = "conv
     return out
 
 
-def _pad(x, pad: int):
-    if pad == 0:
-        return x
-    N, C, H, W = x.shape
-    out = host.zeros(get_array_module(x), (N, C, H + 2 * pad, W + 2 * pad), x.dtype)
-    out[:, :, pad : pad + H, pad : pad + W] = x
-    return out
+def conv2d_forward(x, w, b, stride: int = 1, pad: int = 0):
+    """Convolve x with frozen weights.
 
-
-def tile_bytes(xp) -> int:
-    """The band bound on this array module: DEVICE_TILE_BYTES on CuPy, else TILE_BYTES."""
-    return DEVICE_TILE_BYTES if xp.__name__ == "cupy" else TILE_BYTES
-
-
-def _band_rows(xp, K: int, F: int, row_len: int, out_h: int, itemsize: int, per_worker: int = 1) -> int:
-    """Output rows per band: im2col (K rows) + output (F rows), `row_len` columns per output row.
-
-    The band count is rounded up to a multiple of per_worker × BAND_GROUP (before the rows are
-    rounded up again), so that the threads get equal shares, give or take one band.
+    x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None; stride ≥ 1, pad ≥ 0.
+    Returns (y, cache), y: (N, F, (H + 2·pad − KH) // stride + 1, (W + 2·pad − KW) // stride + 1).
     """
-    rows = max(1, tile_bytes(xp) // ((K + F) * row_len * itemsize), -(-MIN_BAND_COLS // row_len))
-    parts = per_worker * (BAND_GROUP if xp.__name__ != "cupy" else 1)
-    bands = -(-out_h // rows)  # -(-a // b) is a ceiling division
-    bands = min(out_h, -(-bands // parts) * parts)
-    return -(-out_h // bands)
+    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"conv2d: x {tuple(x.shape)} and w {tuple(w.shape)} do not fit (need (N,C,H,W), (F,C,KH,KW))")
+    y = _conv_gemm(x, w, b, stride, pad)
+    return y, ConvCache(tuple(x.shape), w, stride, pad)
+
+
+def conv2d_backward(dout, cache: ConvCache):
+    """Input gradient dx: (N, C, H, W) from dout: (N, F, out_h, out_w). No weight gradients (frozen).
+
+    Stride 1 with pad ≤ K − 1 and C > F/2: the gradient of a correlation is a "full" correlation of
+    dout with the kernel flipped in space and transposed in channels, w'[c, f, p, q] =
+    w[f, c, KH−1−p, KW−1−q], padded by K−1−pad; it runs through the same fast flat im2col+GEMM path as
+    the forward. Otherwise (other strides, or few input channels such as the RGB layer, where
+    im2col of dout would copy 9·F rows to produce C): col2im.
+    """
+    N, C, H, W = cache.x_shape
+    F, _, KH, KW = cache.w.shape
+    if cache.stride == 1 and cache.pad <= min(KH, KW) - 1 and KH == KW and 2 * C > F:
+        w_t = cache.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        xp = get_array_module(dout)
+        return _conv_gemm(dout, xp.ascontiguousarray(w_t), None, 1, KH - 1 - cache.pad)
+    return _col2im_backward(dout, cache)
 
 
 def _conv_gemm(x, w, b, stride: int, pad: int):
@@ -157,36 +160,6 @@ def _conv_gemm_flat(x, w, b, pad: int):
     return y
 
 
-def conv2d_forward(x, w, b, stride: int = 1, pad: int = 0):
-    """Convolve x with frozen weights.
-
-    x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None; stride ≥ 1, pad ≥ 0.
-    Returns (y, cache), y: (N, F, (H + 2·pad − KH) // stride + 1, (W + 2·pad − KW) // stride + 1).
-    """
-    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"conv2d: x {tuple(x.shape)} and w {tuple(w.shape)} do not fit (need (N,C,H,W), (F,C,KH,KW))")
-    y = _conv_gemm(x, w, b, stride, pad)
-    return y, ConvCache(tuple(x.shape), w, stride, pad)
-
-
-def conv2d_backward(dout, cache: ConvCache):
-    """Input gradient dx: (N, C, H, W) from dout: (N, F, out_h, out_w). No weight gradients (frozen).
-
-    Stride 1 with pad ≤ K − 1 and C > F/2: the gradient of a correlation is a "full" correlation of
-    dout with the kernel flipped in space and transposed in channels, w'[c, f, p, q] =
-    w[f, c, KH−1−p, KW−1−q], padded by K−1−pad; it runs through the same fast flat im2col+GEMM path as
-    the forward. Otherwise (other strides, or few input channels such as the RGB layer, where
-    im2col of dout would copy 9·F rows to produce C): col2im.
-    """
-    N, C, H, W = cache.x_shape
-    F, _, KH, KW = cache.w.shape
-    if cache.stride == 1 and cache.pad <= min(KH, KW) - 1 and KH == KW and 2 * C > F:
-        w_t = cache.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        xp = get_array_module(dout)
-        return _conv_gemm(dout, xp.ascontiguousarray(w_t), None, 1, KH - 1 - cache.pad)
-    return _col2im_backward(dout, cache)
-
-
 def _col2im_backward(dout, cache: ConvCache):
     """General stride/pad: dcol = wᵀ dout per band, scattered back with += on strided slices."""
     xp = get_array_module(dout)
@@ -220,3 +193,30 @@ def _col2im_backward(dout, cache: ConvCache):
         for phase in (starts[0::2], starts[1::2]):
             host.split_map(xp, phase, lambda subset: run(n, subset))
     return dxpad[:, :, pad : pad + H, pad : pad + W]
+
+
+def _pad(x, pad: int):
+    if pad == 0:
+        return x
+    N, C, H, W = x.shape
+    out = host.zeros(get_array_module(x), (N, C, H + 2 * pad, W + 2 * pad), x.dtype)
+    out[:, :, pad : pad + H, pad : pad + W] = x
+    return out
+
+
+def tile_bytes(xp) -> int:
+    """The band bound on this array module: DEVICE_TILE_BYTES on CuPy, else TILE_BYTES."""
+    return DEVICE_TILE_BYTES if xp.__name__ == "cupy" else TILE_BYTES
+
+
+def _band_rows(xp, K: int, F: int, row_len: int, out_h: int, itemsize: int, per_worker: int = 1) -> int:
+    """Output rows per band: im2col (K rows) + output (F rows), `row_len` columns per output row.
+
+    The band count is rounded up to a multiple of per_worker × BAND_GROUP (before the rows are
+    rounded up again), so that the threads get equal shares, give or take one band.
+    """
+    rows = max(1, tile_bytes(xp) // ((K + F) * row_len * itemsize), -(-MIN_BAND_COLS // row_len))
+    parts = per_worker * (BAND_GROUP if xp.__name__ != "cupy" else 1)
+    bands = -(-out_h // rows)  # -(-a // b) is a ceiling division
+    bands = min(out_h, -(-bands // parts) * parts)
+    return -(-out_h // bands)

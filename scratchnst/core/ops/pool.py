@@ -20,16 +20,6 @@ class PoolCache(NamedTuple):
     argmax: object  # (N, C, out_h, out_w) window offset p·k + q of the max; None for average pooling
 
 
-def _windows(x, k: int, stride: int):
-    """Yield (offset, view) for each kernel offset (p, q): view[n, c, i, j] = x[n, c, i·s + p, j·s + q]."""
-    N, C, H, W = x.shape
-    out_h = conv_output_size(H, k, stride, 0, "pool")
-    out_w = conv_output_size(W, k, stride, 0, "pool")
-    for p in range(k):
-        for q in range(k):
-            yield p * k + q, x[:, :, p : p + stride * (out_h - 1) + 1 : stride, q : q + stride * (out_w - 1) + 1 : stride]
-
-
 def maxpool2d_forward(x, k: int, stride: int):
     """Max over each k×k window. x: (N, C, H, W). Returns (y, cache).
 
@@ -49,6 +39,57 @@ def maxpool2d_forward(x, k: int, stride: int):
 
     host.split_map(xp, host.slices(xp, C, N * H * W), run)
     return y, PoolCache(tuple(x.shape), k, stride, argmax)
+
+
+def maxpool2d_backward(dout, cache: PoolCache):
+    """dx: (N, C, H, W); each dout entry goes to the position of its window's (first) maximum."""
+    xp = get_array_module(dout)
+    dx = host.zeros(xp, cache.x_shape, dout.dtype)
+
+    def run(channels):  # channel by channel, as in the forward pass
+        for c in channels:
+            for offset, view in _windows(dx[:, c], cache.k, cache.stride):
+                if cache.k <= cache.stride:
+                    # Windows do not overlap: each position of dx is written by one offset only.
+                    xp.multiply(dout[:, c], cache.argmax[:, c] == offset, out=view)
+                else:
+                    # view aliases dx; overlapping windows (k > stride) add up across offsets.
+                    view += dout[:, c] * (cache.argmax[:, c] == offset)
+
+    host.split_map(xp, host.slices(xp, dx.shape[1], dx[:, 0].size), run)
+    return dx
+
+
+def avgpool2d_forward(x, k: int, stride: int):
+    """Mean over each k×k window. x: (N, C, H, W). Returns (y, cache)."""
+    y = None
+    for _, view in _windows(x, k, stride):
+        if y is None:
+            y = view.copy()
+        else:
+            y += view
+    y *= 1.0 / (k * k)
+    return y, PoolCache(tuple(x.shape), k, stride, None)
+
+
+def avgpool2d_backward(dout, cache: PoolCache):
+    """dx: (N, C, H, W); each window position receives dout / k²."""
+    xp = get_array_module(dout)
+    dx = host.zeros(xp, cache.x_shape, dout.dtype)
+    share = dout * (1.0 / (cache.k * cache.k))
+    for _, view in _windows(dx, cache.k, cache.stride):
+        view += share
+    return dx
+
+
+def _windows(x, k: int, stride: int):
+    """Yield (offset, view) for each kernel offset (p, q): view[n, c, i, j] = x[n, c, i·s + p, j·s + q]."""
+    N, C, H, W = x.shape
+    out_h = conv_output_size(H, k, stride, 0, "pool")
+    out_w = conv_output_size(W, k, stride, 0, "pool")
+    for p in range(k):
+        for q in range(k):
+            yield p * k + q, x[:, :, p : p + stride * (out_h - 1) + 1 : stride, q : q + stride * (out_w - 1) + 1 : stride]
 
 
 def _maxpool_scan(x, k: int, stride: int, dtype):
@@ -99,44 +140,3 @@ def _maxpool_tiled(x, k: int, stride: int, dtype):
     for p in range(1, k):
         _keep_first_max(y, argmax, row_max[:, :, :, p], first_q[:, :, :, p] + first_q.dtype.type(p * k))
     return y, argmax
-
-
-def maxpool2d_backward(dout, cache: PoolCache):
-    """dx: (N, C, H, W); each dout entry goes to the position of its window's (first) maximum."""
-    xp = get_array_module(dout)
-    dx = host.zeros(xp, cache.x_shape, dout.dtype)
-
-    def run(channels):  # channel by channel, as in the forward pass
-        for c in channels:
-            for offset, view in _windows(dx[:, c], cache.k, cache.stride):
-                if cache.k <= cache.stride:
-                    # Windows do not overlap: each position of dx is written by one offset only.
-                    xp.multiply(dout[:, c], cache.argmax[:, c] == offset, out=view)
-                else:
-                    # view aliases dx; overlapping windows (k > stride) add up across offsets.
-                    view += dout[:, c] * (cache.argmax[:, c] == offset)
-
-    host.split_map(xp, host.slices(xp, dx.shape[1], dx[:, 0].size), run)
-    return dx
-
-
-def avgpool2d_forward(x, k: int, stride: int):
-    """Mean over each k×k window. x: (N, C, H, W). Returns (y, cache)."""
-    y = None
-    for _, view in _windows(x, k, stride):
-        if y is None:
-            y = view.copy()
-        else:
-            y += view
-    y *= 1.0 / (k * k)
-    return y, PoolCache(tuple(x.shape), k, stride, None)
-
-
-def avgpool2d_backward(dout, cache: PoolCache):
-    """dx: (N, C, H, W); each window position receives dout / k²."""
-    xp = get_array_module(dout)
-    dx = host.zeros(xp, cache.x_shape, dout.dtype)
-    share = dout * (1.0 / (cache.k * cache.k))
-    for _, view in _windows(dx, cache.k, cache.stride):
-        view += share
-    return dx
