@@ -332,9 +332,13 @@ def _run_inspect(args) -> int:
     if args.content is not None and args.style is None:
         raise ScratchnstError("give a STYLE image after CONTENT")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    from scratchnst.app.weights import load_vgg16
+
+    study.check_options(args.size, args.iterations, layers, args.output)  # before the weights are read
+    net = load_vgg16(args.weights, backend=args.backend, dtype="float32")
     index = study.inspect(
         args.content, args.style, args.output, size=args.size, layers=layers, iterations=args.iterations,
-        seed=args.seed, weights=args.weights, backend=args.backend,
+        seed=args.seed, net=net,
     )
     print(f"{PROG}: wrote {index}", file=sys.stderr)
     return 0

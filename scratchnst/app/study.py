@@ -181,18 +181,40 @@ def inspect(
     iterations: int = 0,
     seed: int = 0,
     net=None,
-    weights: str | None = None,
-    backend: str = "auto",
 ) -> Path:
     """Write the pictures and DIR/index.html for CONTENT and STYLE paths (None: the embedded pair).
 
     The "current image" is seeded noise (what stylize starts from) or, with `iterations`, the L-BFGS
-    iterate after them. `net`: an already loaded VGG16 (else loaded from `weights`). Returns the
-    index.html path.
+    iterate after them. `net`: a loaded VGG16 (default: load_vgg16()). Returns the index.html path.
     """
-    from scratchnst.core.optim import LBFGS
     from scratchnst.app.weights import load_vgg16
 
+    layers, out = check_options(size, iterations, layers, out_dir)
+    content_img, style_img = (im.fit_long_side(im.open_image(src, what)[0], size) for src, what in ((content, "content"), (style, "style")))
+    net = net if net is not None else load_vgg16(dtype="float32")
+    xp, dtype = net.xp, str(net.dtype)
+    c = im.preprocess(content_img, dtype=dtype, xp=xp)
+    s = im.preprocess(style_img, dtype=dtype, xp=xp)
+    obj = NSTObjective(net, c, [s], normalize=DEFAULTS.normalize)
+    x0 = xp.asarray(np.random.default_rng(seed).normal(0.0, NOISE_STD, c.shape).astype(dtype))
+    page = Page(f"scratchnst inspect: {size} px, seed {seed}")
+    figs = [(_save(out, "content.png", content_img), "content image"), (_save(out, "style.png", style_img), "style image")]
+    page.sections.append(("Inputs", "The two images, resized so the long side is the working size.", figs))
+    page.sections.append(_features_section(out, net.extract(c, layers)))
+    frames_at, evolution, done = _evolve(obj, x0, iterations)
+    x = evolution["x"]
+    page.sections.append(_gram_section(out, obj, net.extract(s, obj.style_layers), net.extract(x, obj.style_layers)))
+    page.sections.append(_gradients_section(out, evolution, done if iterations else None))
+    if iterations:
+        page.sections.append(_evolution_section(out, evolution, frames_at))
+    index = out / "index.html"
+    with atomic_open(index) as fh:
+        fh.write(render_html(page).encode("utf-8"))
+    return index
+
+
+def check_options(size: int, iterations: int, layers, out_dir) -> tuple[list[str], Path]:
+    """(layers, output folder), or ScratchnstError for a bad option (before anything heavy)."""
     if size < im.MIN_SIDE:
         raise ScratchnstError(f"--size must be at least {im.MIN_SIDE}, got {size}")
     if iterations < 0:
@@ -206,29 +228,13 @@ def inspect(
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ScratchnstError(f"{out}: exists and is not a directory")
-    content_img, style_img = (im.fit_long_side(im.open_image(src, what)[0], size) for src, what in ((content, "content"), (style, "style")))
-    net = net if net is not None else load_vgg16(weights, backend=backend, dtype="float32")
-    xp, dtype = net.xp, str(net.dtype)
-    c = im.preprocess(content_img, dtype=dtype, xp=xp)
-    s = im.preprocess(style_img, dtype=dtype, xp=xp)
-    obj = NSTObjective(
-        net, c, [s], normalize=DEFAULTS.normalize
-    )
-    rng = np.random.default_rng(seed)
-    x = xp.asarray(rng.normal(0.0, NOISE_STD, c.shape).astype(dtype))
-    page = Page(f"scratchnst inspect: {size} px, seed {seed}")
+    return layers, out
 
-    figs = [(_save(out, "content.png", content_img), "content image"), (_save(out, "style.png", style_img), "style image")]
-    page.sections.append(("Inputs", "The two images, resized so the long side is the working size.", figs))
 
-    feats = net.extract(c, layers)
-    figs = [(_save(out, f"features/{l}.png", feature_grid(feats[l])), f"{l}: {feats[l].shape[1]} channels, {feats[l].shape[2]}×{feats[l].shape[3]}") for l in layers]
-    page.sections.append((
-        "Feature maps (content image)",
-        f"The {CHANNELS} channels with the largest mean activation at each layer, strongest first; each tile "
-        "scaled to its own maximum (white). Deeper layers are coarser and respond to larger structures.",
-        figs,
-    ))
+def _evolve(obj: NSTObjective, x, iterations: int):
+    """(the iterations shown, {"image": frames, term: gradients per frame, "x": last x}, iterations done):
+    L-BFGS from x, stopping at SNAPSHOTS evenly spaced iterations to take pictures."""
+    from scratchnst.core.optim import LBFGS
 
     evolution = {"image": []}
     frames_at = sorted({round(i * iterations / (SNAPSHOTS - 1)) for i in range(SNAPSHOTS)}) if iterations else [0]
@@ -242,56 +248,71 @@ def inspect(
         evolution["image"].append(im.deprocess(x))
         for term, g in term_gradients(obj, x).items():
             evolution.setdefault(term, []).append(g)
-    image_feats = net.extract(x, obj.style_layers)
+    evolution["x"] = x
+    return frames_at, evolution, done
 
+
+def _terms_of(evolution: dict) -> dict:
+    return {term: frames for term, frames in evolution.items() if term not in ("image", "x")}
+
+
+def _features_section(out: Path, feats: dict):
+    figs = [(_save(out, f"features/{l}.png", feature_grid(f)), f"{l}: {f.shape[1]} channels, {f.shape[2]}×{f.shape[3]}") for l, f in feats.items()]
+    return (
+        "Feature maps (content image)",
+        f"The {CHANNELS} channels with the largest mean activation at each layer, strongest first; each tile "
+        "scaled to its own maximum (white). Deeper layers are coarser and respond to larger structures.",
+        figs,
+    )
+
+
+def _gram_section(out: Path, obj: NSTObjective, style_feats: dict, image_feats: dict):
     figs = []
     for l in obj.style_layers:
-        target = gram_per_position(net.extract(s, [l])[l])
+        target = gram_per_position(style_feats[l])
         current = gram_per_position(image_feats[l])
         scale = float(np.percentile(np.abs(target), 99.5)) or 1.0  # one scale per layer: comparable maps
         figs.append((_save(out, f"gram/{l}_style.png", _enlarge(sequential(target, scale), 256)), f"{l}, style image: G/M, {target.shape[0]}×{target.shape[0]}"))
         figs.append((_save(out, f"gram/{l}_image.png", _enlarge(sequential(current, scale), 256)), f"{l}, current image (same colour scale)"))
-    page.sections.append((
+    return (
         "Gram matrices",
         "Entry (i, j) is Σ over positions of channel i × channel j, divided by the number of positions: which "
         "features fire together, with where forgotten. The style loss pulls the current image's matrix (right) "
         "toward the style's (left); both use the style's 99.5th percentile as full brightness.",
         figs,
-    ))
+    )
 
-    last = {term: frames[-1] for term, frames in evolution.items() if term != "image"}
-    figs = [(_save(out, "current.png", evolution["image"][-1]), f"current image (after {done} iterations)" if iterations else "current image (the noise start)")]
-    for term, g in last.items():
+
+def _gradients_section(out: Path, evolution: dict, done: int | None):
+    caption = f"current image (after {done} iterations)" if done is not None else "current image (the noise start)"
+    figs = [(_save(out, "current.png", evolution["image"][-1]), caption)]
+    for term, frames in _terms_of(evolution).items():
+        g = frames[-1]
         top = float(np.percentile(np.abs(to_host(g).sum(axis=1)), 99.0))
         figs.append((_save(out, f"grads/{_slug(term)}.png", gradient_picture(g)), f"{term}: −dL/dx, 99th percentile |push| = {top:.3g}"))
-    page.sections.append((
+    return (
         "What each loss term asks of the pixels",
         "−dL/dx of each weighted term alone, summed over the colour channels: the way a small gradient step "
         "for that term would move each pixel (red: brighter, blue: darker, white: leave it). Each picture is "
         "scaled by its own 99th percentile of |push|; the caption gives it, so strengths compare across terms. "
         "The terms add up to the objective's gradient.",
         figs,
-    ))
+    )
 
-    if iterations:
-        figs = [(_save(out, "evolution/image_strip.png", _strip(evolution["image"])), f"the image at iterations {', '.join(map(str, frames_at))}")]
-        figs.append((_save_gif(out, "evolution/image.gif", evolution["image"]), "the same, animated"))
-        for term, frames in evolution.items():
-            if term == "image":
-                continue
-            scale = float(np.percentile(np.abs(to_host(frames[0]).sum(axis=1)), 99.0))  # the first frame's scale, kept: growth and decay show
-            strip = _strip([gradient_picture(g, scale) for g in frames])
-            figs.append((_save(out, f"evolution/{_slug(term)}_strip.png", strip), f"{term}: −dL/dx at the same iterations, one colour scale (the first frame's)"))
-        page.sections.append((
-            "Evolution",
-            f"L-BFGS from the noise start; frames at iterations {', '.join(map(str, frames_at))}. A term that is "
-            "being satisfied fades toward white.",
-            figs,
-        ))
-    index = out / "index.html"
-    with atomic_open(index) as fh:
-        fh.write(render_html(page).encode("utf-8"))
-    return index
+
+def _evolution_section(out: Path, evolution: dict, frames_at: list[int]):
+    figs = [(_save(out, "evolution/image_strip.png", _strip(evolution["image"])), f"the image at iterations {', '.join(map(str, frames_at))}")]
+    figs.append((_save_gif(out, "evolution/image.gif", evolution["image"]), "the same, animated"))
+    for term, frames in _terms_of(evolution).items():
+        scale = float(np.percentile(np.abs(to_host(frames[0]).sum(axis=1)), 99.0))  # the first frame's scale, kept: growth and decay show
+        strip = _strip([gradient_picture(g, scale) for g in frames])
+        figs.append((_save(out, f"evolution/{_slug(term)}_strip.png", strip), f"{term}: −dL/dx at the same iterations, one colour scale (the first frame's)"))
+    return (
+        "Evolution",
+        f"L-BFGS from the noise start; frames at iterations {', '.join(map(str, frames_at))}. A term that is "
+        "being satisfied fades toward white.",
+        figs,
+    )
 
 
 # -- the page ---------------------------------------------------------------------------------------
