@@ -23,7 +23,7 @@ RUNS = {
     "default": [],
     "preserve-colors": ["--preserve-colors"],
     "avg-pooling": ["--pooling", "avg"],
-    "style-3000": ["--style-weight", "3000"],
+    "more-style": ["--style-weight", "1e-3"],
 }
 
 
