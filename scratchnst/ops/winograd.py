@@ -1,0 +1,326 @@
+"""3×3, stride-1 convolution by Winograd's minimal filtering F(4×4, 3×3), and its input gradient.
+
+Layout as in ops.conv: x (N, C, H, W), w (F, C, 3, 3), b (F,), y (N, F, out_h, out_w), and the same
+cross-correlation y[n, f, i, j] = b[f] + Σ_{c,p,q} w[f, c, p, q] xpad[n, c, i + p, j + q].
+
+The method (Lavin & Gray 2016, "Fast algorithms for convolutional neural networks"), in 1-D first.
+Four outputs of a 3-tap correlation, y_i = Σ_p g_p d_{i+p} (i < 4), read six inputs d_0..d_5. They
+are the transpose of a polynomial product: for h of degree 3, s = g·h has degree 5 and coefficients
+s = T_g h with T_g[i, k] = g_{i−k}, and y = T_gᵀ d. The product s is fixed by its values at six
+points, s(a) = g(a)·h(a): five finite points a and "∞" (the leading coefficient, g_2·h_3). With
+    Vm (6×4), Vr (6×3): rows (1, a, a², ...) per finite point, (0, ..., 0, 1) for ∞,
+    Vn (6×6) the same with six columns, so that s = Vn⁻¹ (Vr g ⊙ Vm h),
+T_g = Vn⁻¹ diag(Vr g) Vm, and therefore
+    y = Aᵀ [(G g) ⊙ (Bᵀ d)],   Aᵀ = Vmᵀ (4×6), G = Vr (6×3), Bᵀ = Vn⁻ᵀ (6×6):
+6 multiplications instead of 12. Any row i of G may be scaled by t_i if row i of Bᵀ (or column i
+of Aᵀ) is scaled by 1/t_i; that freedom gives the integer Aᵀ and the small Bᵀ below. Nested over
+both axes of a 6×6 input tile d and the 3×3 filter g (tiles overlap by 2, their 4×4 outputs do not):
+    Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A.
+Over channels the element-wise product becomes, for each of the 36 positions (ξ, ν) of a tile,
+one GEMM: with U[ξν] = (G g Gᵀ)[ξν] (F × C, made once: the weights are frozen) and
+V[ξν] = (Bᵀ d B)[ξν] (C × tiles), M[ξν] = U[ξν] V[ξν], and Y = Aᵀ M A per tile and filter.
+That is 36 multiply-adds per 16 outputs per (f, c) instead of 144: the GEMMs do 4× fewer FLOPs
+than im2col's; the transforms are extra passes over the input and output.
+
+Points. The error grows with the spread of the points' powers (Barabasz et al. 2018, "Error
+analysis and improving the accuracy of Winograd convolution"). 0, ±1, ±2 (+∞, Lavin's) or 0, ±1,
+±½ give float32 errors about 10–20× direct's on VGG layers; 0, 1, −1, −2, −½ (+∞) about half
+of that (docs/winograd.md). This set is also closed under a → 1/a (0 ↔ ∞, −2 ↔ −½), which
+makes the input gradient free of a second filter transform: a kernel flipped in space,
+g'(a) = g_2 + g_1 a + g_0 a², equals a² g(1/a), so with the rows of G scaled to be each other's
+reverses for reciprocal points, G J = P G (J reverses the 3 taps, P swaps the rows 0 ↔ ∞ and
+−2 ↔ −½): the flipped kernel's transform is U[P ξ, P ν], no new array (see FLIP).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from scratchnst.backend import get_array_module, split_work
+from scratchnst.ops.conv import conv_output_size
+
+# Interpolation points, in the order of the rows of G and Bᵀ and the columns of Aᵀ; the sixth is ∞.
+POINTS = (0, 1, -1, -2, -0.5)
+
+# Aᵀ: columns (1, a, a², a³) per point, the ∞ column (0, 0, 0, 1); the −½ column scaled by 8.
+AT = np.array(
+    [
+        [1, 1, 1, 1, 8, 0],
+        [0, 1, -1, -2, -4, 0],
+        [0, 1, 1, 4, 2, 0],
+        [0, 1, -1, -8, -1, 1],
+    ],
+    dtype=np.float64,
+)
+# G: rows (1, a, a²) per point times the scale that Vn⁻¹'s column took, (0, 0, 1) for ∞.
+# Reciprocal points have reversed rows: row −½ = row −2 reversed, row ∞ = row 0 reversed.
+G = np.array(
+    [
+        [1, 0, 0],
+        [1 / 9, 1 / 9, 1 / 9],
+        [1, -1, 1],
+        [1 / 18, -1 / 9, 2 / 9],
+        [2 / 9, -1 / 9, 1 / 18],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+# Bᵀ = Vn⁻ᵀ with each row scaled so that its smallest entry is ±1 (G took the inverse scales).
+BT = np.array(
+    [
+        [1, 2.5, 0, -2.5, -1, 0],
+        [0, 1, 3.5, 3.5, 1, 0],
+        [0, 1, 1.5, -1.5, -1, 0],
+        [0, -1, -2, 1, 2, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, -1, -2.5, 0, 2.5, 1],
+    ],
+    dtype=np.float64,
+)
+# G[:, ::-1] == G[FLIP]: the rows of the reciprocal points. Transform position ξ·6 + ν of the
+# flipped kernel is position FLIP36[ξ·6 + ν] of the kernel's own transform.
+FLIP = (5, 1, 2, 4, 3, 0)
+FLIP36 = tuple(6 * FLIP[i // 6] + FLIP[i % 6] for i in range(36))
+
+# Bounds that size the work, in bytes. A band (whole tile rows, all channels) is what one thread
+# takes at a time: its transformed input V (36 × tiles × C) and GEMM output M (36 × tiles × F)
+# stay in cache from the input transform through the 36 GEMMs to the inverse transform. Bands
+# have at least MIN_BAND_TILES tiles (below that each GEMM re-reads its 36 filter matrices for
+# too few columns), and at most a 1/MIN_BANDS share of the image, so that several threads get
+# work. Within a band, the tile transforms go CHUNK_BYTES of input rows at a time, sized for the
+# per-core cache. None of these depends on the thread count, so neither does any result bit.
+# On a GPU one band is the whole image when it fits DEVICE_BAND_BYTES: every band costs launches.
+BAND_BYTES = 8 * 2**20
+DEVICE_BAND_BYTES = 2**30
+MIN_BAND_TILES = 64
+MIN_BANDS = 4
+CHUNK_BYTES = 512 * 2**10
+
+
+class WinogradCache(NamedTuple):
+    x_shape: tuple
+    pad: int
+    u: object  # (36, F, C) transform of the forward kernel; the backward reads it flipped
+
+
+def winograd_filter_transform(w):
+    """U = G g Gᵀ for every (f, c) of a frozen 3×3 kernel, made once per weight.
+
+    w: (F, C, 3, 3). Returns u: (36, F, C) in w's dtype, u[ξ·6 + ν] = (G w[f, c] Gᵀ)[ξ, ν],
+    computed in float64.
+    """
+    if w.ndim != 4 or w.shape[2:] != (3, 3):
+        raise ValueError(f"winograd: kernel must be (F, C, 3, 3), got {tuple(w.shape)}")
+    xp = get_array_module(w)
+    g = xp.asarray(G)
+    gw = xp.einsum("ap,fcpq->fcaq", g, w.astype(xp.float64))
+    u = xp.einsum("fcaq,bq->abfc", gw, g)
+    return xp.ascontiguousarray(u.reshape(36, w.shape[0], w.shape[1]).astype(w.dtype))
+
+
+def winograd_conv2d_forward(x, w, b, pad: int = 1, *, u=None):
+    """3×3 stride-1 convolution of x with frozen weights, as conv2d_forward(x, w, b, 1, pad) computes.
+
+    x: (N, C, H, W), any H, W; w: (F, C, 3, 3); b: (F,) or None; pad 0 or 1; u: w's
+    winograd_filter_transform when already made (else made here).
+    Returns (y, cache), y: (N, F, H + 2·pad − 2, W + 2·pad − 2).
+    """
+    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1] or w.shape[2:] != (3, 3):
+        raise ValueError(f"winograd conv2d: x {tuple(x.shape)} and w {tuple(w.shape)} do not fit (need (N,C,H,W), (F,C,3,3))")
+    if pad not in (0, 1):
+        raise ValueError(f"winograd conv2d: pad must be 0 or 1, got {pad}")
+    if u is None:
+        u = winograd_filter_transform(w)
+    y = _winograd_conv(x, [u[k].T for k in range(36)], b, pad)
+    return y, WinogradCache(tuple(x.shape), pad, u)
+
+
+def winograd_conv2d_backward(dout, cache: WinogradCache):
+    """Input gradient dx: (N, C, H, W) from dout: (N, F, out_h, out_w). No weight gradients (frozen).
+
+    The gradient of a correlation is the correlation of dout with the kernel flipped in space and
+    transposed in channels, w'[c, f, p, q] = w[f, c, 2 − p, 2 − q], padded by 2 − pad: the same
+    Winograd convolution, whose filter transform is the forward one read at the flipped positions
+    (G J = P G, module docstring), each (F × C) matrix used as it is instead of transposed.
+    """
+    u = cache.u
+    return _winograd_conv(dout, [u[FLIP36[k]] for k in range(36)], None, 2 - cache.pad)
+
+
+def _winograd_conv(x, kernels, b, pad: int):
+    """y = conv(x) given the 36 (C_in × C_out) transformed kernel matrices; pad 0, 1 or 2.
+
+    Tiles: 4×4 output tiles on a th × tw grid covering out_h × out_w (the last row and column of
+    tiles may reach past it: their inputs are zeros beyond the image, their outputs are cropped).
+    Tile (t, s) reads padded input rows 4t .. 4t + 5, columns 4s .. 4s + 5.
+    """
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    F = kernels[0].shape[1]
+    out_h = conv_output_size(H, 3, 1, pad, "winograd conv2d")
+    out_w = conv_output_size(W, 3, 1, pad, "winograd conv2d")
+    th, tw = -(-out_h // 4), -(-out_w // 4)
+    tb, k = _band_rows(xp, C, F, th, tw, x.dtype.itemsize)
+    y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
+    bias = None if b is None else b.reshape(F, 1, 1)
+    geometry = (pad, th, tw, tb, k)
+
+    for n in range(N):
+        split_work(xp, list(range(0, th, tb)), lambda starts: _run_bands(x[n], kernels, bias, y[n], starts, geometry))
+    return y
+
+
+def _band_rows(xp, C: int, F: int, th: int, tw: int, itemsize: int) -> tuple[int, int]:
+    """(tile rows per band, tile rows per transform chunk) from the bounds above and the shapes only."""
+    on_device = xp.__name__ == "cupy"
+    per_row = 36 * tw * (C + F) * itemsize
+    tb = max(1, (DEVICE_BAND_BYTES if on_device else BAND_BYTES) // per_row, -(-MIN_BAND_TILES // tw))
+    if not on_device:
+        tb = min(tb, -(-th // MIN_BANDS))
+    bands = -(-th // tb)
+    tb = -(-th // bands)  # equal bands
+    chunk_row = 10 * (4 * tw + 2) * C * itemsize  # input rows and stage-1 output of one tile row
+    k = tb if on_device else max(1, min(tb, CHUNK_BYTES // chunk_row))
+    return tb, k
+
+
+def _run_bands(xn, kernels, bias, yn, starts, geometry):
+    """One worker's bands of one image: xn (C, H, W) → yn (F, out_h, out_w), buffers reused."""
+    xp = get_array_module(xn)
+    pad, th, tw, tb, k = geometry
+    C, F, Wp = xn.shape[0], yn.shape[0], 4 * tw + 2
+    dt = xn.dtype
+    bufs = {
+        "x": xp.zeros((4 * k + 2, Wp, C), dtype=dt),  # channel-last padded input rows of one chunk
+        "t": xp.empty((6, k, Wp, C), dtype=dt),  # after the transform along H
+        "s": xp.empty(2 * k * max(Wp * C, tw * F), dtype=dt),  # scratch of the 1-D transforms
+        "v": xp.empty((36, tb * tw, C), dtype=dt),
+        "m": xp.empty((36, tb * tw, F), dtype=dt),
+        "z": xp.empty((6, 4, k, tw, F), dtype=dt),  # after the inverse transform along W
+        "y": xp.empty((k, 4, tw, 4, F), dtype=dt),  # output tiles, channel-last
+    }
+    for t0 in starts:
+        rows = min(tb, th - t0)
+        for c0 in range(t0, t0 + rows, k):
+            _input_transform(xn, pad, c0, min(k, t0 + rows - c0), tw, bufs, bufs["v"][:, (c0 - t0) * tw :])
+        for i in range(36):
+            xp.matmul(bufs["v"][i, : rows * tw], kernels[i], out=bufs["m"][i, : rows * tw])
+        for c0 in range(t0, t0 + rows, k):
+            _inverse_transform(bufs["m"][:, (c0 - t0) * tw :], bias, yn, c0, min(k, t0 + rows - c0), tw, bufs)
+
+
+def _input_transform(xn, pad, c0, kk, tw, bufs, v):
+    """V = Bᵀ d B for tile rows c0 .. c0 + kk − 1, into v[ξ·6 + ν][: kk·tw] (tiles × C)."""
+    C, H, W = xn.shape
+    xp = get_array_module(xn)
+    # Padded rows 4·c0 .. 4·c0 + 4·kk + 1, channel-last; rows outside the image are zeros, and so
+    # are the columns outside it (never written after the zero allocation).
+    R = 4 * kk + 2
+    xc = bufs["x"][:R]
+    top = 4 * c0 - pad  # image row of the chunk's first padded row
+    lo, hi = max(0, top), min(H, top + R)
+    xc[: lo - top] = 0
+    xc[hi - top :] = 0
+    if hi > lo:
+        xc[lo - top : hi - top, pad : pad + W] = xn[:, lo:hi].transpose(1, 2, 0)
+    # Along H: tap r of every tile in the chunk is the row slice 4·t + r.
+    t = bufs["t"][:, :kk]
+    e, f = _scratch(bufs, t.shape[1:])
+    _bt_1d([xc[r : r + 4 * (kk - 1) + 1 : 4] for r in range(6)], t, e, f)
+    # Along W: tap q of every tile is the column slice 4·s + q; out (kk, tw, C) per (ξ, ν).
+    v = v[:, : kk * tw].reshape(6, 6, kk, tw, C)
+    e, f = _scratch(bufs, (kk, tw, C))
+    for xi in range(6):
+        _bt_1d([t[xi, :, q : q + 4 * (tw - 1) + 1 : 4] for q in range(6)], v[xi], e, f)
+
+
+def _inverse_transform(m, bias, yn, c0, kk, tw, bufs):
+    """Y = Aᵀ M A for tile rows c0 .. c0 + kk − 1 of m (36, tiles, F), cropped into yn (+ bias)."""
+    xp = get_array_module(m)
+    F, out_h, out_w = yn.shape
+    m = m[:, : kk * tw].reshape(6, 6, kk, tw, F)
+    z = bufs["z"][:, :, :kk]
+    p, q = _scratch(bufs, (kk, tw, F))
+    for xi in range(6):  # along W: Z[ξ, j] = Σ_ν Aᵀ[j, ν] M[ξ, ν]
+        _at_1d(m[xi], z[xi], p, q)
+    yt = bufs["y"][:kk]
+    for j in range(4):  # along H: Y[i, j] = Σ_ξ Aᵀ[i, ξ] Z[ξ, j], written as yt[t, i, s, j]
+        _at_1d(z[:, j], [yt[:, i, :, j] for i in range(4)], p, q)
+    rows = min(4 * kk, out_h - 4 * c0)
+    band = yt.reshape(4 * kk, 4 * tw, F)[:rows, :out_w].transpose(2, 0, 1)
+    if bias is None:
+        yn[:, 4 * c0 : 4 * c0 + rows] = band
+    else:
+        xp.add(band, bias, out=yn[:, 4 * c0 : 4 * c0 + rows])
+
+
+def _scratch(bufs, shape):
+    """Two scratch arrays of `shape` carved from bufs["s"]."""
+    size = int(np.prod(shape))
+    s = bufs["s"]
+    return s[:size].reshape(shape), s[size : 2 * size].reshape(shape)
+
+
+def _bt_1d(d, out, e, f):
+    """out[i] = Σ_k BT[i, k] d[k] for the six rows of BT, with shared partial sums; e, f scratch.
+
+    With E = d3 − d1 and F = d4 − d2 (the rows of BT read off):
+        out0 = d0 − d4 − 2.5 E        out3 = E + 2 F
+        out1 = d1 + d4 + 3.5 (d2 + d3)   out4 = 2 E + F
+        out2 = d1 − d4 + 1.5 (d2 − d3)   out5 = d5 − d1 + 2.5 F
+    """
+    xp = get_array_module(e)
+    d0, d1, d2, d3, d4, d5 = d
+    o0, o1, o2, o3, o4, o5 = out
+    xp.subtract(d3, d1, out=e)
+    xp.subtract(d4, d2, out=f)
+    xp.multiply(f, 2, out=o3)
+    o3 += e
+    xp.multiply(e, 2, out=o4)
+    o4 += f
+    xp.multiply(e, -2.5, out=o0)
+    o0 += d0
+    o0 -= d4
+    xp.multiply(f, 2.5, out=o5)
+    o5 += d5
+    o5 -= d1
+    xp.add(d2, d3, out=e)
+    xp.multiply(e, 3.5, out=o1)
+    o1 += d1
+    o1 += d4
+    xp.subtract(d2, d3, out=e)
+    xp.multiply(e, 1.5, out=o2)
+    o2 += d1
+    o2 -= d4
+
+
+def _at_1d(m, out, p, q):
+    """out[i] = Σ_k AT[i, k] m[k] for the four rows of AT; p, q scratch.
+
+    With P = m1 + m2 and Q = m1 − m2:
+        out0 = m0 + P + m3 + 8 m4       out2 = P + 2 (2 m3 + m4)
+        out1 = Q − 2 (m3 + 2 m4)        out3 = Q + m5 − (8 m3 + m4)
+    """
+    xp = get_array_module(p)
+    m0, m1, m2, m3, m4, m5 = m
+    o0, o1, o2, o3 = out
+    xp.add(m1, m2, out=p)
+    xp.subtract(m1, m2, out=q)
+    xp.multiply(m4, 2, out=o1)
+    o1 += m3
+    o1 *= -2
+    o1 += q
+    xp.multiply(m3, 2, out=o2)
+    o2 += m4
+    o2 *= 2
+    o2 += p
+    xp.multiply(m4, 8, out=o0)
+    o0 += m3
+    o0 += m0
+    o0 += p
+    xp.multiply(m3, -8, out=o3)
+    o3 -= m4
+    o3 += m5
+    o3 += q
