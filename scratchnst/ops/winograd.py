@@ -84,18 +84,20 @@ BT = np.array(
 FLIP = (5, 1, 2, 4, 3, 0)
 FLIP36 = tuple(6 * FLIP[i // 6] + FLIP[i % 6] for i in range(36))
 
-# Bounds that size the work, in bytes. A band (whole tile rows, all channels) is what one thread
-# takes at a time: its transformed input V (36 × tiles × C) and GEMM output M (36 × tiles × F)
-# stay in cache from the input transform through the 36 GEMMs to the inverse transform. Bands
-# have at least MIN_BAND_TILES tiles (below that each GEMM re-reads its 36 filter matrices for
-# too few columns), and at most a 1/MIN_BANDS share of the image, so that several threads get
-# work. Within a band, the tile transforms go CHUNK_BYTES of input rows at a time, sized for the
-# per-core cache. None of these depends on the thread count, so neither does any result bit.
-# On a GPU one band is the whole image when it fits DEVICE_BAND_BYTES: every band costs launches.
-BAND_BYTES = 8 * 2**20
+# Bounds that size the work. A band (whole tile rows, all channels) is what one thread takes at a
+# time: its transformed input V (36 × C × tiles) and GEMM output M (36 × F × tiles), BAND_BYTES
+# together, stay in cache from the input transform through the 36 GEMMs to the inverse transform.
+# Bands have at least MIN_BAND_TILES tiles (below that each GEMM re-reads its filter matrix for
+# too few columns), and their count is rounded up to a multiple of BAND_MULTIPLE so that two host
+# threads get equal shares. Within a band the input transform goes CHUNK_BYTES of input rows at a
+# time (one tile row on the host's VGG layers), sized for the per-core cache. None of these
+# depends on the thread count, so neither does any bit of the result. The values are the best of
+# a sweep (docs/winograd.md). On a GPU a band is as big as DEVICE_BAND_BYTES allows: every band
+# costs kernel launches.
+BAND_BYTES = 32 * 2**20
 DEVICE_BAND_BYTES = 2**30
-MIN_BAND_TILES = 64
-MIN_BANDS = 4
+MIN_BAND_TILES = 128
+BAND_MULTIPLE = 2
 CHUNK_BYTES = 512 * 2**10
 
 
@@ -133,7 +135,7 @@ def winograd_conv2d_forward(x, w, b, pad: int = 1, *, u=None):
         raise ValueError(f"winograd conv2d: pad must be 0 or 1, got {pad}")
     if u is None:
         u = winograd_filter_transform(w)
-    y = _winograd_conv(x, [u[k].T for k in range(36)], b, pad)
+    y = _winograd_conv(x, [u[k] for k in range(36)], b, pad)
     return y, WinogradCache(tuple(x.shape), pad, u)
 
 
@@ -146,11 +148,11 @@ def winograd_conv2d_backward(dout, cache: WinogradCache):
     (G J = P G, module docstring), each (F × C) matrix used as it is instead of transposed.
     """
     u = cache.u
-    return _winograd_conv(dout, [u[FLIP36[k]] for k in range(36)], None, 2 - cache.pad)
+    return _winograd_conv(dout, [u[FLIP36[k]].T for k in range(36)], None, 2 - cache.pad)
 
 
 def _winograd_conv(x, kernels, b, pad: int):
-    """y = conv(x) given the 36 (C_in × C_out) transformed kernel matrices; pad 0, 1 or 2.
+    """y = conv(x) given the 36 (C_out × C_in) transformed kernel matrices; pad 0, 1 or 2.
 
     Tiles: 4×4 output tiles on a th × tw grid covering out_h × out_w (the last row and column of
     tiles may reach past it: their inputs are zeros beyond the image, their outputs are cropped).
@@ -158,7 +160,7 @@ def _winograd_conv(x, kernels, b, pad: int):
     """
     xp = get_array_module(x)
     N, C, H, W = x.shape
-    F = kernels[0].shape[1]
+    F = kernels[0].shape[0]
     out_h = conv_output_size(H, 3, 1, pad, "winograd conv2d")
     out_w = conv_output_size(W, 3, 1, pad, "winograd conv2d")
     th, tw = -(-out_h // 4), -(-out_w // 4)
@@ -177,9 +179,9 @@ def _band_rows(xp, C: int, F: int, th: int, tw: int, itemsize: int) -> tuple[int
     on_device = xp.__name__ == "cupy"
     per_row = 36 * tw * (C + F) * itemsize
     tb = max(1, (DEVICE_BAND_BYTES if on_device else BAND_BYTES) // per_row, -(-MIN_BAND_TILES // tw))
+    bands = -(-th // tb)  # -(-a // b) is a ceiling division
     if not on_device:
-        tb = min(tb, -(-th // MIN_BANDS))
-    bands = -(-th // tb)
+        bands = min(th, -(-bands // BAND_MULTIPLE) * BAND_MULTIPLE)
     tb = -(-th // bands)  # equal bands
     chunk_row = 10 * (4 * tw + 2) * C * itemsize  # input rows and stage-1 output of one tile row
     k = tb if on_device else max(1, min(tb, CHUNK_BYTES // chunk_row))
@@ -187,80 +189,99 @@ def _band_rows(xp, C: int, F: int, th: int, tw: int, itemsize: int) -> tuple[int
 
 
 def _run_bands(xn, kernels, bias, yn, starts, geometry):
-    """One worker's bands of one image: xn (C, H, W) → yn (F, out_h, out_w), buffers reused."""
+    """One worker's bands of one image: xn (C, H, W) → yn (F, out_h, out_w), buffers reused.
+
+    Everything stays channel-major, as x and y are: V[ξν] is (C, tiles), the GEMMs make
+    M[ξν] = K[ξν] V[ξν] (F, tiles), and the inverse transform scatters its 16 outputs per tile
+    straight into y. (A channel-last layout would give the 1-D transforms longer contiguous runs
+    on the deep layers, but the transposing copies in and out cost more than that saves.)
+    """
     xp = get_array_module(xn)
     pad, th, tw, tb, k = geometry
     C, F, Wp = xn.shape[0], yn.shape[0], 4 * tw + 2
     dt = xn.dtype
+    R = 4 * k + 2
     bufs = {
-        "x": xp.zeros((4 * k + 2, Wp, C), dtype=dt),  # channel-last padded input rows of one chunk
-        "t": xp.empty((6, k, Wp, C), dtype=dt),  # after the transform along H
-        "s": xp.empty(2 * k * max(Wp * C, tw * F), dtype=dt),  # scratch of the 1-D transforms
-        "v": xp.empty((36, tb * tw, C), dtype=dt),
-        "m": xp.empty((36, tb * tw, F), dtype=dt),
-        "z": xp.empty((6, 4, k, tw, F), dtype=dt),  # after the inverse transform along W
-        "y": xp.empty((k, 4, tw, 4, F), dtype=dt),  # output tiles, channel-last
+        "x": xp.empty(C * R * Wp, dtype=dt),  # padded input rows of one chunk
+        "ph": xp.empty(6 * C * R * tw, dtype=dt),  # its column taps 4·s + q, one array per q
+        "t": xp.empty(6 * C * R * tw, dtype=dt),  # after the transform along W
+        "s": xp.empty(2 * C * R * tw, dtype=dt),  # scratch of the input's 1-D transforms
+        "v": xp.empty(36 * C * tb * tw, dtype=dt),
+        "m": xp.empty(36 * F * tb * tw, dtype=dt),
+        "z": xp.empty(24 * F * tb * tw, dtype=dt),  # after the inverse transform along W
+        "y": xp.empty(4 * F * tb * tw, dtype=dt),  # one column j of output positions
+        "pq": xp.empty(2 * F * tb * tw, dtype=dt),
     }
     for t0 in starts:
         rows = min(tb, th - t0)
+        nt = rows * tw
+        v = _carve(bufs["v"], (36, C, nt))
         for c0 in range(t0, t0 + rows, k):
-            _input_transform(xn, pad, c0, min(k, t0 + rows - c0), tw, bufs, bufs["v"][:, (c0 - t0) * tw :])
+            kk = min(k, t0 + rows - c0)
+            _input_transform(xn, pad, c0, kk, tw, bufs, v[:, :, (c0 - t0) * tw : (c0 - t0 + kk) * tw])
+        m = _carve(bufs["m"], (36, F, nt))
         for i in range(36):
-            xp.matmul(bufs["v"][i, : rows * tw], kernels[i], out=bufs["m"][i, : rows * tw])
-        for c0 in range(t0, t0 + rows, k):
-            _inverse_transform(bufs["m"][:, (c0 - t0) * tw :], bias, yn, c0, min(k, t0 + rows - c0), tw, bufs)
+            xp.matmul(kernels[i], v[i], out=m[i])
+        _inverse_transform(m, bias, yn, t0, rows, tw, bufs)
 
 
 def _input_transform(xn, pad, c0, kk, tw, bufs, v):
-    """V = Bᵀ d B for tile rows c0 .. c0 + kk − 1, into v[ξ·6 + ν][: kk·tw] (tiles × C)."""
+    """V = Bᵀ d B for tile rows c0 .. c0 + kk − 1, into v[ξ·6 + ν] (C, kk·tw)."""
     C, H, W = xn.shape
-    xp = get_array_module(xn)
-    # Padded rows 4·c0 .. 4·c0 + 4·kk + 1, channel-last; rows outside the image are zeros, and so
-    # are the columns outside it (never written after the zero allocation).
-    R = 4 * kk + 2
-    xc = bufs["x"][:R]
+    R, Wp = 4 * kk + 2, 4 * tw + 2
+    # Padded rows 4·c0 .. 4·c0 + R − 1: zeros outside the image.
+    xb = _carve(bufs["x"], (C, R, Wp))
     top = 4 * c0 - pad  # image row of the chunk's first padded row
     lo, hi = max(0, top), min(H, top + R)
-    xc[: lo - top] = 0
-    xc[hi - top :] = 0
-    if hi > lo:
-        xc[lo - top : hi - top, pad : pad + W] = xn[:, lo:hi].transpose(1, 2, 0)
-    # Along H: tap r of every tile in the chunk is the row slice 4·t + r.
-    t = bufs["t"][:, :kk]
-    e, f = _scratch(bufs, t.shape[1:])
-    _bt_1d([xc[r : r + 4 * (kk - 1) + 1 : 4] for r in range(6)], t, e, f)
-    # Along W: tap q of every tile is the column slice 4·s + q; out (kk, tw, C) per (ξ, ν).
-    v = v[:, : kk * tw].reshape(6, 6, kk, tw, C)
-    e, f = _scratch(bufs, (kk, tw, C))
-    for xi in range(6):
-        _bt_1d([t[xi, :, q : q + 4 * (tw - 1) + 1 : 4] for q in range(6)], v[xi], e, f)
+    xb[:, : lo - top] = 0
+    xb[:, hi - top :] = 0
+    xb[:, :, :pad] = 0
+    xb[:, :, pad + W :] = 0
+    xb[:, lo - top : hi - top, pad : pad + W] = xn[:, lo:hi]
+    # Along W: tap q of tile column s is column 4·s + q. One strided copy per tap makes the six
+    # operands contiguous, rows outermost, (R, C, tw), so that both passes run on flat arrays.
+    ph = _carve(bufs["ph"], (6, R, C, tw))
+    for q in range(6):
+        ph[q] = xb[:, :, q : q + 4 * (tw - 1) + 1 : 4].transpose(1, 0, 2)
+    t = _carve(bufs["t"], (6, R * C * tw))
+    e, f = _carve(bufs["s"], (2, R * C * tw))
+    _bt_1d(ph.reshape(6, -1), t, e, f)
+    # Along H: tap r of tile row t is row 4·t + r of the chunk; the six results of one ν go to
+    # contiguous scratch first (each is written several times), then once into v.
+    t = t.reshape(6, R, C, tw)
+    e, f = _carve(bufs["s"], (2, kk, C, tw))
+    out = _carve(bufs["ph"], (6, kk, C, tw))  # the taps are consumed by now
+    v = v.reshape(6, 6, C, kk, tw)
+    for nu in range(6):
+        _bt_1d([t[nu, r : r + 4 * (kk - 1) + 1 : 4] for r in range(6)], out, e, f)
+        v[:, nu] = out.transpose(0, 2, 1, 3)
 
 
-def _inverse_transform(m, bias, yn, c0, kk, tw, bufs):
-    """Y = Aᵀ M A for tile rows c0 .. c0 + kk − 1 of m (36, tiles, F), cropped into yn (+ bias)."""
+def _inverse_transform(m, bias, yn, t0, rows, tw, bufs):
+    """Y = Aᵀ M A for the band's tiles, m (36, F, rows·tw), cropped into yn's rows 4·t0 .. (+ bias)."""
     xp = get_array_module(m)
-    F, out_h, out_w = yn.shape
-    m = m[:, : kk * tw].reshape(6, 6, kk, tw, F)
-    z = bufs["z"][:, :, :kk]
-    p, q = _scratch(bufs, (kk, tw, F))
+    F, nt = m.shape[1], m.shape[2]
+    m = m.reshape(6, 6, F, nt)
+    z = _carve(bufs["z"], (6, 4, F, nt))
+    yt = _carve(bufs["y"], (4, F, nt))
+    p, q = _carve(bufs["pq"], (2, F, nt))
     for xi in range(6):  # along W: Z[ξ, j] = Σ_ν Aᵀ[j, ν] M[ξ, ν]
         _at_1d(m[xi], z[xi], p, q)
-    yt = bufs["y"][:kk]
-    for j in range(4):  # along H: Y[i, j] = Σ_ξ Aᵀ[i, ξ] Z[ξ, j], written as yt[t, i, s, j]
-        _at_1d(z[:, j], [yt[:, i, :, j] for i in range(4)], p, q)
-    rows = min(4 * kk, out_h - 4 * c0)
-    band = yt.reshape(4 * kk, 4 * tw, F)[:rows, :out_w].transpose(2, 0, 1)
-    if bias is None:
-        yn[:, 4 * c0 : 4 * c0 + rows] = band
-    else:
-        xp.add(band, bias, out=yn[:, 4 * c0 : 4 * c0 + rows])
+    for j in range(4):  # along H: Y[i, j] = Σ_ξ Aᵀ[i, ξ] Z[ξ, j]
+        _at_1d(z[:, j], yt, p, q)
+        for i in range(4):
+            # Output (4·t + i, 4·s + j) of tile (t, s); tiles past the edge are cut off.
+            dst = yn[:, 4 * t0 + i : 4 * (t0 + rows) : 4, j::4]
+            src = yt[i].reshape(F, rows, tw)[:, : dst.shape[1], : dst.shape[2]]
+            if bias is None:
+                dst[...] = src
+            else:
+                xp.add(src, bias, out=dst)
 
 
-def _scratch(bufs, shape):
-    """Two scratch arrays of `shape` carved from bufs["s"]."""
-    size = int(np.prod(shape))
-    s = bufs["s"]
-    return s[:size].reshape(shape), s[size : 2 * size].reshape(shape)
+def _carve(buf, shape):
+    """A contiguous array of `shape` at the start of buf's memory."""
+    return buf.reshape(-1)[: int(np.prod(shape))].reshape(shape)
 
 
 def _bt_1d(d, out, e, f):
