@@ -9,8 +9,9 @@
         im2col, forward and input gradient, on the real activations of the bundled content image
     python tools/winograd_sweep.py whole [--size 512] [--rounds 5] [--convs auto]
         whole objective evaluations (forward to relu5_1 + input gradient, as `scratchnst bench`),
-        im2col and Winograd interleaved in one process; the loss and gradient differences in
-        float32 and in float64; then each variant's peak RSS in a fresh child process
+        im2col and Winograd interleaved in one process; the loss and gradient differences between
+        them in float32 and in float64, and of each float32 result from float64 im2col; then each
+        variant's peak RSS in a fresh child process
 
 Winograd is switched on by wrapping ops.conv2d_forward / conv2d_backward for the duration (the
 VGG16 class calls them through the ops module): the convs chosen (--convs all, auto = AUTO, or a
@@ -196,24 +197,27 @@ def _eval_setup(size: int, dtype: str):
     return net, obj, x
 
 
-def _compare(net, obj, x, names):
-    loss_d, grad_d = obj.loss_and_grad(x)
+def _both(net, obj, x, names):
+    """(loss, grad) of one evaluation by im2col and one with Winograd on `names`."""
+    direct = obj.loss_and_grad(x)
     with winograd_convs(net, names):
-        loss_w, grad_w = obj.loss_and_grad(x)
-    loss_rel = abs(float(loss_w) - float(loss_d)) / abs(float(loss_d))
-    grad_rel = float(np.linalg.norm((grad_w - grad_d).ravel()) / np.linalg.norm(grad_d.ravel()))
-    return loss_rel, grad_rel
+        return direct, obj.loss_and_grad(x)
+
+
+def _diff(a, b) -> tuple[float, float]:
+    """Relative loss difference and normwise relative gradient difference of (loss, grad) a vs b."""
+    (la, ga), (lb, gb) = a, b
+    ga, gb = (np.asarray(g, dtype=np.float64).ravel() for g in (ga, gb))
+    return abs(float(la) - float(lb)) / abs(float(lb)), float(np.linalg.norm(ga - gb) / np.linalg.norm(gb))
 
 
 def cmd_whole(args) -> None:
     names = pick_convs(args.convs)
     net, obj, x = _eval_setup(args.size, "float32")
     print(f"{args.size}² float32, Winograd on: {', '.join(names) or 'none'}")
-    loss_rel, grad_rel = _compare(net, obj, x, names)
-    print(f"float32: loss rel diff {loss_rel:.2e}, gradient normwise rel diff {grad_rel:.2e}", flush=True)
+    d32, w32 = _both(net, obj, x, names)
+    print("float32 winograd vs float32 im2col: loss rel diff %.2e, gradient normwise rel diff %.2e" % _diff(w32, d32), flush=True)
     times = {"im2col": [], "winograd": []}
-    with winograd_convs(net, names):
-        obj.loss_and_grad(x)  # warm-up of the Winograd buffers
     for r in range(args.rounds):
         _best(lambda: obj.loss_and_grad(x), times["im2col"])
         with winograd_convs(net, names):
@@ -224,14 +228,16 @@ def cmd_whole(args) -> None:
     print(f"min: im2col {a:.3f} s, winograd {b:.3f} s ({b / a:.3f}×); median paired ratio {ratios[len(ratios) // 2]:.3f}")
     del net, obj, x
     if not args.skip_float64:
-        net, obj, x = _eval_setup(args.float64_size, "float64")
-        loss_rel, grad_rel = _compare(net, obj, x, names)
-        print(f"float64 at {args.float64_size}²: loss rel diff {loss_rel:.2e}, gradient normwise rel diff {grad_rel:.2e}", flush=True)
+        net, obj, x = _eval_setup(args.size, "float64")
+        d64, w64 = _both(net, obj, x, names)
+        print("float64 winograd vs float64 im2col: loss rel diff %.2e, gradient normwise rel diff %.2e" % _diff(w64, d64))
+        print("float32 im2col vs float64 im2col: loss rel diff %.2e, gradient normwise rel diff %.2e" % _diff(d32, d64))
+        print("float32 winograd vs float64 im2col: loss rel diff %.2e, gradient normwise rel diff %.2e" % _diff(w32, d64), flush=True)
         del net, obj, x
-    for mode in ("im2col", args.convs):
-        cmd = [sys.executable, __file__, "rss", "--size", str(args.size), "--convs", "none" if mode == "im2col" else mode]
+    for mode in ("none", args.convs):
+        cmd = [sys.executable, __file__, "rss", "--size", str(args.size), "--convs", mode]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        print(f"peak RSS, one evaluation after a warm-up, {mode}: {out} MB (fresh process)")
+        print(f"peak RSS, two evaluations, Winograd on {mode}: {out} MB (fresh process)")
 
 
 def cmd_rss(args) -> None:
@@ -261,7 +267,6 @@ def main(argv=None) -> int:
         q.add_argument("--size", type=int, default=512)
         q.add_argument("--rounds", type=int, default=5)
         q.add_argument("--convs", default="auto", help="all, auto, none, or a comma list of conv names")
-        q.add_argument("--float64-size", type=int, default=512)
         q.add_argument("--skip-float64", action="store_true")
         q.set_defaults(func=func)
     args = p.parse_args(argv)

@@ -116,10 +116,13 @@ def winograd_filter_transform(w):
     if w.ndim != 4 or w.shape[2:] != (3, 3):
         raise ValueError(f"winograd: kernel must be (F, C, 3, 3), got {tuple(w.shape)}")
     xp = get_array_module(w)
-    g = xp.asarray(G)
-    gw = xp.einsum("ap,fcpq->fcaq", g, w.astype(xp.float64))
-    u = xp.einsum("fcaq,bq->abfc", gw, g)
-    return xp.ascontiguousarray(u.reshape(36, w.shape[0], w.shape[1]).astype(w.dtype))
+    F, C = w.shape[:2]
+    g, w64 = xp.asarray(G), w.astype(xp.float64)
+    u = xp.empty((6, 6, F, C), dtype=w.dtype)
+    for xi in range(6):  # one row of G at a time: the float64 intermediates stay 1/6 of the result
+        gw = xp.einsum("p,fcpq->fcq", g[xi], w64)
+        u[xi] = xp.einsum("fcq,bq->bfc", gw, g)
+    return u.reshape(36, F, C)
 
 
 def winograd_conv2d_forward(x, w, b, pad: int = 1, *, u=None):
@@ -206,9 +209,9 @@ def _run_bands(xn, kernels, bias, yn, starts, geometry):
         "ph": xp.empty(6 * C * R * tw, dtype=dt),  # its column taps 4·s + q, one array per q
         "t": xp.empty(6 * C * R * tw, dtype=dt),  # after the transform along W
         "s": xp.empty(2 * C * R * tw, dtype=dt),  # scratch of the input's 1-D transforms
-        "v": xp.empty(36 * C * tb * tw, dtype=dt),
+        # V, and once the GEMMs have consumed it, the inverse transform's pass along W (6 × 4 × F).
+        "v": xp.empty(max(36 * C, 24 * F) * tb * tw, dtype=dt),
         "m": xp.empty(36 * F * tb * tw, dtype=dt),
-        "z": xp.empty(24 * F * tb * tw, dtype=dt),  # after the inverse transform along W
         "y": xp.empty(4 * F * tb * tw, dtype=dt),  # one column j of output positions
         "pq": xp.empty(2 * F * tb * tw, dtype=dt),
     }
@@ -262,7 +265,7 @@ def _inverse_transform(m, bias, yn, t0, rows, tw, bufs):
     xp = get_array_module(m)
     F, nt = m.shape[1], m.shape[2]
     m = m.reshape(6, 6, F, nt)
-    z = _carve(bufs["z"], (6, 4, F, nt))
+    z = _carve(bufs["v"], (6, 4, F, nt))
     yt = _carve(bufs["y"], (4, F, nt))
     p, q = _carve(bufs["pq"], (2, F, nt))
     for xi in range(6):  # along W: Z[ξ, j] = Σ_ν Aᵀ[j, ν] M[ξ, ν]
