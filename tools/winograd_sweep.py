@@ -7,6 +7,9 @@
     python tools/winograd_sweep.py accuracy [--size 128]
         per conv, max |y − y64| / max |y64| of float32 im2col and float32 Winograd against float64
         im2col, forward and input gradient, on the real activations of the bundled content image
+    python tools/winograd_sweep.py points [--size 16]
+        why these interpolation points: float32 forward error of F(4×4, 3×3) with several point
+        sets (matrices derived here in exact fractions, applied with einsum) on a few real layers
     python tools/winograd_sweep.py whole [--size 512] [--rounds 5] [--convs auto]
         whole objective evaluations (forward to relu5_1 + input gradient, as `scratchnst bench`),
         im2col and Winograd interleaved in one process; the loss and gradient differences between
@@ -188,6 +191,73 @@ def cmd_accuracy(args) -> None:
         print(f"{name:8s} {fd:12.2e} {fw:10.2e} {fw / fd:6.1f} | {bd:12.2e} {bw:10.2e} {bw / bd:6.1f}", flush=True)
 
 
+def cook_toom(points, m: int = 4, r: int = 3):
+    """(Aᵀ, G, Bᵀ) of F(m, r) for the finite `points` plus ∞, in exact fractions (as ops.winograd
+    derives them): Aᵀ = Vmᵀ, G = Vr, Bᵀ = Vn⁻ᵀ, then each Bᵀ row scaled to smallest entry ±1."""
+    from fractions import Fraction
+
+    n = m + r - 1
+    pts = [Fraction(p) for p in points]
+    vander = lambda cols: [[p**k for k in range(cols)] for p in pts] + [[Fraction(0)] * (cols - 1) + [Fraction(1)]]  # noqa: E731
+    a = [row[:] + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(vander(n))]
+    for c in range(n):  # Gauss-Jordan: a = [Vn | I] → [I | Vn⁻¹]
+        piv = next(i for i in range(c, n) if a[i][c] != 0)
+        a[c], a[piv] = a[piv], a[c]
+        a[c] = [v / a[c][c] for v in a[c]]
+        for i in range(n):
+            if i != c and a[i][c] != 0:
+                a[i] = [x - a[i][c] * y for x, y in zip(a[i], a[c])]
+    bt = [list(col) for col in zip(*[row[n:] for row in a])]
+    g = vander(r)
+    for i in range(n):
+        scale = min(abs(v) for v in bt[i] if v != 0)
+        bt[i], g[i] = [v / scale for v in bt[i]], [v * scale for v in g[i]]
+    at = [list(col) for col in zip(*vander(m))]
+    return tuple(np.array([[float(v) for v in row] for row in mat]) for mat in (at, g, bt))
+
+
+def _einsum_winograd(x, w, at, g, bt):
+    """Plain F(4×4, 3×3), pad 1, in x's dtype: every 6×6 tile cut out, transformed by einsum."""
+    dt = x.dtype
+    at, g, bt = (a.astype(dt) for a in (at, g, bt))
+    N, C, H, W = x.shape
+    th, tw = -(-H // 4), -(-W // 4)
+    xp_ = np.zeros((N, C, 4 * th + 2, 4 * tw + 2), dt)
+    xp_[:, :, 1 : 1 + H, 1 : 1 + W] = x
+    d = np.stack([np.stack([xp_[:, :, 4 * i : 4 * i + 6, 4 * j : 4 * j + 6] for j in range(tw)], 2) for i in range(th)], 2)
+    u = np.einsum("ak,fckl,bl->abfc", g, w.astype(dt), g)
+    v = np.einsum("ak,nctskl,bl->abcnts", bt, d, bt)
+    m = np.einsum("abfc,abcnts->abfnts", u, v)
+    y = np.einsum("ia,abfnts,jb->nftisj", at, m, at).reshape(N, -1, 4 * th, 4 * tw)
+    return y[:, :, :H, :W]
+
+
+POINT_SETS = {
+    "0, ±1, ±2 (Lavin)": (0, 1, -1, 2, -2),
+    "0, ±1, ±1/2": (0, 1, -1, 0.5, -0.5),
+    "0, ±1, 2, 1/2": (0, 1, -1, 2, 0.5),
+    "0, ±1, −2, −1/2 (ours)": (0, 1, -1, -2, -0.5),
+    "0, ±2, ±1/2": (0, 2, -2, 0.5, -0.5),
+    "0, ±1, 1/2, −2": (0, 1, -1, 0.5, -2),
+}
+
+
+def cmd_points(args) -> None:
+    params = real_params("float64")
+    rng = np.random.default_rng(0)
+    print("max |y − y64| / max |y64|, forward, ReLU'd standard normal input, real weights")
+    print(f"{'conv':8s} {'H':>3s} {'im2col32':>9s} " + " ".join(f"{k:>22s}" for k in POINT_SETS))
+    for name in ("conv1_2", "conv3_1", "conv4_1", "conv5_1"):
+        conv = next(c for n, kind, c in LAYERS if n == name)
+        w = params[conv][0]
+        x = np.maximum(rng.standard_normal((1, w.shape[1], args.size, args.size)), 0)
+        ref = ops.conv2d_forward(x, w, None, 1, 1)[0]
+        scale = np.abs(ref).max()
+        direct = np.abs(ops.conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, 1, 1)[0] - ref).max() / scale
+        errs = [np.abs(_einsum_winograd(x.astype(np.float32), w, *cook_toom(p)) - ref).max() / scale for p in POINT_SETS.values()]
+        print(f"{name:8s} {args.size:3d} {direct:9.2e} " + " ".join(f"{e:22.2e}" for e in errs), flush=True)
+
+
 def _eval_setup(size: int, dtype: str):
     from scratchnst.bench import _objective
     from scratchnst.vgg import load_vgg16
@@ -262,6 +332,9 @@ def main(argv=None) -> int:
     q = sub.add_parser("accuracy")
     q.add_argument("--size", type=int, default=128)
     q.set_defaults(func=cmd_accuracy)
+    q = sub.add_parser("points")
+    q.add_argument("--size", type=int, default=16)
+    q.set_defaults(func=cmd_points)
     for name, func in (("whole", cmd_whole), ("rss", cmd_rss)):
         q = sub.add_parser(name)
         q.add_argument("--size", type=int, default=512)
