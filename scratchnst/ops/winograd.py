@@ -148,7 +148,7 @@ def winograd_conv2d_backward(dout, cache: WinogradCache):
     The gradient of a correlation is the correlation of dout with the kernel flipped in space and
     transposed in channels, w'[c, f, p, q] = w[f, c, 2 − p, 2 − q], padded by 2 − pad: the same
     Winograd convolution, whose filter transform is the forward one read at the flipped positions
-    (G J = P G, module docstring), each (F × C) matrix used as it is instead of transposed.
+    (G J = P G, module docstring), each of its (F × C) matrices transposed to (C × F).
     """
     u = cache.u
     return _winograd_conv(dout, [u[FLIP36[k]].T for k in range(36)], None, 2 - cache.pad)
