@@ -97,23 +97,24 @@ def test_float32_runs_in_float32(rng):
 
 
 def test_float32_error_against_float64_direct(rng):
-    """VGG-like layer (256 → 256, ReLU-like input, He-scaled weights), float32 vs float64 im2col.
+    """VGG-like layer (256 → 256, ReLU'd input, He-scaled Gaussian weights), float32 vs float64 im2col.
 
-    Bound: float32 im2col itself is ≈ 3e-7 of the largest output here; the Winograd transforms
-    multiply entries by up to 8 (Aᵀ) and 3.5 (Bᵀ) and sum 36 rounded products per output, which
-    measured 2–4e-6 on the real VGG layers (docs/winograd.md); 2e-5 leaves room for other seeds
-    without letting an error of Lavin's points' size on deeper stacks (≈ 1e-4) through.
+    max |y − y64| / max |y64|: float32 im2col ≈ 3e-7 here; Winograd measured 0.8–1.2e-5 forward
+    and 1.0–1.3e-5 backward over seeds 0–3 (the real VGG layers: ≤ 3.5e-6 and ≤ 1.3e-5,
+    docs/winograd.md): each output sums 36 products whose factors the transforms scaled by up to
+    8 (Aᵀ) and 3.5 (Bᵀ). 5e-5 leaves room for other seeds and BLAS kernels; a wrong coefficient
+    (O(1)) or a lost precision step (float16-sized, ≈ 1e-3) is far above it.
     """
     C = F = 256
     x = np.maximum(rng.standard_normal((1, C, 12, 12)), 0)
     w = rng.standard_normal((F, C, 3, 3)) * np.sqrt(2 / (9 * C))
     ref, cache64 = ops.conv2d_forward(x, w, None, 1, 1)
     y32, cache = wg.winograd_conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, 1)
-    assert np.abs(y32 - ref).max() / np.abs(ref).max() < 2e-5
+    assert np.abs(y32 - ref).max() / np.abs(ref).max() < 5e-5
     dout = rng.standard_normal(ref.shape)
     dref = ops.conv2d_backward(dout, cache64)
     dx32 = wg.winograd_conv2d_backward(dout.astype(np.float32), cache)
-    assert np.abs(dx32 - dref).max() / np.abs(dref).max() < 2e-5
+    assert np.abs(dx32 - dref).max() / np.abs(dref).max() < 5e-5
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
