@@ -123,7 +123,6 @@ def test_same_bytes_on_1_2_4_threads(rng, monkeypatch, dtype):
     the thread count. Small bands so that every thread count gets several."""
     monkeypatch.setattr(wg, "BAND_BYTES", 1)
     monkeypatch.setattr(wg, "MIN_BAND_TILES", 1)
-    monkeypatch.setattr(wg, "CHUNK_BYTES", 1)
     x, w, b = _case(rng, (2, 16, 30, 21), 24, dtype)
     u = wg.winograd_filter_transform(w)
     results = []
@@ -139,13 +138,13 @@ def test_same_bytes_on_1_2_4_threads(rng, monkeypatch, dtype):
         assert np.array_equal(y, results[0][0]) and np.array_equal(dx, results[0][1])
 
 
-def test_chunked_and_banded_equal_one_band(rng, monkeypatch):
+def test_one_tile_row_bands_equal_one_band(rng, monkeypatch):
     x, w, b = _case(rng, (1, 5, 26, 19), 7)
     y, cache = wg.winograd_conv2d_forward(x, w, b, 1)
     dx = wg.winograd_conv2d_backward(y, cache)
-    for name in ("BAND_BYTES", "MIN_BAND_TILES", "CHUNK_BYTES"):
+    for name in ("BAND_BYTES", "MIN_BAND_TILES"):
         monkeypatch.setattr(wg, name, 1)
-    assert wg._band_rows(np, 5, 7, 7, 5, 8) == (1, 1)
+    assert wg._band_rows(np, 5, 7, 7, 5, 8) == 1
     y1, cache1 = wg.winograd_conv2d_forward(x, w, b, 1)
     np.testing.assert_allclose(y1, y, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(wg.winograd_conv2d_backward(y, cache1), dx, rtol=1e-13, atol=1e-13)

@@ -89,16 +89,14 @@ FLIP36 = tuple(6 * FLIP[i // 6] + FLIP[i % 6] for i in range(36))
 # together, stay in cache from the input transform through the 36 GEMMs to the inverse transform.
 # Bands have at least MIN_BAND_TILES tiles (below that each GEMM re-reads its filter matrix for
 # too few columns), and their count is rounded up to a multiple of BAND_MULTIPLE so that two host
-# threads get equal shares. Within a band the input transform goes CHUNK_BYTES of input rows at a
-# time (one tile row on the host's VGG layers), sized for the per-core cache. None of these
-# depends on the thread count, so neither does any bit of the result. The values are the best of
-# a sweep (docs/winograd.md). On a GPU a band is as big as DEVICE_BAND_BYTES allows: every band
-# costs kernel launches.
+# threads get equal shares. None of these depends on the thread count, so neither does any bit of
+# the result. The values are the best of a sweep (docs/winograd.md); transforming the input one
+# tile row at a time, to stay in the per-core cache, measured slower than a whole band at once.
+# On a GPU a band is as big as DEVICE_BAND_BYTES allows: every band costs kernel launches.
 BAND_BYTES = 32 * 2**20
 DEVICE_BAND_BYTES = 2**30
 MIN_BAND_TILES = 128
 BAND_MULTIPLE = 2
-CHUNK_BYTES = 512 * 2**10
 
 
 class WinogradCache(NamedTuple):
@@ -167,28 +165,25 @@ def _winograd_conv(x, kernels, b, pad: int):
     out_h = conv_output_size(H, 3, 1, pad, "winograd conv2d")
     out_w = conv_output_size(W, 3, 1, pad, "winograd conv2d")
     th, tw = -(-out_h // 4), -(-out_w // 4)
-    tb, k = _band_rows(xp, C, F, th, tw, x.dtype.itemsize)
+    tb = _band_rows(xp, C, F, th, tw, x.dtype.itemsize)
     y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
     bias = None if b is None else b.reshape(F, 1, 1)
-    geometry = (pad, th, tw, tb, k)
+    geometry = (pad, th, tw, tb)
 
     for n in range(N):
         split_work(xp, list(range(0, th, tb)), lambda starts: _run_bands(x[n], kernels, bias, y[n], starts, geometry))
     return y
 
 
-def _band_rows(xp, C: int, F: int, th: int, tw: int, itemsize: int) -> tuple[int, int]:
-    """(tile rows per band, tile rows per transform chunk) from the bounds above and the shapes only."""
+def _band_rows(xp, C: int, F: int, th: int, tw: int, itemsize: int) -> int:
+    """Tile rows per band, from the bounds above and the shapes only."""
     on_device = xp.__name__ == "cupy"
     per_row = 36 * tw * (C + F) * itemsize
     tb = max(1, (DEVICE_BAND_BYTES if on_device else BAND_BYTES) // per_row, -(-MIN_BAND_TILES // tw))
     bands = -(-th // tb)  # -(-a // b) is a ceiling division
     if not on_device:
         bands = min(th, -(-bands // BAND_MULTIPLE) * BAND_MULTIPLE)
-    tb = -(-th // bands)  # equal bands
-    chunk_row = 10 * (4 * tw + 2) * C * itemsize  # input rows and stage-1 output of one tile row
-    k = tb if on_device else max(1, min(tb, CHUNK_BYTES // chunk_row))
-    return tb, k
+    return -(-th // bands)  # equal bands
 
 
 def _run_bands(xn, kernels, bias, yn, starts, geometry):
@@ -200,18 +195,18 @@ def _run_bands(xn, kernels, bias, yn, starts, geometry):
     on the deep layers, but the transposing copies in and out cost more than that saves.)
     """
     xp = get_array_module(xn)
-    pad, th, tw, tb, k = geometry
+    pad, th, tw, tb = geometry
     C, F, Wp = xn.shape[0], yn.shape[0], 4 * tw + 2
     dt = xn.dtype
-    R = 4 * k + 2
+    R = 4 * tb + 2
     bufs = {
-        "x": xp.empty(C * R * Wp, dtype=dt),  # padded input rows of one chunk
+        "x": xp.empty(C * R * Wp, dtype=dt),  # padded input rows of one band
         "ph": xp.empty(6 * C * R * tw, dtype=dt),  # its column taps 4·s + q, one array per q
-        "t": xp.empty(6 * C * R * tw, dtype=dt),  # after the transform along W
         "s": xp.empty(2 * C * R * tw, dtype=dt),  # scratch of the input's 1-D transforms
         # V, and once the GEMMs have consumed it, the inverse transform's pass along W (6 × 4 × F).
         "v": xp.empty(max(36 * C, 24 * F) * tb * tw, dtype=dt),
-        "m": xp.empty(36 * F * tb * tw, dtype=dt),
+        # M, and before the GEMMs write it, the input transform's pass along W (6 × R × C × tw).
+        "m": xp.empty(max(36 * F * tb, 6 * C * R) * tw, dtype=dt),
         "y": xp.empty(4 * F * tb * tw, dtype=dt),  # one column j of output positions
         "pq": xp.empty(2 * F * tb * tw, dtype=dt),
     }
@@ -219,22 +214,20 @@ def _run_bands(xn, kernels, bias, yn, starts, geometry):
         rows = min(tb, th - t0)
         nt = rows * tw
         v = _carve(bufs["v"], (36, C, nt))
-        for c0 in range(t0, t0 + rows, k):
-            kk = min(k, t0 + rows - c0)
-            _input_transform(xn, pad, c0, kk, tw, bufs, v[:, :, (c0 - t0) * tw : (c0 - t0 + kk) * tw])
+        _input_transform(xn, pad, t0, rows, tw, bufs, v)
         m = _carve(bufs["m"], (36, F, nt))
         for i in range(36):
             xp.matmul(kernels[i], v[i], out=m[i])
         _inverse_transform(m, bias, yn, t0, rows, tw, bufs)
 
 
-def _input_transform(xn, pad, c0, kk, tw, bufs, v):
-    """V = Bᵀ d B for tile rows c0 .. c0 + kk − 1, into v[ξ·6 + ν] (C, kk·tw)."""
+def _input_transform(xn, pad, t0, rows, tw, bufs, v):
+    """V = Bᵀ d B for tile rows t0 .. t0 + rows − 1, into v[ξ·6 + ν] (C, rows·tw)."""
     C, H, W = xn.shape
-    R, Wp = 4 * kk + 2, 4 * tw + 2
-    # Padded rows 4·c0 .. 4·c0 + R − 1: zeros outside the image.
+    R, Wp = 4 * rows + 2, 4 * tw + 2
+    # Padded rows 4·t0 .. 4·t0 + R − 1: zeros outside the image.
     xb = _carve(bufs["x"], (C, R, Wp))
-    top = 4 * c0 - pad  # image row of the chunk's first padded row
+    top = 4 * t0 - pad  # image row of the band's first padded row
     lo, hi = max(0, top), min(H, top + R)
     xb[:, : lo - top] = 0
     xb[:, hi - top :] = 0
@@ -246,17 +239,17 @@ def _input_transform(xn, pad, c0, kk, tw, bufs, v):
     ph = _carve(bufs["ph"], (6, R, C, tw))
     for q in range(6):
         ph[q] = xb[:, :, q : q + 4 * (tw - 1) + 1 : 4].transpose(1, 0, 2)
-    t = _carve(bufs["t"], (6, R * C * tw))
+    t = _carve(bufs["m"], (6, R * C * tw))
     e, f = _carve(bufs["s"], (2, R * C * tw))
     _bt_1d(ph.reshape(6, -1), t, e, f)
-    # Along H: tap r of tile row t is row 4·t + r of the chunk; the six results of one ν go to
+    # Along H: tap r of tile row t is row 4·t + r of the band; the six results of one ν go to
     # contiguous scratch first (each is written several times), then once into v.
     t = t.reshape(6, R, C, tw)
-    e, f = _carve(bufs["s"], (2, kk, C, tw))
-    out = _carve(bufs["ph"], (6, kk, C, tw))  # the taps are consumed by now
-    v = v.reshape(6, 6, C, kk, tw)
+    e, f = _carve(bufs["s"], (2, rows, C, tw))
+    out = _carve(bufs["ph"], (6, rows, C, tw))  # the taps are consumed by now
+    v = v.reshape(6, 6, C, rows, tw)
     for nu in range(6):
-        _bt_1d([t[nu, r : r + 4 * (kk - 1) + 1 : 4] for r in range(6)], out, e, f)
+        _bt_1d([t[nu, r : r + 4 * (rows - 1) + 1 : 4] for r in range(6)], out, e, f)
         v[:, nu] = out.transpose(0, 2, 1, 3)
 
 
