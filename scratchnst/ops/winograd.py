@@ -23,9 +23,9 @@ That is 36 multiply-adds per 16 outputs per (f, c) instead of 144: the GEMMs do 
 than im2col's; the transforms are extra passes over the input and output.
 
 Points. The error grows with the spread of the points' powers (Barabasz et al. 2018, "Error
-analysis and improving the accuracy of Winograd convolution"). On four VGG layers, 0, ±1, ±2 (+∞,
-Lavin's) gave 6–28× im2col's float32 error, 0, ±1, ±½ 5–26×, and 0, 1, −1, −2, −½ (+∞) 4–21×,
-about half of Lavin's (docs/winograd.md). This set is also closed under a → 1/a (0 ↔ ∞, −2 ↔ −½), which
+analysis and improving the accuracy of Winograd convolution"). On the VGG layers, 0, 1, −1, −2,
+−½ (+∞) gave about half the float32 error of Lavin's 0, ±1, ±2 and of 0, ±1, ±½
+(docs/winograd.md, "The points"). The set is also closed under a → 1/a (0 ↔ ∞, −2 ↔ −½), which
 makes the input gradient free of a second filter transform: a kernel flipped in space,
 g'(a) = g_2 + g_1 a + g_0 a², equals a² g(1/a), so with the rows of G scaled to be each other's
 reverses for reciprocal points, G J = P G (J reverses the 3 taps, P swaps the rows 0 ↔ ∞ and
