@@ -102,6 +102,22 @@ def test_conv2d_matches_numpy(rng, dtype, shape, kernel, stride, pad):
 
 @gpu_test
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,pad", [((1, 3, 13, 10), 1), ((2, 8, 9, 7), 0), ((1, 64, 20, 24), 1)])
+def test_winograd_matches_numpy(rng, dtype, shape, pad):
+    """The same xp code of the Winograd convolution on CuPy as on NumPy (the transforms included)."""
+    tol = _tol(dtype)
+    x, x_d = _pair(rng.standard_normal(shape), dtype)
+    w, w_d = _pair(rng.standard_normal((5, shape[1], 3, 3)), dtype)
+    b, b_d = _pair(rng.standard_normal(5), dtype)
+    y, cache = ops.winograd_conv2d_forward(x, w, b, pad)
+    y_d, cache_d = ops.winograd_conv2d_forward(x_d, w_d, b_d, pad)
+    _close(y_d, y, tol, f"winograd forward {shape} p{pad} {dtype}")
+    dout, dout_d = _pair(rng.standard_normal(y.shape), dtype)
+    _close(ops.winograd_conv2d_backward(dout_d, cache_d), ops.winograd_conv2d_backward(dout, cache), tol, f"winograd backward {shape} p{pad} {dtype}")
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_banded_path_matches_numpy(rng, monkeypatch, dtype):
     """One output row per band (both tile bounds = 1) on both backends, through all three conv paths."""
     tol = _tol(dtype)

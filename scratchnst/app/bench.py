@@ -88,14 +88,15 @@ def _objective(net, size: int):
     return obj, x
 
 
-def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: str = "float32", profile: bool = False) -> dict:
+def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: str = "float32", conv: str = "auto",
+                 profile: bool = False) -> dict:
     """Time one size in this process. Returns a dict of the measurements (see `run`)."""
     from threadpoolctl import threadpool_limits
 
     from scratchnst.core import host
     from scratchnst.app.weights import load_vgg16
 
-    net = load_vgg16(backend=backend, dtype=dtype)
+    net = load_vgg16(backend=backend, dtype=dtype, conv=conv)
     xp = net.xp
     obj, x = _objective(net, size)
     flops = conv_flops(net.params, size, size, obj.layers)
@@ -112,6 +113,7 @@ def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: 
         "size": size,
         "backend": backend,
         "dtype": dtype,
+        "conv": conv,
         "loss": float(loss),
         "s_per_eval": best,
         "s_per_eval_all": times,
@@ -178,7 +180,7 @@ def format_profile(prof: dict) -> str:
 def _child(size: int, args) -> dict:
     cmd = [
         sys.executable, "-m", "scratchnst.app.bench", "--child", str(size),
-        "--repeats", str(args.repeats), "--backend", args.backend, "--dtype", args.dtype,
+        "--repeats", str(args.repeats), "--backend", args.backend, "--dtype", args.dtype, "--conv", args.conv,
     ]
     if args.profile:
         cmd.append("--profile")
@@ -211,30 +213,32 @@ def _machine(backend: str) -> dict:
 
 
 def run(sizes=DEFAULT_SIZES, *, repeats: int = 3, backend: str = "numpy", dtype: str = "float32",
-        profile: bool = False, as_json: bool = False, out=sys.stdout) -> dict:
-    """Benchmark each size in its own subprocess; print a table (or JSON) to `out`.
+        convs=("auto", "im2col"), profile: bool = False, as_json: bool = False, out=sys.stdout) -> dict:
+    """Benchmark each size and convolution algorithm in its own subprocess; print a table (or JSON).
 
-    Returns {"machine": {...}, "results": [per-size dicts with size, s_per_eval, conv_gflop, gflops,
-    gemm_peak_gflops, pct_of_peak, peak_rss_mb, loss, ...]}.
+    Returns {"machine": {...}, "results": [per-run dicts with size, conv, s_per_eval, conv_gflop,
+    gflops, gemm_peak_gflops, pct_of_peak, peak_rss_mb, loss, ...]}. The FLOPs are the direct
+    convolution's, so Winograd's GFLOP/s are direct-equivalent and may exceed the GEMM peak's share.
     """
-    args = type("A", (), {"repeats": repeats, "backend": backend, "dtype": dtype, "profile": profile})
     report = {"machine": _machine(backend), "results": []}
     if not as_json:
-        print(f"{'size':>6s} {'s/eval':>8s} {'conv GFLOP':>10s} {'GFLOP/s':>8s} {'GEMM peak':>9s} {'% peak':>7s} {'peak RSS MB':>11s}", file=out)
+        print(f"{'size':>6s} {'conv':>8s} {'s/eval':>8s} {'conv GFLOP':>10s} {'GFLOP/s':>8s} {'GEMM peak':>9s} {'% peak':>7s} {'peak RSS MB':>11s}", file=out)
     for size in sizes:
-        r = _child(size, args)
-        report["results"].append(r)
-        if not as_json:
-            print(
-                f"{size:6d} {r['s_per_eval']:8.3f} {r['conv_gflop']:10.1f} {r['gflops']:8.1f} "
-                f"{r['gemm_peak_gflops']:9.1f} {r['pct_of_peak']:6.1f}% {r['peak_rss_mb']:11.0f}",
-                file=out, flush=True,
-            )
+        for conv in convs:
+            args = type("A", (), {"repeats": repeats, "backend": backend, "dtype": dtype, "conv": conv, "profile": profile})
+            r = _child(size, args)
+            report["results"].append(r)
+            if not as_json:
+                print(
+                    f"{size:6d} {conv:>8s} {r['s_per_eval']:8.3f} {r['conv_gflop']:10.1f} {r['gflops']:8.1f} "
+                    f"{r['gemm_peak_gflops']:9.1f} {r['pct_of_peak']:6.1f}% {r['peak_rss_mb']:11.0f}",
+                    file=out, flush=True,
+                )
     if as_json:
         print(json.dumps(report, indent=1), file=out)
     elif profile:
         for r in report["results"]:
-            print(f"\nprofile at {r['size']}×{r['size']} (one evaluation, {r['profile']['total_s']:.3f} s):", file=out)
+            print(f"\nprofile at {r['size']}×{r['size']}, {r['conv']} (one evaluation, {r['profile']['total_s']:.3f} s):", file=out)
             print(format_profile(r["profile"]), file=out)
     return report
 
@@ -247,13 +251,14 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backend", default="numpy")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--conv", default="auto")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args(argv)
     from scratchnst.core import host
 
     host.keep_freed_memory()  # as the CLI does: measure what users get
     with host.engine_threads():
-        r = measure_size(a.child, repeats=a.repeats, backend=a.backend, dtype=a.dtype, profile=a.profile)
+        r = measure_size(a.child, repeats=a.repeats, backend=a.backend, dtype=a.dtype, conv=a.conv, profile=a.profile)
     print(json.dumps(r))
     return 0
 

@@ -18,7 +18,7 @@ from scratchnst.app.settings import INITS, Settings
 from scratchnst.core.backend import BACKENDS, DTYPES
 from scratchnst.core.objective import DEFAULT_WEIGHTS, NORMALIZATIONS
 from scratchnst.core.optim import DEFAULT_LEARNING_RATE, OPTIMIZERS
-from scratchnst.core.vgg import POOLINGS
+from scratchnst.core.vgg import CONV_ALGORITHMS, POOLINGS
 
 PROG = "scratchnst"
 DEFAULTS = Settings()
@@ -144,6 +144,8 @@ def _add_stylize(subparsers) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend, help="array library; auto = CuPy when a CUDA device works")
     g.add_argument("--dtype", choices=DTYPES, default=DEFAULTS.dtype, help="precision of the whole computation")
+    g.add_argument("--conv", choices=CONV_ALGORITHMS, default=DEFAULTS.conv,
+                   help="convolution: im2col + GEMM, Winograd F(4x4,3x3), or auto (Winograd where it is faster, in float32)")
     g.add_argument("--weights", metavar="PATH", default=None, help="VGG-16 weights file (default: $SCRATCHNST_WEIGHTS, the cache, or fetch)")
     g.add_argument("--max-memory", type=str, default=None, metavar="BYTES", help="memory the run may use, e.g. 2G, 500M (default: what the machine or GPU has available)")
     p.set_defaults(func=_run_stylize)
@@ -293,6 +295,7 @@ def _add_bench(subparsers) -> None:
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed evaluations per size (min is reported)")
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--conv", type=_name_list, default=("auto", "im2col"), help="comma list of convolution algorithms, each timed in its own process")
     p.add_argument("--profile", action="store_true", help="also break one evaluation down by layer and op")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
     p.set_defaults(func=_run_bench)
@@ -302,7 +305,10 @@ def _run_bench(args) -> int:
     from scratchnst.app import bench
 
     sizes = tuple(args.sizes or bench.DEFAULT_SIZES) + ((2048,) if args.include_2048 else ())
-    bench.run(sizes, repeats=args.repeats, backend=args.backend, dtype=args.dtype, profile=args.profile, as_json=args.json)
+    unknown = [c for c in args.conv if c not in CONV_ALGORITHMS]
+    if unknown or not args.conv:
+        raise ScratchnstError(f"--conv: unknown value {','.join(unknown)!r} (choose from {', '.join(CONV_ALGORITHMS)})")
+    bench.run(sizes, repeats=args.repeats, backend=args.backend, dtype=args.dtype, convs=args.conv, profile=args.profile, as_json=args.json)
     return 0
 
 
@@ -322,6 +328,7 @@ def _add_inspect(subparsers) -> None:
     p.add_argument("--iterations", type=int, default=0, help="also run N L-BFGS iterations and show the evolution")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise start")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--conv", choices=CONV_ALGORITHMS, default="auto", help="convolution algorithm")
     p.add_argument("--weights", metavar="PATH", default=None)
     p.set_defaults(func=_run_inspect)
 
@@ -335,7 +342,7 @@ def _run_inspect(args) -> int:
     from scratchnst.app.weights import load_vgg16
 
     study.check_options(args.size, args.iterations, layers, args.output)  # before the weights are read
-    net = load_vgg16(args.weights, backend=args.backend, dtype="float32")
+    net = load_vgg16(args.weights, backend=args.backend, dtype="float32", conv=args.conv)
     index = study.inspect(
         args.content, args.style, args.output, size=args.size, layers=layers, iterations=args.iterations,
         seed=args.seed, net=net,

@@ -87,13 +87,23 @@ def estimate_peak_bytes(
         w, h = long_side_dims(sw, sh, max(MIN_SIDE, int(round(top * settings.style_scale))))
         pixels = max(pixels, w * h)
     elems, band = _per_pixel((*settings.content_layers, *settings.style_layers))
+    transforms = _winograd_transforms(settings, itemsize)
     activations = ACT_FACTOR * elems * pixels * itemsize
     vectors = 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
     optimiser = vectors * 3 * cw * ch * itemsize
     # The bands never hold more than the whole image (+10% for the padded flat grid's extra columns).
     bound = conv.DEVICE_TILE_BYTES if gpu else conv.TILE_BYTES * host.workers()
     tiles = min(bound, 1.1 * band * pixels * itemsize)
-    return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + activations + tiles + optimiser)
+    return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + transforms + activations + tiles + optimiser)
+
+
+def _winograd_transforms(settings, itemsize: int) -> int:
+    """Bytes of the Winograd filter transforms (36·F·C per conv that runs Winograd) the run keeps."""
+    from scratchnst.core.vgg import LAYER_NAMES, conv_algorithm, layers_through
+
+    layers = layers_through([n for n in (*settings.content_layers, *settings.style_layers) if n in LAYER_NAMES] or ["conv1_1"])
+    return sum(36 * layer.channels * layer.c_in * itemsize for layer in layers
+               if layer.kind == "conv" and conv_algorithm(settings.conv, settings.dtype, layer) == "winograd")
 
 
 def largest_size_that_fits(settings, content_size, style_sizes, limit: int, *, gpu: bool = False) -> int | None:

@@ -13,7 +13,7 @@ from scratchnst.core.objective import (
     CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_normalize, check_weight, check_weights,
 )
 from scratchnst.core.optim import DEFAULT_LEARNING_RATE, LBFGS_HISTORY, OPTIMIZERS
-from scratchnst.core.vgg import LAYER_NAMES, POOLINGS
+from scratchnst.core.vgg import CONV_ALGORITHMS, LAYER_NAMES, POOLINGS
 from scratchnst.errors import ScratchnstError
 
 INITS = ("noise", "content", "style")
@@ -40,6 +40,7 @@ class Settings:
     learning_rate: float | None = None
     lbfgs_history: int = LBFGS_HISTORY
     pooling: str = "max"
+    conv: str = "auto"  # vgg.CONV_ALGORITHMS: Winograd where it is faster (float32), im2col elsewhere
     preserve_colors: bool = False
     save_every: int = 0
     checkpoint_every: int = 0
@@ -88,6 +89,7 @@ class Settings:
         self.style_blend = check_weights("style-blend", self.style_blend, n_styles, "style images", nonzero_sum=True)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("pooling", self.pooling, POOLINGS)
+        _choice("conv", self.conv, CONV_ALGORITHMS)
         _choice("backend", self.backend, BACKENDS)
         _choice("dtype", self.dtype, DTYPES)
         if self.learning_rate is None:

@@ -23,6 +23,7 @@ from scratchnst.core.backend import backend_name, get_array_module, get_backend,
 from scratchnst.errors import ScratchnstError, one_line
 from scratchnst.app.memory import check_fits
 from scratchnst.core.objective import NSTObjective, style_grams
+from scratchnst.core.vgg import layers_through
 from scratchnst.core.optim import OPTIMIZERS, make_optimizer
 from scratchnst.app.settings import NOISE_STD, Settings
 from scratchnst.app.weights import load_vgg16
@@ -116,8 +117,9 @@ class Stylizer:
             _check_not_too_elongated(st, int(round(self.sizes[-1] * s.style_scale)), src)
         # Cheap checks are done; refuse a run that cannot fit before the net is allocated.
         self.memory_estimate = check_fits(s, self.content.size, [st.size for st in self.styles], get_backend(s.backend))
-        if net is None or (backend_name(net.xp), str(net.dtype), net.pooling) != (backend_name(get_backend(s.backend)), s.dtype, s.pooling):
-            net = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling)
+        wanted = (backend_name(get_backend(s.backend)), s.dtype, s.pooling, s.conv)
+        if net is None or (backend_name(net.xp), str(net.dtype), net.pooling, net.conv) != wanted:
+            net = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling, conv=s.conv)
         self.net = net
         self.style_cache, self.pixel_terms = style_cache, pixel_terms
         self.xp = self.net.xp
@@ -337,6 +339,7 @@ class Stylizer:
             "backend": backend_name(self.xp),
             "dtype": s.dtype,
             "weights_sha256": self.net.weights_sha256,
+            "convs": {layer.name: self.net.conv_algorithm(layer) for layer in layers_through(s.content_layers + s.style_layers) if layer.kind == "conv"},
             "content_size": list(self.content.size),
             "style_sizes": [list(st.size) for st in self.styles],
             "scale_sizes": self.sizes,

@@ -301,14 +301,15 @@ def resolve_weights(path: str | os.PathLike | None = None, *, fetch: bool = True
     return load_verified(path, fetch=fetch, log=log)[0]
 
 
-def load_vgg16(weights=None, *, backend: str = "auto", dtype: str = "float32", pooling: str = "max") -> VGG16:
+def load_vgg16(weights=None, *, backend: str = "auto", dtype: str = "float32", pooling: str = "max", conv: str = "auto") -> VGG16:
     """VGG-16 with ImageNet weights from a Keras-layout HDF5 file (found or fetched when weights is None).
 
     The file is read and hashed once; net.weights_path and net.weights_sha256 say which it was.
+    conv: the convolution algorithm (VGG16's "auto", "im2col" or "winograd").
     """
     xp = get_backend(backend)
     dtype = check_dtype(dtype)
     path, layers, sha256 = load_verified(weights)
-    net = VGG16.from_hwio([(kernel, bias) for _, kernel, bias in layers], xp=xp, dtype=dtype, pooling=pooling)
+    net = VGG16.from_hwio([(kernel, bias) for _, kernel, bias in layers], xp=xp, dtype=dtype, pooling=pooling, conv=conv)
     net.weights_path, net.weights_sha256 = path, sha256
     return net

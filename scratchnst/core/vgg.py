@@ -17,6 +17,11 @@ from scratchnst.core.backend import get_array_module
 BLOCK_DEPTHS = (2, 2, 3, 3, 3)
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 POOLINGS = ("max", "avg")
+CONV_ALGORITHMS = ("auto", "im2col", "winograd")
+# The convs where Winograd measured faster than im2col in float32, forward and backward at 512²
+# (docs/winograd.md, "Per layer"): all but conv1_1 (3 input channels) and the 64-channel convs,
+# whose GEMMs are too thin and transforms memory-bound.
+WINOGRAD_AUTO = frozenset(("conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"))
 
 
 class Layer(NamedTuple):
@@ -63,6 +68,13 @@ def layers_through(names: Iterable[str]) -> tuple[Layer, ...]:
     return LAYERS[: max(LAYER_NAMES.index(n) for n in names) + 1]
 
 
+def conv_algorithm(conv: str, dtype: str, layer: Layer) -> str:
+    """"winograd" or "im2col": what a net built with `conv` runs in `dtype` for the conv `layer`."""
+    if conv == "auto":
+        return "winograd" if str(dtype) == "float32" and layer.name in WINOGRAD_AUTO else "im2col"
+    return conv
+
+
 def grid(layer: Layer, height: int, width: int) -> tuple[int, int]:
     """(h, w) of `layer`'s output for a height × width input: each 2×2 pool floors the halving."""
     for _ in range(layer.pools):
@@ -83,17 +95,23 @@ class VGG16:
     """The 13 frozen conv layers of VGG-16 with explicit forward and backward passes.
 
     params: 13 (kernel (F, C, 3, 3), bias (F,)) pairs, OIHW, all on one array module and dtype.
+    conv: "im2col" (im2col + GEMM, the reference), "winograd" (F(4×4, 3×3) for every conv) or
+    "auto": Winograd for the WINOGRAD_AUTO convs in float32, im2col elsewhere and in float64.
     """
 
     layer_names = LAYER_NAMES
 
-    def __init__(self, params: list[tuple[object, object]], pooling: str = "max"):
+    def __init__(self, params: list[tuple[object, object]], pooling: str = "max", conv: str = "auto"):
         if len(params) != len(CONVS):
             raise ValueError(f"VGG16 needs {len(CONVS)} conv layers, got {len(params)}")
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})")
+        if conv not in CONV_ALGORITHMS:
+            raise ValueError(f"unknown conv {conv!r} (choose from {', '.join(CONV_ALGORITHMS)})")
         self.params = params
         self.pooling = pooling
+        self.conv = conv
+        self._transforms: dict[int, object] = {}  # Winograd filter transforms, made on first use
         if pooling == "max":
             self._pool, self._unpool = ops.maxpool2d_forward, ops.maxpool2d_backward
         else:
@@ -101,14 +119,14 @@ class VGG16:
         self.weights_path = self.weights_sha256 = None
 
     @classmethod
-    def from_hwio(cls, layers, *, xp, dtype: str, pooling: str = "max") -> "VGG16":
+    def from_hwio(cls, layers, *, xp, dtype: str, pooling: str = "max", conv: str = "auto") -> "VGG16":
         """From 13 (kernel (3, 3, C, F), bias (F,)) host pairs as the weights file stores them (HWIO):
         each kernel is transposed once here to OIHW (F, C, 3, 3) and moved to xp in `dtype`."""
         params = [
             (xp.ascontiguousarray(xp.asarray(kernel.transpose(3, 2, 0, 1), dtype=dtype)), xp.asarray(bias, dtype=dtype))
             for kernel, bias in layers
         ]
-        return cls(params, pooling=pooling)
+        return cls(params, pooling=pooling, conv=conv)
 
     @property
     def xp(self):
@@ -118,10 +136,18 @@ class VGG16:
     def dtype(self):
         return self.params[0][0].dtype
 
+    def conv_algorithm(self, layer: Layer) -> str:
+        """"winograd" or "im2col": what this net runs for the conv `layer`."""
+        return conv_algorithm(self.conv, self.dtype, layer)
+
     def layer_forward(self, layer: Layer, x):
         """One layer of the table, forward: (out, cache)."""
         if layer.kind == "conv":
             w, b = self.params[layer.conv]
+            if self.conv_algorithm(layer) == "winograd":
+                if layer.conv not in self._transforms:  # frozen weights: transformed once
+                    self._transforms[layer.conv] = ops.winograd_filter_transform(w)
+                return ops.winograd_conv2d_forward(x, w, b, 1, u=self._transforms[layer.conv])
             return ops.conv2d_forward(x, w, b, stride=1, pad=1)
         if layer.kind == "relu":
             return ops.relu_forward(x)
@@ -130,7 +156,8 @@ class VGG16:
     def layer_backward(self, layer: Layer, dout, cache):
         """One layer of the table, backward: d(input) from d(output)."""
         if layer.kind == "conv":
-            return ops.conv2d_backward(dout, cache)
+            backward = ops.winograd_conv2d_backward if isinstance(cache, ops.WinogradCache) else ops.conv2d_backward
+            return backward(dout, cache)
         if layer.kind == "relu":
             return ops.relu_backward(dout, cache)
         return self._unpool(dout, cache)

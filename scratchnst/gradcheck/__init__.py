@@ -22,6 +22,7 @@ from scratchnst.core import ops
 from scratchnst.core.backend import get_array_module, to_host
 from scratchnst.core.losses import content_loss, style_loss, tv_loss
 from scratchnst.core.objective import NSTObjective
+from scratchnst.core.ops.winograd import winograd_conv2d_backward, winograd_conv2d_forward
 from scratchnst.core.vgg import BLOCK_DEPTHS, VGG16
 
 TINY = 1e-30
@@ -106,6 +107,10 @@ CONV_CASES = [  # (x shape, (F, KH, KW), stride, pad)
     ((1, 3, 7, 6), (2, 3, 2), 1, 0),
     ((1, 2, 4, 5), (2, 1, 1), 1, 1),
 ]
+WINOGRAD_CASES = [  # (x shape, F, pad): 3×3 stride 1, sizes that are not multiples of the 4×4 tile
+    ((2, 3, 7, 5), 4, 1),
+    ((1, 2, 9, 6), 3, 0),
+]
 POOL_CASES = [  # (x shape, k, stride)
     ((2, 3, 8, 8), 2, 2),
     ((1, 2, 7, 9), 2, 2),
@@ -136,6 +141,13 @@ def op_checks(rng, *, xp=np, dtype: str = "float64") -> list[CheckResult]:
         b = xp.asarray(rng.standard_normal(F), dtype=dtype)
         r = check_op("conv2d", lambda v: ops.conv2d_forward(v, w, b, stride, pad), ops.conv2d_backward, x, rng, eps=eps, threshold=thr)
         r.shapes += f" k{KH}x{KW} s{stride} p{pad}"
+        results.append(r)
+    for shape, F, pad in WINOGRAD_CASES:
+        x = xp.asarray(rng.standard_normal(shape), dtype=dtype)
+        w = xp.asarray(rng.standard_normal((F, shape[1], 3, 3)), dtype=dtype)
+        b = xp.asarray(rng.standard_normal(F), dtype=dtype)
+        r = check_op("winograd conv2d", lambda v: winograd_conv2d_forward(v, w, b, pad), winograd_conv2d_backward, x, rng, eps=eps, threshold=thr)
+        r.shapes += f" k3x3 s1 p{pad}"
         results.append(r)
     x = _away_from_zero(rng, (2, 3, 5, 4), xp, dtype)
     results.append(check_op("relu", ops.relu_forward, ops.relu_backward, x, rng, eps=eps, threshold=thr))

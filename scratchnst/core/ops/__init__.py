@@ -13,6 +13,7 @@ from scratchnst.core.ops.pool import (
     maxpool2d_forward,
 )
 from scratchnst.core.ops.relu import relu_backward, relu_forward
+from scratchnst.core.ops.winograd import WinogradCache, winograd_conv2d_backward, winograd_conv2d_forward, winograd_filter_transform
 
 __all__ = [
     "ConvCache",
@@ -27,4 +28,8 @@ __all__ = [
     "maxpool2d_forward",
     "relu_backward",
     "relu_forward",
+    "WinogradCache",
+    "winograd_conv2d_backward",
+    "winograd_conv2d_forward",
+    "winograd_filter_transform",
 ]
