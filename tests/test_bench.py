@@ -57,7 +57,9 @@ def test_bench_command_json_at_a_tiny_size(vgg_weights_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["machine"]["numpy"]
-    (r,) = report["results"]
+    auto, r = report["results"]  # the default: auto, then im2col, each in its own process
+    assert (auto["conv"], r["conv"]) == ("auto", "im2col")
+    assert auto["loss"] == pytest.approx(r["loss"], rel=1e-5)  # Winograd computes the same objective
     assert r["size"] == 32 and r["dtype"] == "float32" and r["backend"] == "numpy"
     assert r["conv_gflop"] * 1e9 == pytest.approx(conv_flops(_params(), 32, 32, STYLE_LAYERS)["total"])
     for key in ("s_per_eval", "gflops", "gemm_peak_gflops", "pct_of_peak", "peak_rss_mb", "loss"):
