@@ -148,6 +148,8 @@ def test_local_layout():
     assert cluster.local_layout() == (cluster.cores(), 1)
     assert cluster.local_layout(gpus=2) == (2, 1)
     assert cluster.local_layout(3) == (3, 1)
+    assert cluster.local_layout(job_bytes=2**60) == (1, 1)  # no more workers than jobs fit in memory
+    assert cluster.local_layout(job_bytes=2**20) == (cluster.cores(), 1)
     assert cluster.engine_threads_per_worker(1) == cluster.cores()
     with pytest.raises(ScratchnstError, match="--workers"):
         cluster.local_layout(0)

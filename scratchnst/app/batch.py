@@ -376,8 +376,22 @@ def batch(jobs, client=None, *, out_dir, scheduler: str | None = None, workers: 
     if client is not None:
         return _run(planned, results, client, out_dir, quiet)
     gpus = 0 if scheduler else cluster.gpu_count(options.get("backend", "auto"))
-    with cluster.client(scheduler, workers=workers, gpus=gpus, quiet=True) as c:
+    with cluster.client(scheduler, workers=workers, gpus=gpus, quiet=True, job_bytes=_job_bytes(options)) as c:
         return _run(planned, results, c, out_dir, quiet)
+
+
+def _job_bytes(options: dict) -> int | None:
+    """The peak memory of one job with the batch's options and square images (the most pixels a
+    long side allows): what a local worker must have room for. None for bad options (the jobs
+    fail with stylize's message, unless their own options fix them)."""
+    from scratchnst.app.memory import estimate_peak_bytes
+
+    try:
+        s = job_settings(Job("", [""], "", options))[1]
+    except ScratchnstError:
+        return None
+    side = s.size, s.size
+    return estimate_peak_bytes(s, side, [side])
 
 
 def _skip(job: Job, previous: dict) -> JobResult | None:
@@ -446,11 +460,12 @@ def _run(planned: list[Job], results: list[JobResult], client, out_dir: Path, qu
     futures = {client.submit(run_job, planned[i], batch_id, interrupt.name, key=f"scratchnst-job-{batch_id}-{i}",
                              retries=RETRIES, pure=False): i for i in todo}
     bar = report.progress_bar(len(planned), initial=len(planned) - len(todo), disable=quiet, unit="job")
+    seen: set = set()
     try:
-        _collect(as_completed(futures), futures, results, bar, lambda: write_batch_file(out_dir, results, workers))
+        _collect(as_completed(futures), futures, seen, results, bar, lambda: write_batch_file(out_dir, results, workers))
     except KeyboardInterrupt:
         interrupt.set()
-        _wait_for_running(futures, results, bar)
+        _wait_for_running(futures, seen, results, bar)
     finally:
         bar.close()
         interrupt.clear()
@@ -458,10 +473,12 @@ def _run(planned: list[Job], results: list[JobResult], client, out_dir: Path, qu
     return results
 
 
-def _collect(completed, futures: dict, results: list[JobResult], bar, after=None) -> None:
-    """Put each finished future's JobResult in its place; a task that raised is a failed job."""
+def _collect(completed, futures: dict, seen: set, results: list[JobResult], bar, after=None) -> None:
+    """Put each finished future's JobResult in its place (and the future in `seen`); a task that
+    raised is a failed job."""
     for future in completed:
         i = futures[future]
+        seen.add(future)
         try:
             results[i] = future.result()
         except Exception as exc:  # a bug in the task, or Dask's KilledWorker after repeated worker deaths
@@ -472,18 +489,18 @@ def _collect(completed, futures: dict, results: list[JobResult], bar, after=None
             after()
 
 
-def _wait_for_running(futures: dict, results: list[JobResult], bar) -> None:
+def _wait_for_running(futures: dict, seen: set, results: list[JobResult], bar) -> None:
     """After Ctrl-C: running jobs save and report "interrupted", queued ones "pending"; a second
     Ctrl-C (or INTERRUPT_WAIT_S) stops waiting, and what is still out counts as interrupted."""
     from distributed import wait
 
-    pending = [f for f in futures if not f.done()]
+    rest = [f for f in futures if f not in seen]
     try:
-        wait(pending, timeout=INTERRUPT_WAIT_S)
+        wait(rest, timeout=INTERRUPT_WAIT_S)
     except (KeyboardInterrupt, TimeoutError):
         pass
-    _collect([f for f in pending if f.done()], futures, results, bar)
-    for f in futures:
+    _collect([f for f in rest if f.done()], futures, seen, results, bar)
+    for f in rest:
         if not f.done():
             results[futures[f]].status = "interrupted"
             f.cancel()

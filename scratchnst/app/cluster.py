@@ -27,20 +27,28 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def local_layout(workers: int | None = None, *, gpus: int = 0) -> tuple[int, int]:
+def local_layout(workers: int | None = None, *, gpus: int = 0, job_bytes: int | None = None) -> tuple[int, int]:
     """(worker processes, threads each) for a local cluster on this machine.
 
     One task per worker at a time (one Dask thread): each job is a whole stylize run whose engine
     splits its work over the cores its worker owns (engine_threads_per_worker). On the CPU, one
     worker per core: jobs are independent, so separate processes scale without the engine's
-    per-op hand-offs between threads (docs/benchmarks.md, "Batch on Dask"). On CuPy: one worker
-    per GPU.
+    per-op hand-offs between threads (docs/benchmarks.md, "Batch on Dask"), but no more workers
+    than the available memory holds jobs of `job_bytes` (memory.estimate_peak_bytes) each. On
+    CuPy: one worker per GPU.
     """
     if workers is None:
-        workers = gpus if gpus else cores()
+        workers = gpus if gpus else min(cores(), _jobs_that_fit(job_bytes))
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ScratchnstError(f"--workers must be a whole number > 0 (got {workers!r})")
     return workers, 1
+
+
+def _jobs_that_fit(job_bytes: int | None) -> int:
+    from scratchnst.app.memory import available_bytes
+
+    room = available_bytes()
+    return max(1, room // job_bytes) if job_bytes and room else 2**31
 
 
 def engine_threads_per_worker(workers: int) -> int:
@@ -103,7 +111,8 @@ def _local_cluster(n: int, threads: int, gpus: int, quiet: bool):
 
 
 @contextlib.contextmanager
-def client(scheduler: str | None = None, *, workers: int | None = None, gpus: int = 0, quiet: bool = True):
+def client(scheduler: str | None = None, *, workers: int | None = None, gpus: int = 0, quiet: bool = True,
+           job_bytes: int | None = None):
     """A distributed.Client: on the cluster at `scheduler` (an address such as tcp://host:8786), or on
     a local cluster of worker processes sized by local_layout (prepared by EngineSetup), closed on exit.
 
@@ -123,7 +132,7 @@ def client(scheduler: str | None = None, *, workers: int | None = None, gpus: in
         finally:
             c.close()
         return
-    n, threads = local_layout(workers, gpus=gpus)
+    n, threads = local_layout(workers, gpus=gpus, job_bytes=job_bytes)
     cluster = _local_cluster(n, threads, gpus, quiet)
     try:
         with Client(cluster) as c:
