@@ -17,6 +17,7 @@ _API = {
     "load_vgg16": "scratchnst.app.weights",
     "stylize": "scratchnst.app.stylize",
     "Result": "scratchnst.app.stylize",
+    "batch": "scratchnst.app.batch",
     "ops": "scratchnst.core",
     "gradcheck": "scratchnst",
 }

@@ -1,4 +1,4 @@
-"""Command line: `python -m scratchnst {stylize,weights,gradcheck,bench,inspect}`.
+"""Command line: `python -m scratchnst {stylize,batch,weights,gradcheck,bench,inspect}`.
 
 One `_add_<cmd>(subparsers)` per subcommand; every user error is a ScratchnstError (or an argparse
 error), printed as one line to stderr with exit code 2. `--debug` shows the traceback instead.
@@ -11,6 +11,7 @@ import math
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 from scratchnst.core import host
 from scratchnst.errors import ScratchnstError, one_line
@@ -112,6 +113,12 @@ def _add_stylize(subparsers) -> None:
     p.add_argument("styles", nargs="*", metavar="style", help="one or more style images (default: the embedded painting)")
     p.add_argument("-o", "--output", default="stylized.png", help="output image (.png, .jpg, .webp); the manifest goes beside it as .json")
     p.add_argument("--resume", metavar="OUT.json", help="continue an interrupted run from its manifest")
+    _add_stylize_options(p)
+    p.set_defaults(func=_run_stylize)
+
+
+def _add_stylize_options(p) -> None:
+    """Every Settings option, in groups (stylize and batch share them)."""
     g = p.add_argument_group("size and schedule")
     g.add_argument("--size", type=_integer, default=DEFAULTS.size, help="long side of the output in px")
     g.add_argument("--iterations", type=_integer, default=DEFAULTS.iterations, help="optimiser iterations at each scale")
@@ -148,10 +155,14 @@ def _add_stylize(subparsers) -> None:
                    help="convolution: im2col + GEMM, Winograd F(4x4,3x3), or auto (Winograd where it is faster, in float32)")
     g.add_argument("--weights", metavar="PATH", default=None, help="VGG-16 weights file (default: $SCRATCHNST_WEIGHTS, the cache, or fetch)")
     g.add_argument("--max-memory", type=str, default=None, metavar="BYTES", help="memory the run may use, e.g. 2G, 500M (default: what the machine or GPU has available)")
-    p.set_defaults(func=_run_stylize)
 
 
 SETTING_NAMES = [f for f in Settings.__dataclass_fields__]
+
+
+def _settings_options(args) -> dict:
+    """The Settings options the command line gave (or defaulted)."""
+    return {name: getattr(args, name) for name in SETTING_NAMES if hasattr(args, name)}
 
 
 def _run_stylize(args) -> int:
@@ -164,12 +175,60 @@ def _run_stylize(args) -> int:
     else:
         if args.content is not None and not args.styles:
             raise ScratchnstError("give at least one STYLE image after CONTENT")
-        options = {name: getattr(args, name) for name in SETTING_NAMES if hasattr(args, name)}
-        result = stylize(args.content, args.styles or None, out=args.output, **options)
+        result = stylize(args.content, args.styles or None, out=args.output, **_settings_options(args))
     print(f"{PROG}: {result.status}: wrote {result.paths.get('image')} and {result.paths.get('manifest')}", file=sys.stderr)
     if result.status == "interrupted":
         return 128 + _received_signal[0]
     return 0
+
+
+def _add_batch(subparsers) -> None:
+    p = subparsers.add_parser(
+        "batch",
+        help="stylize many pictures on Dask: contents x styles, or a jobs file of sweeps",
+        description=(
+            "Every (content, style) pair of --contents and --styles (folders expand to their images), or the "
+            "jobs of --jobs, as Dask tasks on a local cluster or the one at --scheduler. Each picture and manifest "
+            "is what stylize writes; OUTDIR/batch.json has every job's status. Running the same command again "
+            "skips finished jobs and resumes interrupted ones."
+        ),
+        formatter_class=_DefaultsFormatter,
+    )
+    g = p.add_argument_group("jobs")
+    g.add_argument("--contents", nargs="+", metavar="PATH", help="content images or folders of them")
+    g.add_argument("--styles", nargs="+", metavar="PATH", help="style images or folders; each is one job per content")
+    g.add_argument("--jobs", metavar="JOBS.jsonl", help='instead: one JSON object per line, {"content": ..., "styles": [...], "output": ..., OPTION: VALUE}')
+    g.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="folder of the pictures, their manifests and batch.json")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786 (default: a local cluster)")
+    g.add_argument("--workers", type=_positive_int, default=None, help="local worker processes (default: one per core, one per GPU on CuPy)")
+    _add_stylize_options(p)
+    p.set_defaults(func=_run_batch)
+
+
+def _run_batch(args) -> int:
+    from scratchnst.app import batch as b
+
+    if args.jobs and (args.contents or args.styles):
+        raise ScratchnstError("give --jobs, or --contents and --styles, not both")
+    if not args.jobs and not (args.contents and args.styles):
+        raise ScratchnstError("give --contents and --styles (or --jobs JOBS.jsonl)")
+    if args.scheduler and args.workers:
+        raise ScratchnstError("--workers sizes a local cluster; the cluster at --scheduler has its own")
+    jobs = b.read_jobs(args.jobs) if args.jobs else b.grid(args.contents, args.styles)
+    options = _settings_options(args)
+    quiet = options.pop("quiet")
+    results = b.batch(jobs, out_dir=args.output, scheduler=args.scheduler, workers=args.workers, quiet=quiet, **options)
+    for r in results:
+        if r.status == "failed":
+            print(f"{PROG}: failed: {r.output}: {r.error}", file=sys.stderr)
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "failed", "interrupted", "pending")}
+    skipped = sum(r.skipped for r in results)
+    summary = ", ".join(f"{n} {s}" + (f" ({skipped} already)" if s == "done" and skipped else "") for s, n in counts.items() if n)
+    print(f"{PROG}: batch: {len(results)} jobs: {summary}; see {Path(args.output) / b.BATCH_FILE}", file=sys.stderr)
+    if counts["interrupted"] or counts["pending"]:
+        return 128 + _received_signal[0]
+    return 1 if counts["failed"] else 0
 
 
 def _add_weights(subparsers) -> None:
@@ -365,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Neural style transfer from scratch: every backward pass by hand.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_stylize, _add_weights, _add_gradcheck, _add_bench, _add_inspect):
+    for add in (_add_stylize, _add_batch, _add_weights, _add_gradcheck, _add_bench, _add_inspect):
         add(sub)
     return parser
 

@@ -1,49 +1,125 @@
 """The Dask layer shared by `batch` and `video`: a client on an existing cluster or a local one.
 
 Dask distributed does the scheduling, the retries and the worker bookkeeping; this module only
-decides how a local cluster is sized for our engine and turns connection failures into one line.
+decides how a local cluster is sized for our engine, prepares its workers, and turns connection
+failures into one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 
 from scratchnst.errors import ScratchnstError, one_line
+
+try:
+    from distributed import WorkerPlugin
+except ImportError:  # client() says how to install Dask
+    WorkerPlugin = object
 
 CONNECT_TIMEOUT_S = 10
 
 
-def local_layout(workers: int | None = None, *, gpus: int = 0) -> tuple[int, int]:
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def local_layout(workers: int | None = None, *, gpus: int = 0, job_bytes: int | None = None) -> tuple[int, int]:
     """(worker processes, threads each) for a local cluster on this machine.
 
-    One task per worker at a time (one thread), and the engine's own split over the cores that
-    worker owns: each job is a whole stylize run, and our threads already use the cores better
-    than several concurrent jobs in one process would (they would fight over the same BLAS and
-    caches). On CuPy: one worker per GPU.
+    One task per worker at a time (one Dask thread): each job is a whole stylize run whose engine
+    splits its work over the cores its worker owns (engine_threads_per_worker). On the CPU, one
+    worker per core: jobs are independent, so separate processes scale without the engine's
+    per-op hand-offs between threads (docs/benchmarks.md, "Batch on Dask"), but no more workers
+    than the available memory holds jobs of `job_bytes` (memory.estimate_peak_bytes) each. On
+    CuPy: one worker per GPU.
     """
     if workers is None:
-        workers = gpus if gpus else 1
-    if workers < 1:
-        raise ScratchnstError(f"--workers must be a whole number > 0 (got {workers})")
+        workers = gpus if gpus else min(cores(), _jobs_that_fit(job_bytes))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ScratchnstError(f"--workers must be a whole number > 0 (got {workers!r})")
     return workers, 1
+
+
+def _jobs_that_fit(job_bytes: int | None) -> int:
+    from scratchnst.app.memory import available_bytes
+
+    room = available_bytes()
+    return max(1, room // job_bytes) if job_bytes and room else 2**31
 
 
 def engine_threads_per_worker(workers: int) -> int:
     """The host threads each local worker's engine splits its work over: the cores, shared out."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // workers)
+    return max(1, cores() // workers)
+
+
+def gpu_count(backend: str) -> int:
+    """CUDA devices a local cluster should give one worker each: 0 unless `backend` runs on CuPy."""
+    if backend == "numpy":
+        return 0
+    from scratchnst.core.backend import backend_name, get_backend
+
+    xp = get_backend(backend)
+    return xp.cuda.runtime.getDeviceCount() if backend_name(xp) == "cupy" else 0
+
+
+class EngineSetup(WorkerPlugin):
+    """A Dask WorkerPlugin for the workers of our own local cluster (also those a nanny restarts).
+
+    - the engine's host threads (scratchnst.core.host.THREADS) set to the worker's share of the
+      cores; BLAS stays at the one thread Dask's nanny gives it (OMP_NUM_THREADS=1), which is
+      what the engine holds it at during a run anyway;
+    - the allocator opt-in the CLI makes (host.keep_freed_memory): these processes are ours;
+    - SIGINT ignored: Ctrl-C in a terminal reaches the whole process group, and the client, not
+      each worker, decides what an interrupt does (running jobs save a checkpoint).
+    """
+
+    name = "scratchnst-engine-setup"
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def setup(self, worker=None) -> None:
+        from scratchnst.core import host
+
+        host.THREADS = self.threads
+        host.keep_freed_memory()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def teardown(self, worker=None) -> None:
+        pass
+
+
+def _local_cluster(n: int, threads: int, gpus: int, quiet: bool):
+    """A SpecCluster of n nannied worker processes on 127.0.0.1; worker i sees GPU i when gpus."""
+    from distributed import Nanny, Scheduler, SpecCluster
+    from distributed.system import MEMORY_LIMIT
+
+    def worker(i: int) -> dict:
+        env = {"CUDA_VISIBLE_DEVICES": str(i)} if gpus else {}
+        options = {"nthreads": threads, "host": "127.0.0.1", "dashboard": False,
+                   "dashboard_address": "127.0.0.1:0", "env": env,
+                   "memory_limit": MEMORY_LIMIT // n, "silence_logs": 50 if quiet else 30}
+        return {"cls": Nanny, "options": options}
+
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
+    return SpecCluster(workers={i: worker(i) for i in range(n)}, scheduler=scheduler, silence_logs=50 if quiet else 30)
 
 
 @contextlib.contextmanager
-def client(scheduler: str | None = None, *, workers: int | None = None, gpus: int = 0, quiet: bool = True):
+def client(scheduler: str | None = None, *, workers: int | None = None, gpus: int = 0, quiet: bool = True,
+           job_bytes: int | None = None):
     """A distributed.Client: on the cluster at `scheduler` (an address such as tcp://host:8786), or on
-    a local cluster of worker processes sized by local_layout, closed on exit.
+    a local cluster of worker processes sized by local_layout (prepared by EngineSetup), closed on exit.
 
     A scheduler that cannot be reached raises ScratchnstError naming the address.
     """
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:
         raise ScratchnstError("batch and video need Dask: pip install 'dask[distributed]'") from None
     if scheduler is not None:
@@ -56,14 +132,11 @@ def client(scheduler: str | None = None, *, workers: int | None = None, gpus: in
         finally:
             c.close()
         return
-    n, threads = local_layout(workers, gpus=gpus)
-    env = {name: str(engine_threads_per_worker(n)) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    cluster = LocalCluster(
-        n_workers=n, threads_per_worker=threads, processes=True, host="127.0.0.1",
-        dashboard_address=None, silence_logs=50 if quiet else 30, env=env,
-    )
+    n, threads = local_layout(workers, gpus=gpus, job_bytes=job_bytes)
+    cluster = _local_cluster(n, threads, gpus, quiet)
     try:
         with Client(cluster) as c:
+            c.register_plugin(EngineSetup(engine_threads_per_worker(n)))
             yield c
     finally:
         cluster.close()

@@ -131,10 +131,10 @@ def write_plot(out: Path, history: list[dict]) -> Path:
     return path
 
 
-def progress_bar(total: int, *, initial: int = 0, disable: bool = False):
+def progress_bar(total: int, *, initial: int = 0, disable: bool = False, unit: str = "it"):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=disable, unit="it", dynamic_ncols=True, leave=True)
+    return tqdm(total=total, initial=initial, disable=disable, unit=unit, dynamic_ncols=True, leave=True)
 
 
 def postfix(entry: dict) -> str:

@@ -1,0 +1,506 @@
+"""Batch mode: many stylize jobs (contents x styles, or a jobs file for sweeps) as Dask tasks.
+
+Dask distributed schedules the tasks, moves them off a dead worker and retries them; this module
+keeps to what is ours: the jobs and their output names, the per-worker cache (the loaded network,
+each style's Gram targets), OUTDIR/batch.json, skipping finished jobs and resuming checkpointed
+ones, and how Ctrl-C in the client reaches the jobs running on the workers (a Dask Event they poll).
+
+Each job is `stylize` with the same arguments: the same picture bytes, and its manifest beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from scratchnst.app import report
+from scratchnst.app.atomic import atomic_write_bytes
+from scratchnst.app.settings import Settings
+from scratchnst.errors import ScratchnstError, one_line
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what a folder expands to
+OPTION_NAMES = tuple(f.name for f in fields(Settings))
+BATCH_FILE = "batch.json"
+RETRIES = 1  # a job whose task raised (not a user error: those are results) runs once more elsewhere
+POLL_S = 0.25  # how often a running job asks whether the batch was interrupted
+INTERRUPT_WAIT_S = 120  # after Ctrl-C: how long the client waits for running jobs to save
+
+
+@dataclass
+class Job:
+    """One stylize run: inputs as given, the output path (absolute), its stylize options."""
+
+    content: str
+    styles: list[str]
+    output: str
+    options: dict = field(default_factory=dict)
+    line: int | None = None  # the jobs-file line, for messages
+
+
+@dataclass
+class JobResult:
+    """A job's row in batch.json (status: done, failed, interrupted or pending)."""
+
+    output: str
+    content: str
+    styles: list[str]
+    status: str = "pending"
+    error: str | None = None
+    seconds: float | None = None
+    worker: str | None = None
+    manifest: str | None = None
+    skipped: bool = False  # done by an earlier run of the batch
+    line: int | None = None
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+def expand_images(paths) -> list[str]:
+    """Paths as given, each folder replaced by its images (IMAGE_SUFFIXES, sorted by name)."""
+    found = []
+    for p in map(str, paths):
+        if os.path.isdir(p):
+            images = sorted(e.path for e in os.scandir(p) if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise ScratchnstError(f"{p}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            found += images
+        else:
+            found.append(p)
+    return found
+
+
+def grid(contents, styles) -> list[dict]:
+    """The cross product: one job per (content, style), folders expanded to their images."""
+    contents, styles = expand_images(contents), expand_images(styles)
+    return [{"content": c, "styles": [s]} for c in contents for s in styles]
+
+
+def read_jobs(path) -> list[dict]:
+    """The jobs of a jobs file: one JSON object per line (blank lines skipped), each with
+    `content`, `styles` (a path or a list), optional `output` and stylize options. Relative
+    input paths are relative to the file's folder. A malformed line raises ScratchnstError
+    naming the file and line."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScratchnstError(f"{p}: cannot read the jobs file ({one_line(exc)})") from None
+    jobs = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            job = json.loads(raw)
+        except ValueError as exc:
+            raise ScratchnstError(f"{p}:{n}: not JSON ({one_line(exc)})") from None
+        try:
+            check_job(job)
+        except ScratchnstError as exc:
+            raise ScratchnstError(f"{p}:{n}: {exc}") from None
+        for key in ("content", "styles"):
+            job[key] = _relative_to(p.parent, job[key])
+        jobs.append(dict(job, line=n))
+    if not jobs:
+        raise ScratchnstError(f"{p}: no jobs in the file")
+    return jobs
+
+
+def _relative_to(folder: Path, value):
+    if isinstance(value, list):
+        return [_relative_to(folder, v) for v in value]
+    return str(folder / value)
+
+
+def check_job(job) -> None:
+    """ScratchnstError unless `job` has the shape of a job (its options are checked when it runs)."""
+    if not isinstance(job, dict):
+        raise ScratchnstError(f"a job is a JSON object, got {type(job).__name__}")
+    if not isinstance(job.get("content"), str) or not job["content"]:
+        raise ScratchnstError('a job needs "content": an image path')
+    styles = job.get("styles")
+    if not (isinstance(styles, str) and styles) and not (isinstance(styles, list) and styles and all(isinstance(s, str) and s for s in styles)):
+        raise ScratchnstError('a job needs "styles": an image path or a list of them')
+    if "output" in job and (not isinstance(job["output"], str) or not job["output"]):
+        raise ScratchnstError('"output" must be an image path')
+
+
+def plan(jobs, out_dir, options: dict | None = None) -> list[Job]:
+    """Jobs with their outputs: `output` resolved against out_dir, else `{content}__{style}.png`
+    from the file stems, with `-2`, `-3`, ... where names would collide. Names depend only on the
+    jobs and their order. Two jobs given the same output raise ScratchnstError."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    planned, taken = [], {report.manifest_path(out_dir / BATCH_FILE).as_posix().casefold(): "batch.json"}
+    for i, job in enumerate(jobs):
+        where = f"line {job['line']}" if isinstance(job, dict) and job.get("line") else f"job {i + 1}"
+        try:
+            check_job(job)
+        except ScratchnstError as exc:
+            raise ScratchnstError(f"{where}: {exc}") from None
+        styles = [job["styles"]] if isinstance(job["styles"], str) else list(job["styles"])
+        opts = {**(options or {}), **{k: v for k, v in job.items() if k not in ("content", "styles", "output", "line")}}
+        inputs = [os.path.abspath(os.path.expanduser(p)) for p in (job["content"], *styles)]  # workers have other cwds
+        planned.append(Job(inputs[0], inputs[1:], job.get("output"), opts, job.get("line")))
+        if planned[-1].output is not None:
+            planned[-1].output = str((out_dir / Path(planned[-1].output).expanduser()).resolve())
+            _claim(taken, planned[-1].output, where)
+    labels = _stem_labels([p for job in planned for p in (job.content, *job.styles)])
+    for job in planned:
+        if job.output is None:
+            base = f"{labels[job.content]}__{'+'.join(labels[s] for s in job.styles)}"
+            name, k = base, 1
+            while _key(out_dir / f"{name}.png") in taken:
+                k += 1
+                name = f"{base}-{k}"
+            job.output = str(out_dir / f"{name}.png")
+            _claim(taken, job.output, "")
+    return planned
+
+
+def _key(output) -> str:
+    """Two outputs collide when their manifests do (x.png and x.jpg share x.json), ignoring case."""
+    return report.manifest_path(Path(output)).as_posix().casefold()
+
+
+def _claim(taken: dict, output: str, where: str) -> None:
+    key = _key(output)
+    if key in taken:
+        raise ScratchnstError(f"{where}: output {output} collides with {taken[key]}'s (same manifest {report.manifest_path(Path(output)).name})")
+    taken[key] = where or output
+
+
+def _stem_labels(paths) -> dict[str, str]:
+    """Each distinct path's file stem; a stem already used by another path gets -2, -3, ..."""
+    labels, used = {}, {}
+    for p in paths:
+        if p in labels:
+            continue
+        stem = Path(p).stem or "image"
+        used[stem.casefold()] = used.get(stem.casefold(), 0) + 1
+        labels[p] = stem if used[stem.casefold()] == 1 else f"{stem}-{used[stem.casefold()]}"
+    return labels
+
+
+# -- one job, on a worker ----------------------------------------------------------------------------
+
+
+class _LRU(OrderedDict):
+    """A dict that keeps its `size` most recently used entries."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class _WorkerCache:
+    """What the jobs on one worker process share: loaded networks (by weights, backend, dtype,
+    pooling, conv) and, per batch, the style Gram targets Stylizer keys by (style, size, layers, ...)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.nets = _LRU(2)
+        self.grams = _LRU(2)  # batch id -> _LRU of Stylizer's style_cache entries
+
+    def net(self, s: Settings):
+        from scratchnst.app.weights import load_vgg16
+        from scratchnst.core.backend import backend_name, get_backend
+
+        key = (s.weights, backend_name(get_backend(s.backend)), s.dtype, s.pooling, s.conv)
+        with self.lock:
+            if key not in self.nets:
+                self.nets[key] = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling, conv=s.conv)
+            return self.nets[key]
+
+    def style_cache(self, batch_id: str) -> dict:
+        with self.lock:
+            if batch_id not in self.grams:
+                self.grams[batch_id] = _LRU(64)
+            return self.grams[batch_id]
+
+
+_CACHE = _WorkerCache()  # one per worker process: Dask runs every task of a worker in it
+
+
+def job_settings(job: Job) -> tuple[dict, Settings]:
+    """(stylize options, validated Settings) of a job; ScratchnstError for an unknown or bad option."""
+    options = {k.replace("-", "_"): v for k, v in job.options.items()}
+    for name in options:
+        if name not in OPTION_NAMES:
+            raise ScratchnstError(f"unknown option {name!r} (the options are stylize's, see scratchnst stylize --help)")
+    options["quiet"] = True  # the batch has one bar over the jobs
+    try:
+        settings = Settings(**options).validated(len(job.styles))
+    except (TypeError, ValueError) as exc:  # a value of the wrong type, e.g. "scales": "x"
+        raise ScratchnstError(f"bad option value ({one_line(exc)})") from None
+    return options, settings
+
+
+def _same_run(manifest: dict, job: Job, settings: Settings) -> bool:
+    """Whether a job manifest describes this job: the same inputs and every resolved option."""
+    args = {k: v for k, v in settings.as_args().items() if k != "quiet"}
+    theirs = {k: v for k, v in manifest.get("args", {}).items() if k != "quiet"}
+    inputs = [str(Path(p).resolve()) for p in (job.content, *job.styles)]
+    return theirs == args and [manifest.get("content"), *manifest.get("styles", [])] == inputs
+
+
+def read_manifest(output: str) -> dict | None:
+    try:
+        manifest = json.loads(report.manifest_path(Path(output)).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _resumable(job: Job, settings: Settings) -> bool:
+    manifest = read_manifest(job.output)
+    if manifest is None or manifest.get("status") not in ("interrupted", "running") or not _same_run(manifest, job, settings):
+        return False
+    try:
+        report.read_resumable(report.manifest_path(Path(job.output)))
+    except ScratchnstError:  # no readable checkpoint: start again
+        return False
+    return True
+
+
+class _Interrupt:
+    """The batch's Dask Event, polled at most every POLL_S from a job's on_progress: once set,
+    the job raises KeyboardInterrupt inside stylize, which saves its image and checkpoint."""
+
+    def __init__(self, name: str):
+        from distributed import Event
+
+        self.event, self.checked = Event(name), 0.0
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def poll(self, _entry=None) -> None:
+        now = time.monotonic()
+        if now - self.checked >= POLL_S:
+            self.checked = now
+            if self.event.is_set():
+                raise KeyboardInterrupt
+
+
+def _worker_address() -> str | None:
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:  # called outside a worker
+        return None
+
+
+def run_job(job: Job, batch_id: str, interrupt_name: str) -> JobResult:
+    """The task: stylize one job (resuming it when its manifest holds a checkpoint of the same
+    run) with this worker's cached net and style targets. A user error is a failed result."""
+    from scratchnst.app.stylize import resume, stylize
+
+    started = time.perf_counter()
+    result = JobResult(job.output, job.content, job.styles, worker=_worker_address(), line=job.line)
+    interrupt = _Interrupt(interrupt_name)
+    if interrupt.is_set():  # Ctrl-C came before this job started: leave it for the next run
+        return result
+    try:
+        options, settings = job_settings(job)
+        share = {"net": _CACHE.net(settings), "style_cache": _CACHE.style_cache(batch_id), "on_progress": interrupt.poll}
+        if _resumable(job, settings):
+            done = resume(report.manifest_path(Path(job.output)), quiet=True, **share)
+        else:
+            done = stylize(job.content, job.styles, out=job.output, **share, **options)
+        result.status, result.manifest = done.status, done.paths.get("manifest")
+    except ScratchnstError as exc:
+        result.status, result.error = "failed", one_line(exc)
+        manifest = report.manifest_path(Path(job.output))
+        result.manifest = str(manifest) if manifest.is_file() else None
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def check_paths(readable: list[str], writable: list[str]) -> str | None:
+    """On a worker: None, or a line naming the first input it cannot read or output folder it
+    cannot write (a probe file is created and removed, as images.check_output_path does)."""
+    for p in readable:
+        if not os.access(p, os.R_OK):
+            return f"cannot read {p}"
+    for d in writable:
+        try:
+            fd, probe = tempfile.mkstemp(dir=d, prefix=".scratchnst-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            return f"cannot write to {d} ({one_line(exc)})"
+    return None
+
+
+# -- the batch, from the client ----------------------------------------------------------------------
+
+
+def batch(jobs, client=None, *, out_dir, scheduler: str | None = None, workers: int | None = None,
+          quiet: bool = True, **options) -> list[JobResult]:
+    """Run stylize jobs on Dask: `jobs` are dicts with content, styles, optional output and stylize
+    options (see grid and read_jobs); `options` apply to every job (a job's own win).
+
+    client: a distributed.Client to use; else one on `scheduler`, else a local cluster (`workers`
+    processes; default: cluster.local_layout). Writes each job's picture and manifest (as stylize
+    does) and out_dir/batch.json. Jobs whose manifest says done with the same inputs and options
+    are skipped; interrupted or checkpointed ones resume. Ctrl-C: running jobs save a checkpoint,
+    and the results say "interrupted"/"pending". Returns one JobResult per job, in job order.
+    """
+    from scratchnst.app import cluster
+
+    planned = plan(jobs, out_dir, options)
+    out_dir = Path(out_dir).expanduser().resolve()
+    previous = _previous_results(out_dir)
+    results = [_skip(job, previous) or JobResult(job.output, job.content, job.styles, line=job.line) for job in planned]
+    if all(r.skipped for r in results):  # nothing to do: no cluster needed
+        write_batch_file(out_dir, results, [])
+        return results
+    if client is not None:
+        return _run(planned, results, client, out_dir, quiet)
+    gpus = 0 if scheduler else cluster.gpu_count(options.get("backend", "auto"))
+    with cluster.client(scheduler, workers=workers, gpus=gpus, quiet=True, job_bytes=_job_bytes(options)) as c:
+        return _run(planned, results, c, out_dir, quiet)
+
+
+def _job_bytes(options: dict) -> int | None:
+    """The peak memory of one job with the batch's options and square images (the most pixels a
+    long side allows): what a local worker must have room for. None for bad options (the jobs
+    fail with stylize's message, unless their own options fix them)."""
+    from scratchnst.app.memory import estimate_peak_bytes
+
+    try:
+        s = job_settings(Job("", [""], "", options))[1]
+    except ScratchnstError:
+        return None
+    side = s.size, s.size
+    return estimate_peak_bytes(s, side, [side])
+
+
+def _skip(job: Job, previous: dict) -> JobResult | None:
+    """The done result of a job an earlier run finished (same inputs and options), else None."""
+    manifest = read_manifest(job.output)
+    if manifest is None or manifest.get("status") != "done" or not os.path.isfile(job.output):
+        return None
+    try:
+        if not _same_run(manifest, job, job_settings(job)[1]):
+            return None
+    except ScratchnstError:
+        return None
+    worker = previous.get(job.output, {}).get("worker")
+    return JobResult(job.output, job.content, job.styles, "done", None, manifest.get("elapsed_s"), worker,
+                     str(report.manifest_path(Path(job.output))), skipped=True, line=job.line)
+
+
+def _previous_results(out_dir: Path) -> dict:
+    try:
+        return {r["output"]: r for r in json.loads((out_dir / BATCH_FILE).read_text())["jobs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_batch_file(out_dir: Path, results: list[JobResult], workers: list[str]) -> Path:
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "failed", "interrupted", "pending")}
+    data = {"version": report.version(), "out_dir": str(out_dir), "workers": workers, "counts": counts,
+            "jobs": [asdict(r) for r in results]}
+    path = out_dir / BATCH_FILE
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    return path
+
+
+def _check_workers(client, planned: list[Job]) -> list[str]:
+    """The workers' addresses, once each has shown it can read the inputs the client sees and write
+    every output folder; ScratchnstError naming the worker and path otherwise."""
+    from distributed import TimeoutError as DaskTimeout
+
+    try:
+        client.wait_for_workers(1, timeout=30)
+    except (DaskTimeout, TimeoutError):
+        raise ScratchnstError(f"no Dask workers joined the scheduler {client.scheduler.address} within 30 s") from None
+    readable = sorted({p for job in planned for p in (job.content, *job.styles) if os.path.exists(p)})
+    folders = sorted({str(Path(job.output).parent) for job in planned})
+    for d in folders:
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as exc:
+            raise ScratchnstError(f"{d}: cannot create the output folder ({one_line(exc)})") from None
+    problems = client.run(check_paths, readable, folders)
+    for address, problem in sorted(problems.items()):
+        if problem:
+            raise ScratchnstError(f"worker {address} {problem}: batch needs every input and output on storage all workers share")
+    return sorted(problems)
+
+
+def _run(planned: list[Job], results: list[JobResult], client, out_dir: Path, quiet: bool) -> list[JobResult]:
+    """Submit the jobs not yet done, one Dask task each, and collect them into `results`."""
+    from distributed import Event, as_completed
+
+    workers = _check_workers(client, planned)
+    write_batch_file(out_dir, results, workers)
+    batch_id = uuid.uuid4().hex
+    interrupt = Event(f"scratchnst-interrupt-{batch_id}", client=client)
+    todo = [i for i, r in enumerate(results) if not r.skipped]
+    futures = {client.submit(run_job, planned[i], batch_id, interrupt.name, key=f"scratchnst-job-{batch_id}-{i}",
+                             retries=RETRIES, pure=False): i for i in todo}
+    bar = report.progress_bar(len(planned), initial=len(planned) - len(todo), disable=quiet, unit="job")
+    seen: set = set()
+    try:
+        _collect(as_completed(futures), futures, seen, results, bar, lambda: write_batch_file(out_dir, results, workers))
+    except KeyboardInterrupt:
+        interrupt.set()
+        _wait_for_running(futures, seen, results, bar)
+    finally:
+        bar.close()
+        interrupt.clear()
+    write_batch_file(out_dir, results, workers)
+    return results
+
+
+def _collect(completed, futures: dict, seen: set, results: list[JobResult], bar, after=None) -> None:
+    """Put each finished future's JobResult in its place (and the future in `seen`); a task that
+    raised is a failed job."""
+    for future in completed:
+        i = futures[future]
+        seen.add(future)
+        try:
+            results[i] = future.result()
+        except Exception as exc:  # a bug in the task, or Dask's KilledWorker after repeated worker deaths
+            results[i].status, results[i].error = "failed", f"{type(exc).__name__}: {one_line(exc)}"
+        bar.set_postfix_str(", ".join(f"{s} {n}" for s in ("done", "failed") if (n := sum(r.status == s for r in results))), refresh=False)
+        bar.update(1)
+        if after is not None:
+            after()
+
+
+def _wait_for_running(futures: dict, seen: set, results: list[JobResult], bar) -> None:
+    """After Ctrl-C: running jobs save and report "interrupted", queued ones "pending"; a second
+    Ctrl-C (or INTERRUPT_WAIT_S) stops waiting, and what is still out counts as interrupted."""
+    from distributed import wait
+
+    rest = [f for f in futures if f not in seen]
+    try:
+        wait(rest, timeout=INTERRUPT_WAIT_S)
+    except (KeyboardInterrupt, TimeoutError):
+        pass
+    _collect([f for f in rest if f.done()], futures, seen, results, bar)
+    for f in rest:
+        if not f.done():
+            results[futures[f]].status = "interrupted"
+            f.cancel()

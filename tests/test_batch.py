@@ -1,0 +1,328 @@
+"""`scratchnst batch` on Dask: names, jobs files, same bytes as stylize, skip/resume, faults.
+
+Ordinary cases run on an in-process cluster (LocalCluster(processes=False)); the worker kill uses
+a real `dask scheduler` and `dask worker` processes; Ctrl-C goes to a CLI subprocess's whole process
+group, as a terminal sends it. Tiny generated images, few iterations; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import scratchnst
+from scratchnst.app import batch as b
+from scratchnst.app import cluster
+from scratchnst.errors import ScratchnstError
+
+pytestmark = pytest.mark.weights
+
+REPO = Path(scratchnst.__file__).resolve().parents[1]
+TINY = {"size": 32, "iterations": 3, "scales": (1.0,)}
+TINY_ARGS = ["--size", "32", "--iterations", "3", "--scales", "1", "--quiet"]
+DEADLINE_S = 120
+
+
+@pytest.fixture(autouse=True)
+def _weights(vgg_weights_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHNST_WEIGHTS", str(vgg_weights_path))
+
+
+def _picture(path: Path, rng, size=(40, 32)) -> str:
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([100 + 60 * np.sin(xx / rng.uniform(2, 6) + c) + 60 * np.cos(yy / rng.uniform(2, 6)) for c in range(3)], -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def pics(tmp_path, rng):
+    d = tmp_path / "in"
+    return {name: _picture(d / f"{name}.png", rng) for name in ("c1", "c2", "s1", "s2")}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    # inproc:// comms: nothing but the HTTP endpoint (on 127.0.0.1) opens a socket
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
+                      worker_dashboard_address="127.0.0.1:0") as lc, Client(lc, timeout=30) as c:
+        yield c
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO))  # subprocesses import this checkout's package
+
+
+def _cli(args, cwd, **kw):
+    return subprocess.run([sys.executable, "-m", "scratchnst", "batch", *args], cwd=cwd, capture_output=True,
+                          text=True, env=_env(), timeout=DEADLINE_S, **kw)
+
+
+def _batch_file(out: Path) -> dict:
+    return json.loads((out / "batch.json").read_text())
+
+
+def _wait_for(predicate, proc=None, timeout=DEADLINE_S):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc is None or proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# -- jobs and names (no cluster) ---------------------------------------------------------------
+
+
+def test_grid_expands_folders_sorted_and_names_collisions(tmp_path, rng):
+    for name in ("b.png", "a.jpg"):
+        _picture(tmp_path / "photos" / name, rng)
+    (tmp_path / "photos" / "notes.txt").write_text("not an image: left out of the folder's images")
+    other = _picture(tmp_path / "other" / "a.png", rng)  # shares the stem "a" with photos/a.jpg
+    style = _picture(tmp_path / "s.png", rng)
+    jobs = b.grid([tmp_path / "photos", other], [style])
+    assert [Path(j["content"]).name for j in jobs] == ["a.jpg", "b.png", "a.png"]
+    names = [Path(j.output).name for j in b.plan(jobs, tmp_path / "out")]
+    assert names == ["a__s.png", "b__s.png", "a-2__s.png"]
+    # a sweep: the same pair three times; an explicit output that is a generated name's manifest too
+    sweep = [{"content": other, "styles": [style], "style_weight": w} for w in (1, 2)] + [{"content": other, "styles": style, "output": "a__s.jpg"}]
+    assert [Path(j.output).name for j in b.plan(sweep, tmp_path / "out")] == ["a__s-2.png", "a__s-3.png", "a__s.jpg"]
+    with pytest.raises(ScratchnstError, match=r"job 2: output .*x.jpg collides with job 1's \(same manifest x.json\)"):
+        b.plan([{"content": other, "styles": style, "output": "x.png"}, {"content": other, "styles": style, "output": "x.jpg"}], tmp_path)
+    with pytest.raises(ScratchnstError, match="batch.json"):
+        b.plan([{"content": other, "styles": style, "output": "batch.png"}], tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ScratchnstError, match="empty: no images in this folder"):
+        b.grid([tmp_path / "empty"], [style])
+
+
+def test_jobs_file_paths_are_relative_to_it(tmp_path, pics):
+    (tmp_path / "jobs.jsonl").write_text('{"content": "in/c1.png", "styles": "in/s1.png", "size": 40}\n\n')
+    [job] = b.read_jobs(tmp_path / "jobs.jsonl")
+    assert job == {"content": str(tmp_path / "in/c1.png"), "styles": str(tmp_path / "in/s1.png"), "size": 40, "line": 1}
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"content": "c.png", "styles": ["s.png"]}\n{"content": "c.png", "styles": ', "jobs.jsonl:2: not JSON"),
+    ('\n["c.png", "s.png"]\n', "jobs.jsonl:2: a job is a JSON object, got list"),
+    ('{"content": "c.png"}\n', 'jobs.jsonl:1: a job needs "styles"'),
+    ('{"content": "c.png", "styles": [], "size": 32}\n', 'jobs.jsonl:1: a job needs "styles"'),
+    ('{"content": "c.png", "styles": "s.png", "output": "a.png"}\n{"content": "d.png", "styles": "s.png", "output": "a.png"}\n',
+     "line 2: output .*a.png collides with line 1's"),
+    ("\n\n", "jobs.jsonl: no jobs in the file"),
+])
+def test_malformed_jobs_file_is_refused_up_front(tmp_path, text, needle):
+    (tmp_path / "jobs.jsonl").write_text(text)
+    r = _cli(["--jobs", "jobs.jsonl", "-o", "out"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.search(needle, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_refusals(tmp_path, pics):
+    r = _cli(["--contents", pics["c1"], "-o", "out"], tmp_path)
+    assert r.returncode == 2 and "give --contents and --styles" in r.stderr
+    r = _cli(["--contents", pics["c1"], "--styles", pics["s1"], "--workers", "0", "-o", "out"], tmp_path)
+    assert r.returncode == 2 and "--workers: must be > 0" in r.stderr
+    (tmp_path / "jobs.jsonl").write_text("{}\n")
+    r = _cli(["--jobs", "jobs.jsonl", "--contents", pics["c1"], "-o", "out"], tmp_path)
+    assert r.returncode == 2 and "not both" in r.stderr
+
+
+def test_local_layout():
+    assert cluster.local_layout() == (cluster.cores(), 1)
+    assert cluster.local_layout(gpus=2) == (2, 1)
+    assert cluster.local_layout(3) == (3, 1)
+    assert cluster.local_layout(job_bytes=2**60) == (1, 1)  # no more workers than jobs fit in memory
+    assert cluster.local_layout(job_bytes=2**20) == (cluster.cores(), 1)
+    assert cluster.engine_threads_per_worker(1) == cluster.cores()
+    with pytest.raises(ScratchnstError, match="--workers"):
+        cluster.local_layout(0)
+
+
+def test_check_paths_names_what_a_worker_cannot_see(tmp_path):
+    assert b.check_paths([str(tmp_path)], [str(tmp_path)]) is None
+    assert b.check_paths([str(tmp_path / "gone.png")], []) == f"cannot read {tmp_path / 'gone.png'}"
+    assert b.check_paths([], ["/sys"]).startswith("cannot write to /sys")
+
+
+# -- on an in-process cluster ----------------------------------------------------------------------
+
+
+def test_same_bytes_as_stylize_and_manifest_beside(tmp_path, pics, client):
+    out = tmp_path / "out"
+    jobs = b.grid([pics["c1"], pics["c2"]], [pics["s1"]]) + [{"content": pics["c1"], "styles": [pics["s1"], pics["s2"]], "style_weight": 1000}]
+    results = scratchnst.batch(jobs, client, out_dir=out, **TINY)
+    assert [r.status for r in results] == ["done"] * 3, results
+    assert [Path(r.output).name for r in results] == ["c1__s1.png", "c2__s1.png", "c1__s1+s2.png"]
+    for job, r in zip(jobs, results):
+        options = {k: v for k, v in job.items() if k not in ("content", "styles")}
+        ref = scratchnst.stylize(job["content"], job["styles"], out=tmp_path / "ref" / "x.png", quiet=True, **TINY, **options)
+        assert Path(r.output).read_bytes() == (tmp_path / "ref" / "x.png").read_bytes(), r.output
+        m = json.loads(Path(r.manifest).read_text())
+        assert m["status"] == "done" and m["output"] == r.output and sorted(m) == sorted(ref.manifest)
+        assert m["history"] == [{**h, "seconds": m["history"][i]["seconds"]} for i, h in enumerate(ref.history)]
+        assert r.worker == next(iter(client.scheduler_info()["workers"])) and r.seconds > 0
+    data = _batch_file(out)
+    assert data["counts"] == {"done": 3, "failed": 0, "interrupted": 0, "pending": 0}
+    assert [j["status"] for j in data["jobs"]] == ["done"] * 3
+
+
+def test_rerun_skips_done_jobs_and_redoes_changed_ones(tmp_path, pics, client):
+    out = tmp_path / "out"
+    jobs = b.grid([pics["c1"]], [pics["s1"], pics["s2"]])
+    first = b.batch(jobs, client, out_dir=out, **TINY)
+    stamps = [os.stat(r.output).st_mtime_ns for r in first]
+    t = time.perf_counter()
+    again = b.batch(jobs, client, out_dir=out, **TINY)
+    assert time.perf_counter() - t < 5
+    assert [(r.status, r.skipped) for r in again] == [("done", True)] * 2
+    assert [os.stat(r.output).st_mtime_ns for r in again] == stamps
+    assert [r.worker for r in again] == [r.worker for r in first]  # carried over from batch.json
+    changed = b.batch(jobs, client, out_dir=out, **{**TINY, "style_weight": 10.0})
+    assert [(r.status, r.skipped) for r in changed] == [("done", False)] * 2
+
+
+def test_style_targets_and_net_are_shared_between_jobs(tmp_path, pics, client, monkeypatch):
+    from scratchnst.core import objective
+
+    calls = []
+    real = objective.style_grams
+    monkeypatch.setattr("scratchnst.app.stylize.style_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
+    loads = []
+    real_load = b._WorkerCache.net
+    monkeypatch.setattr(b._WorkerCache, "net", lambda self, s: loads.append(1) or real_load(self, s))
+    b._CACHE.nets.clear()
+    results = b.batch(b.grid([pics["c1"], pics["c2"]], [pics["s1"]]), client, out_dir=tmp_path / "out", **TINY)
+    assert [r.status for r in results] == ["done", "done"]
+    assert len(calls) == 1  # one style at one size: its Gram targets computed once for both jobs
+    assert len(loads) == 2 and len(b._CACHE.nets) == 1  # asked per job, loaded once
+
+
+def test_worker_that_cannot_see_a_path_fails_in_one_line(tmp_path, pics, client, monkeypatch):
+    monkeypatch.setattr(b, "check_paths", lambda readable, writable: f"cannot read {readable[0]}")
+    with pytest.raises(ScratchnstError, match=r"^worker \S+ cannot read .*c1.png: batch needs every input and output on storage all workers share$"):
+        b.batch(b.grid([pics["c1"]], [pics["s1"]]), client, out_dir=tmp_path / "out", **TINY)
+
+
+# -- command line, local process cluster ----------------------------------------------------------
+
+
+def test_one_bad_input_fails_alone(tmp_path, pics):
+    bad = tmp_path / "in" / "broken.png"
+    bad.write_text("these are not pixels")
+    lines = [{"content": pics["c1"], "styles": pics["s1"]}, {"content": str(bad), "styles": pics["s1"]},
+             {"content": pics["c2"], "styles": pics["s1"], "size": 0}, {"content": pics["c2"], "styles": pics["s1"], "sise": 32}]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    r = _cli(["--jobs", "jobs.jsonl", "-o", "out", "--workers", "1", *TINY_ARGS], tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"scratchnst: batch: 4 jobs: 1 done, 3 failed; see {Path('out') / 'batch.json'}"
+    jobs = _batch_file(tmp_path / "out")["jobs"]
+    assert [j["status"] for j in jobs] == ["done", "failed", "failed", "failed"]
+    # the messages stylize gives for the same input
+    stylize = subprocess.run([sys.executable, "-m", "scratchnst", "stylize", str(bad), pics["s1"], "-o", str(tmp_path / "x.png")],
+                             capture_output=True, text=True, env=_env(), timeout=DEADLINE_S)
+    assert jobs[1]["error"] == stylize.stderr.strip().removeprefix("scratchnst: error: ")
+    assert jobs[2]["error"] == "--size must be a whole number > 0 (got 0)"
+    assert jobs[3]["error"].startswith("unknown option 'sise'")
+    assert [j["line"] for j in jobs] == [1, 2, 3, 4] and jobs[1]["worker"].startswith("tcp://127.0.0.1:")
+
+
+def test_unreachable_scheduler_is_one_line(tmp_path, pics):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    r = _cli(["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address, *TINY_ARGS], tmp_path)
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"scratchnst: error: cannot connect to the Dask scheduler at {address} ("), line
+
+
+def test_ctrl_c_saves_running_jobs_and_rerun_completes(tmp_path, pics):
+    args = ["--contents", pics["c1"], pics["c2"], "--styles", pics["s1"], "-o", "out", "--workers", "1",
+            "--size", "32", "--iterations", "40", "--scales", "1", "--quiet", "--save-every", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(),
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: list((tmp_path / "out").glob("*_iter0002.png")), proc)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the client and its workers
+        _, err = proc.communicate(timeout=DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    jobs = _batch_file(tmp_path / "out")["jobs"]
+    assert [j["status"] for j in jobs] == ["interrupted", "pending"], jobs
+    m = json.loads(Path(jobs[0]["manifest"]).read_text())
+    assert m["status"] == "interrupted" and Path(m["checkpoint"]).is_file() and len(m["history"]) < 40
+    r = _cli(args, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [j["status"] for j in _batch_file(tmp_path / "out")["jobs"]] == ["done", "done"]
+    m = json.loads(Path(jobs[0]["manifest"]).read_text())
+    assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 41))
+
+
+def _dask(*args, cwd, log: Path):
+    """`dask scheduler|worker ARGS`, its log in `log` (a pipe nobody reads could fill and block it)."""
+    exe = Path(sys.executable).with_name("dask")
+    with open(log, "w") as f:
+        return subprocess.Popen([str(exe), *args], cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT)
+
+
+def test_killed_worker_job_completes_on_another(tmp_path, pics):
+    sched_file = tmp_path / "scheduler.json"
+    common = ["--scheduler-file", str(sched_file)]
+    procs = [_dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", *common, cwd=tmp_path, log=tmp_path / "scheduler.log")]
+    try:
+        _wait_for(sched_file.exists, procs[0], timeout=60)
+        address = json.loads(sched_file.read_text())["address"]
+        worker = ["worker", "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "60", *common]
+        procs.append(_dask(*worker, "--name", "first", cwd=tmp_path, log=tmp_path / "first.log"))
+        args = ["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address,
+                "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--save-every", "1", "--checkpoint-every", "5"]
+        run = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
+        procs.append(run)
+        _wait_for(lambda: (tmp_path / "out" / "c1__s1_iter0007.png").exists(), run)
+        procs.append(_dask(*worker, "--name", "second", cwd=tmp_path, log=tmp_path / "second.log"))
+        time.sleep(1)
+        procs[1].kill()  # SIGKILL mid-job: Dask moves the task to the other worker
+        _, err = run.communicate(timeout=DEADLINE_S)
+        assert run.returncode == 0, err
+        [job] = _batch_file(tmp_path / "out")["jobs"]
+        first = re.search(r"Start worker at:\s+(\S+)", (tmp_path / "first.log").read_text()).group(1)
+        assert job["status"] == "done" and job["worker"].startswith("tcp://127.0.0.1:") and job["worker"] != first
+        m = json.loads(Path(job["manifest"]).read_text())
+        assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 31))
+        assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+        ref = scratchnst.stylize(pics["c1"], [pics["s1"]], out=tmp_path / "ref.png", size=32, iterations=30, scales=(1.0,), quiet=True)
+        assert ref.status == "done"
+        assert (tmp_path / "out" / "c1__s1.png").read_bytes() == (tmp_path / "ref.png").read_bytes()
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
