@@ -35,7 +35,7 @@ from scratchnst.core.losses import temporal_loss
 from scratchnst.core.objective import PixelTerm, check_weight
 from scratchnst.errors import ScratchnstError, one_line
 
-DEFAULT_TEMPORAL_WEIGHT = 500.0  # on the "size"-normalised objective; docs/benchmarks.md, "Video"
+DEFAULT_TEMPORAL_WEIGHT = 1000.0  # on the "size"-normalised objective; docs/benchmarks.md, "Video"
 DEFAULT_ITERATIONS = 30  # each frame after the first (which gets the stylize default, 60)
 STATE = "state.json"
 
