@@ -126,6 +126,8 @@ class VideoRun:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError) as exc:
             raise ScratchnstError(f"{state_file}: no unfinished run to resume ({one_line(exc)})") from None
+        if not isinstance(state, dict) or not isinstance(state.get("identity"), dict) or "args" not in state["identity"]:
+            raise ScratchnstError(f"{state_file}: not a scratchnst video state file; delete {self.work} to start again")
         ours = _quiet_free(self._identity())
         for key, value in ours.items():
             if _quiet_free(state["identity"]).get(key) != value:
@@ -207,9 +209,9 @@ class VideoRun:
             with _flows(self.clip.frames, len(records), self.options) as pair_of:
                 for k in range(len(records), len(self.clip.frames)):
                     waited = time.perf_counter()
-                    pair = pair_of(k) if k > 0 else None
-                    record = self._stylize_frame(k, pair)
-                    record["flow_wait_s"] = round(time.perf_counter() - waited - record["stylize_s"], 3)
+                    pair = pair_of(k) if k > 0 else None  # on Dask: usually computed already
+                    waited = time.perf_counter() - waited
+                    record = {**self._stylize_frame(k, pair), "flow_wait_s": round(waited, 3)}
                     records.append(record)
                     self._save_state(records)
                     self._progress(record)
