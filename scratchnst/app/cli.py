@@ -1,4 +1,4 @@
-"""Command line: `python -m scratchnst {stylize,batch,weights,gradcheck,bench,inspect}`.
+"""Command line: `python -m scratchnst {stylize,batch,video,weights,gradcheck,bench,inspect}`.
 
 One `_add_<cmd>(subparsers)` per subcommand; every user error is a ScratchnstError (or an argparse
 error), printed as one line to stderr with exit code 2. `--debug` shows the traceback instead.
@@ -117,11 +117,14 @@ def _add_stylize(subparsers) -> None:
     p.set_defaults(func=_run_stylize)
 
 
-def _add_stylize_options(p) -> None:
-    """Every Settings option, in groups (stylize and batch share them)."""
+def _add_stylize_options(p, *, size_default=DEFAULTS.size, size_help="long side of the output in px",
+                         iterations_default=DEFAULTS.iterations, iterations_help="optimiser iterations at each scale",
+                         per_image: bool = True) -> None:
+    """The Settings options of stylize, registered on `p` (batch and video reuse them; per_image=False leaves
+    out the per-image outputs: --save-every, --checkpoint-every, --plot)."""
     g = p.add_argument_group("size and schedule")
-    g.add_argument("--size", type=_integer, default=DEFAULTS.size, help="long side of the output in px")
-    g.add_argument("--iterations", type=_integer, default=DEFAULTS.iterations, help="optimiser iterations at each scale")
+    g.add_argument("--size", type=_integer, default=size_default, help=size_help)
+    g.add_argument("--iterations", type=_integer, default=iterations_default, help=iterations_help)
     g.add_argument("--scales", type=_float_list, default=DEFAULTS.scales, help="coarse-to-fine fractions of --size, each optimised in turn")
     g.add_argument("--seed", type=_integer, default=DEFAULTS.seed, help="random seed (noise init)")
     g = p.add_argument_group("objective")
@@ -144,9 +147,10 @@ def _add_stylize_options(p) -> None:
     g.add_argument("--lbfgs-history", type=_integer, default=DEFAULTS.lbfgs_history, help="L-BFGS memory (pairs kept)")
     g = p.add_argument_group("output")
     g.add_argument("--preserve-colors", action="store_true", help="keep the content's colours (luminance-only transfer)")
-    g.add_argument("--save-every", type=_integer, default=0, help="write OUT_iterNNNN every N iterations (0: never)")
-    g.add_argument("--checkpoint-every", type=_integer, default=0, help="write a resumable checkpoint every N iterations")
-    g.add_argument("--plot", action="store_true", help="write the loss curves as OUT_loss.png")
+    if per_image:
+        g.add_argument("--save-every", type=_integer, default=0, help="write OUT_iterNNNN every N iterations (0: never)")
+        g.add_argument("--checkpoint-every", type=_integer, default=0, help="write a resumable checkpoint every N iterations")
+        g.add_argument("--plot", action="store_true", help="write the loss curves as OUT_loss.png")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("engine")
     g.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend, help="array library; auto = CuPy when a CUDA device works")
@@ -229,6 +233,64 @@ def _run_batch(args) -> int:
     if counts["interrupted"] or counts["pending"]:
         return 128 + _received_signal[0]
     return 1 if counts["failed"] else 0
+
+
+def _frames_range(text: str) -> tuple[int, int | None]:
+    from scratchnst.app.videoio import parse_frames
+
+    try:
+        return parse_frames(text)
+    except ScratchnstError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--frames ")) from None
+
+
+def _add_video(subparsers) -> None:
+    from scratchnst.app.video import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_WEIGHT
+
+    p = subparsers.add_parser(
+        "video",
+        help="stylize a video (or a folder of frames) without flicker",
+        description=(
+            "Ruder et al. (2016): each frame starts from the previous output warped along the optical flow and a "
+            "temporal term keeps it there where the motion is reliable. Finished frames are kept in OUT.work/ "
+            "until the video is complete; --resume continues an interrupted run."
+        ),
+        formatter_class=_DefaultsFormatter,
+    )
+    p.add_argument("input", help="a video file (decoded with PyAV), or a folder of frames")
+    p.add_argument("styles", nargs="+", metavar="style", help="one or more style images")
+    p.add_argument("-o", "--output", required=True, help="the video to write (.mp4, .mov, .mkv, .webm), or FOLDER/ for PNG frames; the manifest goes beside it as .json")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run of this output at its first unfinished frame")
+    g = p.add_argument_group("video")
+    g.add_argument("--temporal-weight", type=_number, default=DEFAULT_TEMPORAL_WEIGHT, help="weight of the temporal term (0: warped start only)")
+    g.add_argument("--first-iterations", type=_positive_int, default=DEFAULTS.iterations, help="optimiser iterations at each scale for the first frame")
+    g.add_argument("--frames", type=_frames_range, default=(0, None), metavar="A:B", help="input frames A (inclusive) to B (exclusive), 0-based (default: all)")
+    g.add_argument("--independent", action="store_true", help="the flickering baseline: every frame from --init with --scales, no warp, no temporal term")
+    g.add_argument("--fps", type=_number, default=None, help="frame rate of a folder of frames (default: 25; a video keeps its own)")
+    g.add_argument("--workers", type=_nonneg_int, default=None, help="local Dask workers for the optical flow (default: 1; 0: no Dask, flow in this process)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler for the flow tasks, e.g. tcp://127.0.0.1:8786")
+    _add_stylize_options(
+        p, size_default=None, size_help="long side of the frames in px (default: the input's)",
+        iterations_default=DEFAULT_ITERATIONS, iterations_help="optimiser iterations for each frame after the first (one pass at full size)",
+        per_image=False,
+    )
+    p.set_defaults(func=_run_video)
+
+
+def _run_video(args) -> int:
+    from scratchnst.app.video import video
+
+    settings = _settings_options(args)
+    result = video(
+        args.input, args.styles, out=args.output, resume=args.resume, temporal_weight=args.temporal_weight,
+        first_iterations=args.first_iterations, frames=args.frames, independent=args.independent, fps=args.fps,
+        workers=args.workers, scheduler=args.scheduler, **settings,
+    )
+    wrote = result.paths.get("output") or f"the finished frames to {result.paths['work']}"
+    print(f"{PROG}: {result.status}: wrote {wrote} and {result.paths['manifest']}", file=sys.stderr)
+    if result.status == "interrupted":
+        return 128 + _received_signal[0]
+    return 0
 
 
 def _add_weights(subparsers) -> None:
@@ -424,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Neural style transfer from scratch: every backward pass by hand.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_stylize, _add_batch, _add_weights, _add_gradcheck, _add_bench, _add_inspect):
+    for add in (_add_stylize, _add_batch, _add_video, _add_weights, _add_gradcheck, _add_bench, _add_inspect):
         add(sub)
     return parser
 

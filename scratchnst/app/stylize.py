@@ -289,6 +289,7 @@ class Stylizer:
             "content": terms.get("content"),
             "style": terms.get("style"),
             "tv": terms.get("tv"),
+            **{name: value for name, value in terms.items() if name not in ("content", "style", "tv")},  # pixel terms
             "seconds": round(self.elapsed(), 3),
         })
         if self.on_progress is not None:

@@ -1,4 +1,5 @@
-"""The three loss terms of Gatys et al., each returning (value, gradient w.r.t. its input).
+"""The three loss terms of Gatys et al., and the temporal term of Ruder et al. (2016) for video, each
+returning (value, gradient w.r.t. its input).
 
 Values are 0-d arrays on the input's array module (no host sync here); the objective converts them.
 """
@@ -46,3 +47,15 @@ def tv_loss(x):
     dx[:, :, :, 1:] += 2 * dw
     dx[:, :, :, :-1] -= 2 * dw
     return loss, dx
+
+
+def temporal_loss(x, target, mask):
+    """(1/D) Σ_k c_k (x_k − t_k)² over the D = x.size values of x: (N, C, H, W) (Ruder et al. 2016).
+
+    target: shaped like x (the previous frame's output warped to this one); mask c: broadcastable to
+    x, e.g. (1, 1, H, W), 1 where the motion is reliable and 0 where it is not (occlusions, motion
+    boundaries). Returns (loss, dx) with dx = 2 c (x − t) / D.
+    """
+    diff = mask * (x - target)
+    scale = 1.0 / x.size
+    return scale * (diff * (x - target)).sum(), (2.0 * scale) * diff

@@ -20,7 +20,7 @@ import numpy as np
 
 from scratchnst.core import ops
 from scratchnst.core.backend import get_array_module, to_host
-from scratchnst.core.losses import content_loss, style_loss, tv_loss
+from scratchnst.core.losses import content_loss, style_loss, temporal_loss, tv_loss
 from scratchnst.core.objective import NSTObjective
 from scratchnst.core.ops.winograd import winograd_conv2d_backward, winograd_conv2d_forward
 from scratchnst.core.vgg import BLOCK_DEPTHS, VGG16
@@ -119,6 +119,14 @@ POOL_CASES = [  # (x shape, k, stride)
 ]
 
 
+def temporal_inputs(rng, shape, xp, dtype):
+    """(target, mask) for the temporal term of an image of `shape`: a random target, and a 0/1 mask
+    (1, 1, H, W) with about a quarter of the pixels masked out."""
+    target = xp.asarray(rng.standard_normal(shape), dtype=dtype)
+    mask = xp.asarray(rng.uniform(size=(1, 1, *shape[2:])) > 0.25, dtype=dtype)
+    return target, mask
+
+
 def random_vgg(rng, *, widths=(3, 4, 5, 6, 6), xp=np, dtype="float64", pooling: str = "max") -> VGG16:
     """A VGG-16-shaped net (13 convs, 5 blocks) with few channels and random weights, for checks."""
     params, c_in = [], 3
@@ -166,6 +174,10 @@ def op_checks(rng, *, xp=np, dtype: str = "float64") -> list[CheckResult]:
     results.append(check_loss("content", lambda v: content_loss(v, p), f, eps=eps, threshold=thr))
     results.append(check_loss("style", lambda v: style_loss(v, a), f, eps=eps, threshold=thr))
     results.append(check_loss("tv", tv_loss, xp.asarray(rng.standard_normal((1, 3, 5, 6)), dtype=dtype), eps=eps, threshold=thr))
+    target, mask = temporal_inputs(rng, (1, 3, 5, 6), xp, dtype)
+    r = check_loss("temporal", lambda v: temporal_loss(v, target, mask), xp.asarray(rng.standard_normal((1, 3, 5, 6)), dtype=dtype), eps=eps, threshold=thr)
+    r.shapes += f" mask{tuple(mask.shape)}"
+    results.append(r)
     return results
 
 

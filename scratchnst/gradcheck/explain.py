@@ -10,11 +10,11 @@ import numpy as np
 
 from scratchnst.core import ops
 from scratchnst.core.backend import get_array_module, to_host
-from scratchnst.gradcheck import EPS, THRESHOLDS, _away_from_zero, _tie_free, numeric_gradient, rel_error
-from scratchnst.core.losses import content_loss, style_loss, tv_loss
+from scratchnst.gradcheck import EPS, THRESHOLDS, _away_from_zero, _tie_free, numeric_gradient, rel_error, temporal_inputs
+from scratchnst.core.losses import content_loss, style_loss, temporal_loss, tv_loss
 from scratchnst.errors import ScratchnstError
 
-OPS = ("conv2d", "relu", "maxpool", "avgpool", "gram", "content", "style", "tv")
+OPS = ("conv2d", "relu", "maxpool", "avgpool", "gram", "content", "style", "tv", "temporal")
 DEFAULT_SHAPES = {  # x for the layers, the feature map F for the losses, the image for TV
     "conv2d": (1, 3, 6, 6),
     "relu": (1, 2, 4, 5),
@@ -24,6 +24,7 @@ DEFAULT_SHAPES = {  # x for the layers, the feature map F for the losses, the im
     "content": (1, 4, 3, 5),
     "style": (1, 4, 3, 5),
     "tv": (1, 3, 5, 6),
+    "temporal": (1, 3, 5, 6),
 }
 ALL_COORDS_UP_TO = 4096  # inputs this small get every coordinate differenced; bigger ones a sample
 DTYPE_MEANING = {
@@ -104,6 +105,10 @@ def _op_function(op: str, x, rng, *, kernel, stride, pad):
         return (lambda v: style_loss(v, a)[0]), style_loss(x, a)[1], f"F{tuple(x.shape)}, A{tuple(a.shape)}"
     if op == "tv":
         return (lambda v: tv_loss(v)[0]), tv_loss(x)[1], f"x{tuple(x.shape)}"
+    if op == "temporal":
+        target, mask = temporal_inputs(rng, x.shape, xp, dtype)
+        value = lambda v: temporal_loss(v, target, mask)[0]  # noqa: E731
+        return value, temporal_loss(x, target, mask)[1], f"x{tuple(x.shape)}, target the same, mask{tuple(mask.shape)}"
     raise ScratchnstError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
 
 

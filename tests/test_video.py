@@ -1,0 +1,356 @@
+"""`scratchnst video` on a synthetic clip made here with PyAV: a textured picture panned a few pixels per
+frame, so the true motion is known. Warp and mask against that motion, the temporal term's gradient,
+encode/decode, less flicker with the temporal term, resume after an interrupt, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from scratchnst import gradcheck
+from scratchnst.app import flow, videoio
+from scratchnst.app.cli import main
+from scratchnst.core.losses import temporal_loss
+from scratchnst.errors import ScratchnstError
+
+av = pytest.importorskip("av")
+pytest.importorskip("cv2")
+
+W, H, FRAMES, DX, DY = 64, 48, 7, 2, 1  # the pan: frame t is the texture window at (t·DX, t·DY)
+TINY = ["--iterations", "3", "--first-iterations", "4", "--scales", "1", "--quiet"]
+
+
+def _texture(rng, w, h) -> np.ndarray:
+    """Smooth random colour blobs (so the flow has texture to lock on, and no aliasing)."""
+    small = rng.uniform(0, 255, (h // 4, w // 4, 3)).astype(np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(1))
+    return np.asarray(img)
+
+
+@pytest.fixture(scope="module")
+def pan() -> list[np.ndarray]:
+    """FRAMES (H, W, 3) uint8 frames, frame t(p) = texture(p + t·(DX, DY)): so frame t(p) =
+    frame t−1(p + (DX, DY)), and the flow from frame t to frame t − 1 is (DX, DY) everywhere."""
+    big = _texture(np.random.default_rng(0), W + FRAMES * DX + 8, H + FRAMES * DY + 8)
+    return [np.ascontiguousarray(big[t * DY: t * DY + H, t * DX: t * DX + W]) for t in range(FRAMES)]
+
+
+def _write_clip(path, frames, fps=12, audio=False) -> None:
+    """An H.264 clip (CRF 0, 4:4:4: lossless but for the RGB↔YUV rounding), optionally with a second of AAC sine tone."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt, s.options = W, H, "yuv444p", {"crf": "0"}
+        a = c.add_stream("aac", rate=22050) if audio else None
+        for f in frames:
+            for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+        if a is not None:
+            tone = (0.2 * np.sin(np.arange(22050) * 2 * np.pi * 440 / 22050)).astype(np.float32)[None]
+            for start in range(0, 22050, 1024):
+                frame = av.AudioFrame.from_ndarray(tone[:, start:start + 1024].copy(), format="flt", layout="mono")
+                frame.rate = 22050
+                for packet in a.encode(frame):
+                    c.mux(packet)
+            for packet in a.encode():
+                c.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, pan):
+    path = tmp_path_factory.mktemp("clip") / "pan.mp4"
+    _write_clip(path, pan)
+    return path
+
+
+# -- frames in and out ---------------------------------------------------------------------------
+
+
+def test_decode_encode_round_trip(tmp_path, clip, pan):
+    c = videoio.read_clip(clip)
+    assert (len(c.frames), c.fps, c.source_size, c.first, c.total) == (FRAMES, 12, (W, H), 0, FRAMES)
+    assert max(np.abs(a.astype(int) - b).mean() for a, b in zip(c.frames, pan)) < 2.0
+    pngs = []
+    for k, f in enumerate(c.frames):
+        pngs.append(tmp_path / f"{k}.png")
+        Image.fromarray(f).save(pngs[-1])
+    out = tmp_path / "again.mkv"
+    assert videoio.write_output(pngs, out, False, c.fps) is None
+    again = videoio.read_clip(out, frames=(2, 5))
+    assert (len(again.frames), again.fps, again.first, again.source_size) == (3, 12, 2, (W, H))
+    luma = lambda f: f.astype(float) @ (0.299, 0.587, 0.114)  # noqa: E731  (4:2:0 halves the chroma)
+    assert max(np.abs(luma(a) - luma(b)).mean() for a, b in zip(again.frames, c.frames[2:5])) < 2.0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
+    half = videoio.read_clip(clip, size=32)
+    assert half.frames[0].shape == (24, 32, 3) and half.source_size == (W, H)
+
+
+def test_audio_is_copied_over_the_frames_span(tmp_path, pan):
+    src = tmp_path / "with_audio.mp4"
+    _write_clip(src, pan, audio=True)
+    pngs = []
+    for k, f in enumerate(pan):
+        pngs.append(tmp_path / f"{k}.png")
+        Image.fromarray(f).save(pngs[-1])
+    out = tmp_path / "out.mp4"
+    assert videoio.write_output(pngs[:3], out, False, 12, audio_from=src, span=(0.25, 0.5)) is None
+    with av.open(str(out)) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
+        times = [float(p.pts * p.time_base) for p in c.demux(c.streams.audio[0]) if p.pts is not None]
+    assert times and min(times) >= 0 and max(times) < 0.26
+
+
+def test_folder_of_frames_in_and_out(tmp_path, pan):
+    src = tmp_path / "frames"
+    src.mkdir()
+    for k, f in enumerate(pan):
+        Image.fromarray(f).save(src / f"f{k:03d}.png")
+    c = videoio.read_clip(src, frames=(1, None), fps=8)
+    assert (len(c.frames), c.fps, c.first) == (FRAMES - 1, 8, 1)
+    assert np.array_equal(c.frames[0], pan[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("replaced only once the new frames are complete")
+    videoio.write_output(sorted(src.glob("*.png"))[:2], out, True, c.fps)
+    assert sorted(p.name for p in out.iterdir()) == ["frame_00000.png", "frame_00001.png"]
+
+
+# -- warp, flow, mask ----------------------------------------------------------------------------
+
+
+def _warp_naive(image, flow_):
+    """Per-pixel bilinear sampling, the readable reference for flow.warp."""
+    H_, W_ = flow_.shape[:2]
+    out = np.zeros(image.shape, dtype=np.float64)
+    for y in range(H_):
+        for x in range(W_):
+            sx = min(max(x + flow_[y, x, 0], 0), W_ - 1)
+            sy = min(max(y + flow_[y, x, 1], 0), H_ - 1)
+            x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+            x1, y1 = min(x0 + 1, W_ - 1), min(y0 + 1, H_ - 1)
+            ax, ay = sx - x0, sy - y0
+            out[y, x] = ((1 - ay) * ((1 - ax) * image[y0, x0] + ax * image[y0, x1])
+                         + ay * ((1 - ax) * image[y1, x0] + ax * image[y1, x1]))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (6, 4)])
+def test_warp_matches_the_naive_reference(rng, shape):
+    image = rng.uniform(0, 255, shape)
+    f = rng.uniform(-3, 3, (*shape[:2], 2))
+    assert np.allclose(flow.warp(image, f), _warp_naive(image, f))
+
+
+def test_warp_follows_the_known_motion(pan):
+    backward = np.tile(np.array([DX, DY], np.float32), (H, W, 1))  # frame t(p) = frame t−1(p + (DX, DY))
+    warped = flow.warp(pan[2], backward)
+    inside = flow.inside_mask(backward)
+    assert np.array_equal(warped[inside], pan[3][inside].astype(np.float64))
+    assert inside.sum() == (W - DX) * (H - DY)
+    yy, xx = np.mgrid[0:H, 0:W]
+    ramp = 3.0 * xx + 5.0 * yy  # bilinear sampling is exact on a linear image
+    sub = np.full((H, W, 2), (0.25, 0.75))
+    assert np.allclose(flow.warp(ramp, sub)[:-1, :-1], (ramp + 3 * 0.25 + 5 * 0.75)[:-1, :-1])
+
+
+def test_flow_and_mask_recover_the_known_motion(pan):
+    pair = flow.pair_flow(pan[2], pan[3])
+    reliable = pair.mask > 0
+    assert reliable.mean() > 0.8
+    assert np.abs(pair.backward[reliable] - (DX, DY)).max() < 0.5
+    assert np.median(np.abs(pair.backward[reliable] - (DX, DY))) < 0.1
+    # The strip that came in from outside frame t − 1 (right DX columns, bottom DY rows) is masked.
+    assert not reliable[:, W - DX:].any() and not reliable[H - DY:, :].any()
+    warped = flow.warp(pan[2], pair.backward)
+    assert np.abs(warped - pan[3])[reliable].mean() < 1.0
+
+
+def test_mask_marks_occlusions_and_motion_boundaries():
+    backward = np.tile(np.array([2.0, 0.0]), (20, 30, 1))
+    forward = -backward.copy()
+    forward[5:10, 12:17] = 0.0  # the forward flow does not lead back: occluded
+    mask = flow.consistency_mask(backward, forward)
+    assert not mask[5:10, 10:15].any()  # pixels p with p + (2, 0) in the inconsistent square
+    assert mask[12:, :20].all() and mask[:4, :20].all()
+    assert not mask[:, 28:].any()  # sampled from outside frame t − 1
+    step = np.zeros((20, 30, 2))
+    step[:, 15:, 0] = 3.0  # a moving object's edge: a motion boundary, but consistent motion
+    edge = flow.consistency_mask(step, -step)  # the forward flow leads back everywhere
+    assert not edge[:, 14:16].any() and edge[:, :12].all()
+
+
+# -- the temporal term ---------------------------------------------------------------------------
+
+
+def test_temporal_loss_value_and_gradient(rng):
+    x, target = rng.standard_normal((2, 1, 3, 5, 6))
+    mask = (rng.uniform(size=(1, 1, 5, 6)) > 0.3).astype(np.float64)
+    value, dx = temporal_loss(x, target, mask)
+    assert np.isclose(value, np.sum(mask * (x - target) ** 2) / x.size)
+    assert np.all(dx[np.broadcast_to(mask, x.shape) == 0] == 0)
+    r = gradcheck.check_loss("temporal", lambda v: temporal_loss(v, target, mask), x.copy(), eps=1e-6, threshold=1e-7)
+    assert r.passed, r
+    assert any(r.op == "temporal" and r.passed for r in gradcheck.op_checks(rng))
+
+
+def test_gradcheck_cli_explains_temporal(capsys):
+    assert main(["gradcheck", "--op", "temporal"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("temporal: x(1, 3, 5, 6)") and ": pass" in out
+
+
+# -- whole runs (real weights, tiny) -------------------------------------------------------------
+
+
+# Subprocesses import this checkout's package, wherever they run.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))}
+
+
+def _run(args, cwd, **kw):
+    return subprocess.run([sys.executable, "-m", "scratchnst", "video", *args], cwd=cwd, capture_output=True, text=True, env=ENV, **kw)
+
+
+@pytest.fixture
+def _weights(vgg_weights_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHNST_WEIGHTS", str(vgg_weights_path))
+
+
+@pytest.fixture(scope="module")
+def style(tmp_path_factory):
+    path = tmp_path_factory.mktemp("style") / "style.png"
+    Image.fromarray(_texture(np.random.default_rng(1), 48, 48)[:, ::-1]).save(path)
+    return path
+
+
+@pytest.mark.weights
+def test_temporal_term_lowers_flicker_and_the_manifest_says_so(tmp_path, clip, style, _weights):
+    runs = {}
+    for name, extra in (("warm", ["--temporal-weight", "0", "--workers", "0"]), ("ours", ["--temporal-weight", "3000"])):
+        out = tmp_path / f"{name}.mp4"
+        r = _run([str(clip), str(style), "-o", str(out), *TINY, *extra], tmp_path)  # ours: flows on a Dask worker
+        assert r.returncode == 0, r.stderr
+        runs[name] = json.loads(out.with_suffix(".json").read_text())
+        assert not (tmp_path / f"{name}.mp4.work").exists()
+        decoded = videoio.read_clip(out)
+        assert (len(decoded.frames), decoded.fps, decoded.source_size) == (FRAMES, 12, (W, H))
+    m = runs["ours"]
+    assert m["status"] == "done" and m["frames_done"] == FRAMES and m["size"] == [W, H] and m["fps"] == "12"
+    assert [f["iterations"] for f in m["frames"]] == [4] + [3] * (FRAMES - 1)
+    for f in m["frames"][1:]:
+        total = sum(m["args"][f"{k}_weight"] * f[k] for k in ("content", "style", "tv")) + m["video"]["temporal_weight"] * f["temporal"]
+        assert f["loss"] == pytest.approx(total, rel=1e-4)
+        assert f["temporal_error"] >= 0 and 0.8 < f["reliable"] <= 1 and f["flow_s"] > 0
+    assert m["temporal_error"] < 0.7 * runs["warm"]["temporal_error"]
+
+
+def _frames_of(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def _stop_after(args, cwd, frame_png, sig):
+    """Start a run, send `sig` once `frame_png` exists in the work folder; the finished process."""
+    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "video", *args], cwd=cwd, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 120
+    while not frame_png.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return proc
+
+
+@pytest.mark.weights
+def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, clip, style, _weights):
+    base = [str(clip), str(style), *TINY, "--workers", "0"]
+    whole = tmp_path / "whole"
+    assert _run([*base, "-o", f"{whole}/"], tmp_path).returncode == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("an existing OUT stays until the new one is complete")
+    args = [*base, "-o", f"{out}/"]
+    work = tmp_path / "out.work"
+    proc = _stop_after(args, tmp_path, work / "frame_00001.png", signal.SIGINT)
+    assert proc.returncode == 130, proc.stderr
+    m = json.loads((tmp_path / "out.json").read_text())
+    assert m["status"] == "interrupted" and m["frames_done"] >= 2 and m["work"] == str(work)
+    assert (out / "keep.txt").exists()
+    again = _run(args, tmp_path)  # without --resume the unfinished run is not overwritten
+    assert again.returncode == 2 and "--resume" in again.stderr
+    proc = _stop_after([*args, "--resume"], tmp_path, work / "frame_00004.png", signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL and (out / "keep.txt").exists()
+    r = _run([*args, "--resume"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _frames_of(out) == _frames_of(whole) and len(_frames_of(out)) == FRAMES
+    assert json.loads((tmp_path / "out.json").read_text())["status"] == "done" and not work.exists()
+    other = _run([*base, "--iterations", "2", "-o", f"{tmp_path / 'o2'}/", "--frames", "0:3"], tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert _run([*base, "-o", f"{out}/", "--resume"], tmp_path).returncode == 2  # nothing to resume
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def _bad_inputs(tmp, clip, pan):
+    (tmp / "notes.txt").write_text("not a video")
+    with av.open(str(tmp / "empty.mp4"), "w") as c:  # a header and a stream, but not one frame
+        s = c.add_stream("libx264", rate=12)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        c.start_encoding()
+    (tmp / "none").mkdir()
+    data = bytearray(clip.read_bytes())
+    start = data.find(b"mdat") + 8  # the header stays readable; the first packets are garbage
+    data[start:start + 2000] = b"\xff" * 2000
+    (tmp / "garbled.mp4").write_bytes(bytes(data))
+    (tmp / "mixed").mkdir()
+    Image.fromarray(pan[0]).save(tmp / "mixed" / "a.png")
+    Image.fromarray(pan[1][:40]).save(tmp / "mixed" / "b.png")
+    return {
+        "not a video": (["notes.txt"], "not a video"),
+        "zero frames (file)": (["empty.mp4"], "no video"),
+        "zero frames (folder)": (["none"], "no frames"),
+        "unreadable stream": (["garbled.mp4"], "unreadable video stream"),
+        "--frames out of range": ([str(clip), "--frames", "3:99"], "out of range"),
+        "--frames start past the end": ([str(clip), "--frames", "7:"], "out of range"),
+        "--frames malformed": ([str(clip), "--frames", "4:2"], "A:B"),
+        "frames of varying size": (["mixed"], "varying size"),
+        "missing input": (["nothing.mp4"], "no such file"),
+        "unknown output suffix": ([str(clip), "-o", "out.gif"], "unknown video suffix"),
+        "output is the input": ([str(clip), "-o", str(clip)], "overwrite the input"),
+    }
+
+
+CASES = ["not a video", "zero frames (file)", "zero frames (folder)", "unreadable stream", "--frames out of range",
+         "--frames start past the end", "--frames malformed", "frames of varying size", "missing input",
+         "unknown output suffix", "output is the input"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, clip, pan, style, capsys, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    args, needle = _bad_inputs(tmp_path, clip, pan)[case]
+    src, *rest = args
+    if "-o" not in rest:
+        rest += ["-o", "out.mp4"]
+    try:
+        code = main(["video", src, str(style), *rest, *TINY])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "out.mp4.work").exists()
+
+
+def test_missing_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
+    with pytest.raises(ScratchnstError, match=r"scratchnst\[video\]"):
+        flow.video_libs()
