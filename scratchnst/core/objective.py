@@ -108,6 +108,14 @@ def check_normalize(normalize: str) -> str:
     return normalize
 
 
+def check_mask_count(n_masks: int, n_styles: int, style_blend) -> None:
+    """ScratchnstError unless there is one mask per style image and no blend (regions replace it)."""
+    if n_masks != n_styles:
+        raise ScratchnstError(f"--style-masks has {n_masks} masks for {n_styles} style images (one mask per style)")
+    if style_blend is not None:
+        raise ScratchnstError("--style-blend mixes the styles everywhere; with --style-masks each style has its own region")
+
+
 def layer_mask(mask, layer: str):
     """A (1, 1, H, W) mask on the image's grid -> `layer`'s grid, average-pooled in the net's 2×2 steps
     (each 2×2 pool of VGG floors the halving, so the pooled mask lines up with the activations)."""
@@ -204,10 +212,7 @@ class NSTObjective:
         if masks is None:
             return None
         masks = list(masks)
-        if len(masks) != n_styles:
-            raise ScratchnstError(f"--style-masks has {len(masks)} masks for {n_styles} style images")
-        if style_blend is not None:
-            raise ScratchnstError("--style-blend mixes the styles everywhere; with --style-masks each style has its own region")
+        check_mask_count(len(masks), n_styles, style_blend)
         xp, out = self.net.xp, []
         for k, m in enumerate(masks):
             m = xp.asarray(m, dtype=self.net.dtype)
