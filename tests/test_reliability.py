@@ -373,7 +373,7 @@ def test_bad_weights_are_never_used_and_named(tmp_path, pics, out, vgg_weights_p
 # -- bad output paths ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["same", "relative", "symlink", "hardlink", "init"])
+@pytest.mark.parametrize("case", ["same", "relative", "symlink", "hardlink", "init", "mask"])
 def test_output_may_not_overwrite_an_input(tmp_path, pics, case):
     content, style = pics
     before = content.read_bytes()
@@ -393,10 +393,14 @@ def test_output_may_not_overwrite_an_input(tmp_path, pics, case):
     elif case == "hardlink":
         os.link(content, tmp_path / "hard.png")
         target = str(tmp_path / "hard.png")
-    else:
+    elif case == "init":
         shutil.copyfile(content, tmp_path / "init.png")
         target = str(tmp_path / "init.png")
         args += ["--init", target]
+    else:
+        Image.fromarray(np.full((40, 48), 255, np.uint8)).save(tmp_path / "mask.png")
+        target = str(tmp_path / "mask.png")
+        args += ["--style-masks", target]
     r = _cli(["stylize", *args, "-o", target, *TINY], tmp_path)
     _refused(r, None, "would overwrite the input image")
     assert content.read_bytes() == before

@@ -113,6 +113,7 @@ class Stylizer:
             self.init_image = im.load_image(s.init)
         if self.out is not None:
             inputs = [self.content_src, *self.style_srcs] + ([s.init] if self.init_image is not None else [])
+            inputs += [m for m in s.style_masks or () if isinstance(m, (str, os.PathLike))]
             _check_not_an_input(self.out, inputs)
         self._read_controls()
         self.sizes = _scale_sizes(s.size, s.scales)
