@@ -133,7 +133,7 @@ def _add_stylize(subparsers) -> None:
     g.add_argument("--pooling", choices=POOLINGS, default=DEFAULTS.pooling, help="VGG pooling")
     g.add_argument("--style-masks", nargs="+", metavar="MASK", default=None,
                    help="one greyscale mask per style image: where in the output that style applies (white: fully)")
-    g.add_argument("--normalize-gradients", action="store_true", help="each layer's gradient divided by its L1 norm (Adam only)")
+    g.add_argument("--normalize-gradients", action="store_true", help="each layer's gradient divided by its L1 norm (Adam only; then the weights are each layer's pull: try --style-weight 2 to 5)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--init", default=DEFAULTS.init, help=f"start image: {'|'.join(INITS)}|PATH")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer, help="L-BFGS (strong-Wolfe line search) or Adam")
