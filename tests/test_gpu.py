@@ -235,6 +235,21 @@ def test_objective_random_net_matches_numpy(dtype, pooling):
 
 
 @gpu_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_objective_with_style_masks_and_normalized_gradients_matches_numpy(dtype):
+    """Two styles on two soft, overlapping masks (Gatys 2017 regions), each layer's gradient L1-normalised."""
+    tol = _tol(dtype)
+    net = random_vgg(np.random.default_rng(3), xp=np, dtype=dtype)
+    net_d = random_vgg(np.random.default_rng(3), xp=cp, dtype=dtype)
+    rng = np.random.default_rng(6)
+    content, style1, style2, x = _images(rng, [(40, 36), (32, 48), (44, 44), (40, 36)])
+    left = np.clip(np.linspace(1.5, -0.5, 36), 0, 1)[None, :].repeat(40, 0)
+    host, dev = _objectives(net, net_d, content, [style1, style2], style_weight=30.0, tv_weight=0.1,
+                            style_masks=[left, 1.2 - left], normalize_gradients=True)
+    _compare_objectives(host, dev, x, tol, f"regions {dtype}")
+
+
+@gpu_test
 @pytest.mark.weights
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_objective_real_weights_matches_numpy(vgg_weights_path, dtype):

@@ -178,6 +178,30 @@ def test_bad_image_is_one_line_exit_2(tmp_path, pics, out, kind, role):
     _refused(r, out, BAD_IMAGES[kind], bad.name)
 
 
+BAD_MASKS = {
+    "missing": "no such file",
+    "corrupt": "corrupt or truncated",
+    "colour": "must be greyscale",
+    "all-zero": "style mask is all zero",
+    "other-shape": "their shapes differ",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_MASKS)
+def test_bad_style_mask_is_one_line_exit_2(tmp_path, pics, out, kind):
+    rng = np.random.default_rng(2)
+    mask = {"missing": lambda: _make_bad_image("missing", tmp_path, rng), "corrupt": lambda: _make_bad_image("corrupt", tmp_path, rng)}.get(kind)
+    if mask is None:
+        a = {"colour": _rgb(rng), "all-zero": np.zeros((40, 48), np.uint8), "other-shape": np.full((48, 20), 255, np.uint8)}[kind]
+        Image.fromarray(a).save(tmp_path / "mask.png")
+        mask = tmp_path / "mask.png"
+    else:
+        mask = mask()
+    # A weights file that does not exist: the mask must be refused before the net is loaded.
+    r = _cli(["stylize", *map(str, pics), "-o", str(out), *TINY, "--weights", str(tmp_path / "no.h5"), "--style-masks", str(mask)], tmp_path)
+    _refused(r, out, BAD_MASKS[kind], mask.name)
+
+
 def test_bad_init_image_is_refused(tmp_path, pics, out):
     r = _cli(["stylize", *map(str, pics), "-o", str(out), *TINY, "--init", str(tmp_path / "nope.png")], tmp_path)
     _refused(r, out, "nope.png", "no such file")
@@ -243,6 +267,11 @@ BAD_OPTIONS = [
     (["--max-memory", "lots"], "--max-memory"),
     (["--max-memory", "0"], "--max-memory"),
     (["--bogus-flag"], "unrecognized arguments"),
+    (["--color", "sepia"], "--color"),
+    (["--preserve-colors", "--color", "histogram"], "contradicts --color histogram"),
+    (["--normalize-gradients"], "--normalize-gradients needs --optimizer adam"),
+    (["--style-masks", "a.png", "b.png"], "--style-masks has 2 masks for 1 style images"),
+    (["--style-blend", "1", "--style-masks", "a.png"], "with --style-masks each style has its own region"),
 ]
 
 
@@ -344,7 +373,7 @@ def test_bad_weights_are_never_used_and_named(tmp_path, pics, out, vgg_weights_p
 # -- bad output paths ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["same", "relative", "symlink", "hardlink", "init"])
+@pytest.mark.parametrize("case", ["same", "relative", "symlink", "hardlink", "init", "mask"])
 def test_output_may_not_overwrite_an_input(tmp_path, pics, case):
     content, style = pics
     before = content.read_bytes()
@@ -364,10 +393,14 @@ def test_output_may_not_overwrite_an_input(tmp_path, pics, case):
     elif case == "hardlink":
         os.link(content, tmp_path / "hard.png")
         target = str(tmp_path / "hard.png")
-    else:
+    elif case == "init":
         shutil.copyfile(content, tmp_path / "init.png")
         target = str(tmp_path / "init.png")
         args += ["--init", target]
+    else:
+        Image.fromarray(np.full((40, 48), 255, np.uint8)).save(tmp_path / "mask.png")
+        target = str(tmp_path / "mask.png")
+        args += ["--style-masks", target]
     r = _cli(["stylize", *args, "-o", target, *TINY], tmp_path)
     _refused(r, None, "would overwrite the input image")
     assert content.read_bytes() == before

@@ -1,6 +1,7 @@
 """Regenerate the README gallery (docs/gallery/*.jpg) from the embedded default pair.
 
-Each picture is `python -m scratchnst stylize` with one option changed from the defaults; the
+Each picture is `python -m scratchnst stylize` with one option changed from the defaults (for
+"regions", a generated second style and two generated masks, written to a temporary folder); the
 default run's wall time and manifest numbers are printed for the README.
 
     python tools/make_gallery.py [--only default]
@@ -16,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 GALLERY = Path(__file__).resolve().parent.parent / "docs" / "gallery"
@@ -24,7 +26,31 @@ RUNS = {
     "preserve-colors": ["--preserve-colors"],
     "avg-pooling": ["--pooling", "avg"],
     "more-style": ["--style-weight", "1e-3"],
+    "regions": lambda tmp: ["<default>", "<default>", str(waves(tmp)), "--style-masks", *map(str, figure_masks(tmp))],
 }
+SIDE = 512  # the embedded content's size: the masks are drawn at it
+
+
+def figure_masks(tmp: Path) -> list[Path]:
+    """Two complementary soft masks: a centred ellipse around the astronaut, and the rest."""
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE] / SIDE
+    r = np.hypot((xx - 0.42) / 0.36, (yy - 0.62) / 0.48)
+    figure = np.clip((1.1 - r) / 0.2, 0, 1)  # 1 inside, a soft edge, 0 outside
+    paths = [tmp / "figure.png", tmp / "background.png"]
+    for path, m in zip(paths, (figure, 1 - figure)):
+        Image.fromarray(np.rint(255 * m).astype(np.uint8)).save(path)
+    return paths
+
+
+def waves(tmp: Path) -> Path:
+    """A generated second style: wavy teal and magenta bands with a little grain."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE].astype(float)
+    t = 0.5 + 0.5 * np.sin(xx / 9 + 3 * np.sin(yy / 23))[..., None]
+    rgb = t * np.array([20, 160, 150]) + (1 - t) * np.array([200, 40, 140]) + rng.normal(0, 12, (SIDE, SIDE, 3))
+    path = tmp / "waves.png"
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
+    return path
 
 
 def main() -> None:
@@ -36,7 +62,8 @@ def main() -> None:
         for name in args.only or RUNS:
             out = Path(tmp) / f"{name}.png"
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "scratchnst", "stylize", "-o", str(out), "--quiet", *RUNS[name]], check=True)
+            run = RUNS[name](Path(tmp)) if callable(RUNS[name]) else RUNS[name]  # a callable writes its inputs to tmp
+            subprocess.run([sys.executable, "-m", "scratchnst", "stylize", "-o", str(out), "--quiet", *run], check=True)
             wall = time.perf_counter() - start
             m = json.loads(out.with_suffix(".json").read_text())
             Image.open(out).save(GALLERY / f"{name}.jpg", quality=88)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scratchnst.core import host
 from scratchnst.errors import ScratchnstError, one_line
+from scratchnst.app.color import COLORS
 from scratchnst.app.settings import INITS, Settings
 from scratchnst.core.backend import BACKENDS, DTYPES
 from scratchnst.core.objective import DEFAULT_WEIGHTS, NORMALIZATIONS
@@ -140,13 +141,18 @@ def _add_stylize_options(p, *, size_default=DEFAULTS.size, size_help="long side 
     g.add_argument("--style-blend", type=_float_list, default=None, help="one weight per style image (default: equal)")
     g.add_argument("--style-scale", type=_number, default=DEFAULTS.style_scale, help="style images are resized to long side = size x this")
     g.add_argument("--pooling", choices=POOLINGS, default=DEFAULTS.pooling, help="VGG pooling")
+    g.add_argument("--style-masks", nargs="+", metavar="MASK", default=None,
+                   help="one greyscale mask per style image: where in the output that style applies (white: fully)")
+    g.add_argument("--normalize-gradients", action="store_true", help="each layer's gradient divided by its L1 norm (Adam only; then the weights are each layer's pull: try --style-weight 2 to 5)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--init", default=DEFAULTS.init, help=f"start image: {'|'.join(INITS)}|PATH")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer, help="L-BFGS (strong-Wolfe line search) or Adam")
     g.add_argument("--learning-rate", type=_number, default=None, help="step scale (default: " + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LEARNING_RATE.items()) + ")")
     g.add_argument("--lbfgs-history", type=_integer, default=DEFAULTS.lbfgs_history, help="L-BFGS memory (pairs kept)")
     g = p.add_argument_group("output")
-    g.add_argument("--preserve-colors", action="store_true", help="keep the content's colours (luminance-only transfer)")
+    g.add_argument("--preserve-colors", action="store_true", help="keep the content's colours (luminance-only transfer; = --color luminance)")
+    g.add_argument("--color", choices=COLORS, default=DEFAULTS.color,
+                   help="the output's palette: the style's (none), luminance-only transfer, the style's colours linearly matched to the content's before, or histogram-matched after")
     if per_image:
         g.add_argument("--save-every", type=_integer, default=0, help="write OUT_iterNNNN every N iterations (0: never)")
         g.add_argument("--checkpoint-every", type=_integer, default=0, help="write a resumable checkpoint every N iterations")

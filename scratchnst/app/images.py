@@ -15,11 +15,12 @@ from PIL import Image, ImageOps
 
 from scratchnst.app.atomic import atomic_open
 from scratchnst.core.backend import to_host
-from scratchnst.core.preprocess import MIN_SIDE, rgb_array, deprocess, preprocess, to_rgb
+from scratchnst.core.preprocess import ALPHA_MODES, MIN_SIDE, rgb_array, deprocess, preprocess, to_rgb
 from scratchnst.errors import ScratchnstError, one_line
 
 MAX_PIXELS = 2**27  # ~134 megapixels: refuse anything larger (decompression bombs)
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+ALPHA_FORMATS = ("PNG", "WEBP")  # the SAVE_FORMATS that carry an alpha channel
 
 # ITU-R BT.601 full-range YCbCr (the JPEG one); rows give Y, Cb - 128, Cr - 128 from R, G, B.
 _RGB_TO_YCC = np.array(
@@ -144,7 +145,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
 def save_image(image, path: str | os.PathLike, *, quality: int = 95) -> None:
     """Write a PIL image or uint8 (H, W, 3) / (H, W) array to `path`, atomically.
 
-    Format from the extension (.png, .jpg/.jpeg, .webp; `quality` for the lossy two). Writes a
+    Format from the extension (.png, .jpg/.jpeg, .webp; `quality` for the lossy two). An RGBA image
+    keeps its alpha in PNG and WebP and is composited over white in JPEG. Writes a
     temp file in the same directory, fsyncs, then os.replace: on any failure the temp file is
     removed and an existing file at `path` is left untouched. Creates the parent directory.
     A new file gets mode 0644; a replaced one keeps its mode.
@@ -152,14 +154,15 @@ def save_image(image, path: str | os.PathLike, *, quality: int = 95) -> None:
     p = check_output_path(path)
     if not 1 <= quality <= 100:
         raise ScratchnstError(f"JPEG/WebP quality must be in 1..100, got {quality}")
+    fmt = SAVE_FORMATS[p.suffix.lower()]
     if isinstance(image, Image.Image):
-        img = image if image.mode in ("RGB", "L") else to_rgb(image)
+        keep = ("RGB", "L", "RGBA") if fmt in ALPHA_FORMATS else ("RGB", "L")  # RGBA into JPEG: over white
+        img = image if image.mode in keep else to_rgb(image)
     else:
         a = to_host(image)
         if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
             raise ValueError(f"expected a uint8 (H, W, 3) or (H, W) array, got {a.dtype} {a.shape}")
         img = Image.fromarray(a)
-    fmt = SAVE_FORMATS[p.suffix.lower()]
     opts = {} if fmt == "PNG" else {"quality": int(quality)}
     with atomic_open(p) as f:
         img.save(f, format=fmt, **opts)
@@ -235,7 +238,25 @@ def open_image(source, what: str) -> tuple[Image.Image, str]:
         return load_image(source), str(Path(source).resolve())
     if isinstance(source, Image.Image):
         return to_rgb(source), f"<{what} image>"
-    return Image.fromarray(np.asarray(source, dtype=np.uint8)), f"<{what} array>"
+    return to_rgb(Image.fromarray(np.asarray(source, dtype=np.uint8))), f"<{what} array>"
+
+
+def content_alpha(source) -> Image.Image | None:
+    """The alpha channel ("L" image) of an RGBA/LA/transparent content (a path, PIL image or
+    (H, W, 4) uint8 array), with the EXIF orientation load_image applies; None when it has none.
+    Call after open_image has accepted the source (so a path is a readable image)."""
+    if source is None or (isinstance(source, str) and source == DEFAULT):
+        return None
+    if isinstance(source, (str, os.PathLike)):
+        with Image.open(source) as img:
+            img.load()
+            return content_alpha(ImageOps.exif_transpose(img))
+    if isinstance(source, Image.Image):
+        if source.mode in ALPHA_MODES or "transparency" in source.info:
+            return source.convert("RGBA").getchannel("A")
+        return None
+    a = np.asarray(source)
+    return Image.fromarray(a[..., 3].astype(np.uint8)) if a.ndim == 3 and a.shape[2] == 4 else None
 
 
 def fit_long_side(img: Image.Image, long_side: int) -> Image.Image:

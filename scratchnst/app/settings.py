@@ -5,12 +5,14 @@ Validation raises ScratchnstError with the option's command-line name, before an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 from scratchnst.core.backend import BACKENDS, DTYPES
+from scratchnst.app.color import COLORS
 from scratchnst.core.objective import (
-    CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_normalize, check_weight, check_weights,
+    CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_mask_count, check_normalize, check_weight,
+    check_weights,
 )
 from scratchnst.core.optim import DEFAULT_LEARNING_RATE, LBFGS_HISTORY, OPTIMIZERS
 from scratchnst.core.vgg import CONV_ALGORITHMS, LAYER_NAMES, POOLINGS
@@ -41,7 +43,10 @@ class Settings:
     lbfgs_history: int = LBFGS_HISTORY
     pooling: str = "max"
     conv: str = "auto"  # vgg.CONV_ALGORITHMS: Winograd where it is faster (float32), im2col elsewhere
-    preserve_colors: bool = False
+    preserve_colors: bool = False  # the alias of color="luminance"
+    color: str = "none"  # color.COLORS
+    style_masks: tuple | None = None  # one mask per style image: paths, PIL images or (H, W) arrays
+    normalize_gradients: bool = False  # each layer's gradient to L1 norm 1 (Adam only)
     save_every: int = 0
     checkpoint_every: int = 0
     backend: str = "auto"
@@ -92,14 +97,39 @@ class Settings:
         _choice("conv", self.conv, CONV_ALGORITHMS)
         _choice("backend", self.backend, BACKENDS)
         _choice("dtype", self.dtype, DTYPES)
+        self._check_controls(n_styles)
         if self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATE[self.optimizer]
         _positive_float("learning-rate", self.learning_rate)
         return self
 
+    def _check_controls(self, n_styles: int) -> None:
+        """--color / --preserve-colors, --style-masks' count, --normalize-gradients' optimiser."""
+        _choice("color", self.color, COLORS)
+        if self.preserve_colors and self.color not in ("none", "luminance"):
+            raise ScratchnstError(f"--preserve-colors is --color luminance; it contradicts --color {self.color}")
+        if self.preserve_colors:
+            self.color = "luminance"
+        self.preserve_colors = self.color == "luminance"
+        if self.style_masks is not None:
+            if isinstance(self.style_masks, (str, bytes)) or not hasattr(self.style_masks, "__len__"):
+                raise ScratchnstError("style_masks must be a list with one mask per style image")
+            self.style_masks = tuple(self.style_masks)
+            check_mask_count(len(self.style_masks), n_styles, self.style_blend)
+        if self.normalize_gradients and self.optimizer != "adam":
+            raise ScratchnstError(
+                "--normalize-gradients needs --optimizer adam: the normalised gradient is not the loss's, and L-BFGS's line search needs the true one"
+            )
+
     def as_args(self) -> dict:
-        """JSON-ready dict of every resolved option (the manifest's "args")."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-ready dict of every resolved option (the manifest's "args"; in-memory masks by a name)."""
+        args = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: it would deep-copy mask arrays
+        args = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+        if self.style_masks is not None:
+            from scratchnst.app.masks import mask_name
+
+            args["style_masks"] = [mask_name(m, k) for k, m in enumerate(self.style_masks)]
+        return args
 
     @classmethod
     def from_args(cls, args: dict) -> "Settings":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scratchnst.app import color
 from scratchnst.app import images as im
 from scratchnst.app import report
+from scratchnst.app.masks import check_masks, load_mask, masks_at
 from scratchnst.app.images import DEFAULT
 from scratchnst.core import host
 from scratchnst.core.backend import backend_name, get_array_module, get_backend, to_host
@@ -101,6 +104,7 @@ class Stylizer:
         self.settings = settings.validated(len(styles))
         self.out = im.check_output_path(out) if out is not None else None
         self.content, self.content_src = im.open_image(content, "content")
+        self.alpha = im.content_alpha(content)
         loaded = [im.open_image(s, "style") for s in styles]
         self.styles = [img for img, _ in loaded]
         self.style_srcs = [src for _, src in loaded]
@@ -110,7 +114,9 @@ class Stylizer:
             self.init_image = im.load_image(s.init)
         if self.out is not None:
             inputs = [self.content_src, *self.style_srcs] + ([s.init] if self.init_image is not None else [])
+            inputs += [m for m in s.style_masks or () if isinstance(m, (str, os.PathLike))]
             _check_not_an_input(self.out, inputs)
+        self._read_controls()
         self.sizes = _scale_sizes(s.size, s.scales)
         _check_not_too_elongated(self.content, self.sizes[-1], self.content_src)
         for st, src in zip(self.styles, self.style_srcs):
@@ -130,6 +136,17 @@ class Stylizer:
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
 
+    def _read_controls(self) -> None:
+        """self.masks: the style masks as (H, W) weights, checked (None without --style-masks); a note
+        when the content's alpha cannot be kept in the output's format."""
+        s = self.settings
+        self.masks = None
+        if s.style_masks is not None:
+            self.masks = [load_mask(m, k) for k, m in enumerate(s.style_masks)]
+            check_masks(self.masks, s.style_masks, self.content.size)
+        if self.alpha is not None and self.out is not None and im.SAVE_FORMATS[self.out.suffix.lower()] not in im.ALPHA_FORMATS:
+            print(f"{self.out.name}: note: {self.out.suffix} cannot carry the content's alpha; use .png or .webp to keep it", file=sys.stderr)
+
     # -- one scale ------------------------------------------------------------------------------
 
     def _images_at(self, long_side: int):
@@ -137,9 +154,11 @@ class Stylizer:
         s = self.settings
         content = im.fit_long_side(self.content, long_side)
         styles = [im.fit_long_side(st, int(round(long_side * s.style_scale))) for st in self.styles]
-        if s.preserve_colors:
+        if s.color == "luminance":
             styles = [im.match_luminance(st, content) for st in styles]
             content = im.luma_rgb(content)
+        elif s.color == "linear":
+            styles = [color.linear_transfer(st, content) for st in styles]
         prep = lambda img: im.preprocess(img, dtype=s.dtype, xp=self.xp)
         return prep(content), [prep(st) for st in styles]
 
@@ -165,14 +184,16 @@ class Stylizer:
             content_weight=s.content_weight, style_weight=s.style_weight, tv_weight=s.tv_weight,
             style_blend=s.style_blend, style_layer_weights=s.style_layer_weights, normalize=s.normalize,
             pixel_terms=self.pixel_terms(content) if self.pixel_terms is not None else (),
+            style_masks=masks_at(self.masks, content.shape[3], content.shape[2]) if self.masks is not None else None,
+            normalize_gradients=s.normalize_gradients,
         )
 
     def _grams(self, src: str, style) -> dict:
         """style_grams of one preprocessed style image, from self.style_cache when it has them."""
         s = self.settings
         key = (src, tuple(style.shape), s.style_layers, s.pooling, s.dtype, backend_name(self.xp))
-        shareable = self.style_cache is not None and not s.preserve_colors and not (src.startswith("<") and src != DEFAULT)
-        if not shareable:  # in-memory images have no name to share by; preserve_colors mixes in the content
+        shareable = self.style_cache is not None and s.color not in ("luminance", "linear") and not (src.startswith("<") and src != DEFAULT)
+        if not shareable:  # in-memory images have no name to share by; these colour modes mix in the content
             return style_grams(self.net, style, s.style_layers)
         if key not in self.style_cache:
             self.style_cache[key] = style_grams(self.net, style, s.style_layers)
@@ -299,10 +320,17 @@ class Stylizer:
         return self.elapsed_before + time.perf_counter() - self.started
 
     def current_image(self) -> Image.Image:
+        """The optimiser's image as RGB, colour-controlled; RGBA with the content's alpha (resized)
+        when the content has one."""
         rgb = im.deprocess(self.opt.x)
-        if self.settings.preserve_colors:
+        if self.settings.color == "luminance":
             rgb = im.preserve_colors(np.asarray(self.content), rgb)
-        return Image.fromarray(rgb)
+        elif self.settings.color == "histogram":
+            rgb = color.match_histograms(rgb, self.content)
+        image = Image.fromarray(rgb)
+        if self.alpha is not None:
+            image.putalpha(self.alpha.resize(image.size, Image.Resampling.LANCZOS))
+        return image
 
     def _periodic_outputs(self) -> None:
         s = self.settings
@@ -389,9 +417,9 @@ def resume(manifest_path, *, quiet=None, on_progress=None, net=None, style_cache
     settings = Settings.from_args(manifest["args"])
     if quiet is not None:
         settings.quiet = quiet
-    sources = [manifest["content"], *manifest["styles"]]
+    sources = [manifest["content"], *manifest["styles"], *(manifest["args"].get("style_masks") or [])]
     if any(src.startswith("<") and src != DEFAULT for src in sources):
         raise ScratchnstError(f"{manifest_path}: the run used in-memory images, which cannot be reloaded to resume")
-    content, *styles = sources
+    content, *styles = sources[: 1 + len(manifest["styles"])]
     stylizer = Stylizer(content, styles, settings, manifest["output"], on_progress=on_progress, net=net, style_cache=style_cache)
     return stylizer.run(resume_state=state)

@@ -1,5 +1,5 @@
-"""The three loss terms of Gatys et al., and the temporal term of Ruder et al. (2016) for video, each
-returning (value, gradient w.r.t. its input).
+"""The loss terms of Gatys et al. (2015; the masked style term of 2017) and the temporal term of Ruder
+et al. (2016) for video, each returning (value, gradient w.r.t. its input).
 
 Values are 0-d arrays on the input's array module (no host sync here); the objective converts them.
 """
@@ -59,3 +59,22 @@ def temporal_loss(x, target, mask):
     diff = mask * (x - target)
     scale = 1.0 / x.size
     return scale * (diff * (x - target)).sum(), (2.0 * scale) * diff
+
+
+def masked_style_loss(f, mask, a_hat):
+    """One region's style term Σ (Ĝ − Â)² / (4 N²), Ĝ = F diag(m) Fᵀ / Σm (Gatys et al. 2017, §4.1).
+
+    f: (1, N, H, W) activations; mask: (1, 1, H, W) weights ≥ 0 on f's grid (not all 0); a_hat:
+    (1, N, N) the style's Gram matrix per position (G_style / M_style). Ĝ is the mask-weighted mean
+    of the outer products f_p f_pᵀ: with a binary mask it is Gatys 2017's (F∘m)(F∘m)ᵀ / Σm, and with
+    m = 1 everywhere it is G / M, so the term equals style_loss(f, M·Â) exactly.
+    Returns (loss, df). Ĝ is the Gram matrix of F·√m over Σm, so dE/dF = gram_backward(dE/dĜ / Σm)·√m.
+    """
+    xp = get_array_module(f)
+    N = f.shape[1]
+    root = xp.sqrt(mask)
+    total = mask.sum()
+    g, cache = ops.gram_forward(f * root)
+    diff = g / total - a_hat
+    scale = 1.0 / (4.0 * N * N)
+    return scale * (diff * diff).sum(), ops.gram_backward((2.0 * scale / total) * diff, cache) * root

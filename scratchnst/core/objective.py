@@ -8,6 +8,19 @@ M²); the content term and TV grow with the number of pixels, so with the seed a
 (normalize="none") the same α, β, γ stylize strongly at 128 px and hardly at 1024 px. With
 normalize="size" the content term is divided by N_l·M_l (a mean over the layer's activations) and TV
 by 3·H·W (a mean over the pixel values), so the same weights give the same balance at any size.
+
+Spatial control (Gatys et al. 2017, style_masks): one mask m_k per style image, marking where in x
+style k applies. The style term at layer l becomes a sum over regions,
+    E_style,l = Σ_k Σ (Ĝ_l^k(x) − Â_l^k)² / (4 N_l²),  Ĝ_l^k = F_l diag(m_k,l) F_lᵀ / Σ m_k,l,
+with Â_l^k = G_l(style_k) / M_l^k and m_k,l the mask average-pooled in the net's own 2×2 steps to
+layer l's grid (losses.masked_style_loss). Each style keeps its own Â (no blend); where masks
+overlap their terms add, where none covers only content and TV act. With one mask of ones this is the
+unmasked term exactly.
+
+normalize_gradients (neural-style's option): each content and style layer's gradient is divided by
+its L1 norm before it joins the backward pass. The result is then no longer the gradient of L (nor
+of any one scalar): fine for Adam, which only follows a direction, but an L-BFGS line search relies
+on loss and gradient agreeing, so the application allows it with Adam only.
 """
 
 from __future__ import annotations
@@ -16,8 +29,8 @@ import math
 from typing import NamedTuple, Sequence
 
 from scratchnst.core import host, ops
-from scratchnst.core.losses import content_loss, style_loss, tv_loss
-from scratchnst.core.vgg import check_layers
+from scratchnst.core.losses import content_loss, masked_style_loss, style_loss, tv_loss
+from scratchnst.core.vgg import LAYERS, LAYER_NAMES, check_layers
 from scratchnst.errors import ScratchnstError
 
 CONTENT_LAYERS = ("relu4_1",)
@@ -95,6 +108,22 @@ def check_normalize(normalize: str) -> str:
     return normalize
 
 
+def check_mask_count(n_masks: int, n_styles: int, style_blend) -> None:
+    """ScratchnstError unless there is one mask per style image and no blend (regions replace it)."""
+    if n_masks != n_styles:
+        raise ScratchnstError(f"--style-masks has {n_masks} masks for {n_styles} style images (one mask per style)")
+    if style_blend is not None:
+        raise ScratchnstError("--style-blend mixes the styles everywhere; with --style-masks each style has its own region")
+
+
+def layer_mask(mask, layer: str):
+    """A (1, 1, H, W) mask on the image's grid -> `layer`'s grid, average-pooled in the net's 2×2 steps
+    (each 2×2 pool of VGG floors the halving, so the pooled mask lines up with the activations)."""
+    for _ in range(LAYERS[LAYER_NAMES.index(layer)].pools):
+        mask = ops.avgpool2d_forward(mask, 2, 2)[0]
+    return mask
+
+
 class NSTObjective:
     """L(x) and dL/dx for one content image and one or more style images.
 
@@ -106,6 +135,9 @@ class NSTObjective:
 
     pixel_terms: more terms on the image, added to L with their weights. grams: style_grams() of
     each style image, when the caller has them already (then `styles` may be None).
+    style_masks: one (H, W) array of weights ≥ 0 per style image, on the content's grid (spatial
+    control, see the module docstring; style_blend must then be None). normalize_gradients: each
+    layer's gradient divided by its L1 norm (then not the gradient of L; see the module docstring).
     """
 
     def __init__(
@@ -124,6 +156,8 @@ class NSTObjective:
         normalize: str = "none",
         pixel_terms: Sequence[PixelTerm] = (),
         grams: Sequence[dict] | None = None,
+        style_masks: Sequence | None = None,
+        normalize_gradients: bool = False,
     ):
         self.net = net
         self.normalize = check_normalize(normalize)
@@ -148,8 +182,14 @@ class NSTObjective:
         )
         self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
         self.shape = tuple(content.shape)
+        self.normalize_gradients = bool(normalize_gradients)
+        self.style_masks = self._check_masks(style_masks, len(styles), style_blend)
         with host.engine_threads():  # the targets' bits, like the evaluations', whatever BLAS's threads
+            if grams is None:
+                grams = [style_grams(net, style, self.style_layers) for style in styles]
             self._targets(net, content, styles, grams)
+            if self.style_masks is not None:
+                self._region_targets(net, grams)
         self.pixel_terms = list(pixel_terms)
         self._buffers = host.BufferPool()  # the evaluations' big host arrays, reused by the next one
 
@@ -167,6 +207,41 @@ class NSTObjective:
                 m_x = content_feats[layer].shape[2] * content_feats[layer].shape[3]
                 self.grams[layer] = self.grams[layer] + (blend * m_x / m_style) * g
 
+    def _check_masks(self, masks, n_styles: int, style_blend):
+        """The masks as (1, 1, H, W) arrays on the net's module, or ScratchnstError."""
+        if masks is None:
+            return None
+        masks = list(masks)
+        check_mask_count(len(masks), n_styles, style_blend)
+        xp, out = self.net.xp, []
+        for k, m in enumerate(masks):
+            m = xp.asarray(m, dtype=self.net.dtype)
+            if m.shape != self.shape[2:]:
+                raise ScratchnstError(f"style mask {k + 1} is {tuple(m.shape)}, the content image {self.shape[2:]}")
+            if not bool(xp.isfinite(m).all()) or float(m.min()) < 0 or float(m.max()) <= 0:
+                raise ScratchnstError(f"style mask {k + 1} must be finite weights ≥ 0, not all zero")
+            out.append(m[None, None])
+        return out
+
+    def _region_targets(self, net, grams) -> None:
+        """{layer: [(mask on the layer's grid, Â = G_style / M_style), ...]}, one pair per style.
+
+        A region floored away on a coarse grid (all its mask in a dropped last row) adds nothing there."""
+        self.regions = {}
+        for layer in self.style_layers:
+            pairs = [(layer_mask(m, layer), per[layer][0] / per[layer][1]) for m, per in zip(self.style_masks, grams)]
+            self.regions[layer] = [(m, a_hat) for m, a_hat in pairs if float(m.sum()) > 0]
+
+    def _style_term(self, layer: str, f):
+        """(value, df) of the style term at one layer: unmasked, or the sum over the regions."""
+        if self.style_masks is None:
+            return style_loss(f, self.grams[layer])
+        value, df = f.sum() * 0, f * 0
+        for m, a_hat in self.regions[layer]:
+            v, d = masked_style_loss(f, m, a_hat)
+            value, df = value + v, df + d
+        return value, df
+
     # -- the terms ----------------------------------------------------------------------------
 
     def feature_terms(self, feats: dict) -> list[Term]:
@@ -183,7 +258,7 @@ class NSTObjective:
                 terms.append(Term("content", layer, self.content_weight, scale * value, scale * df))
         for layer, w in zip(self.style_layers, self.style_layer_weights):
             if layer in feats:
-                value, df = style_loss(feats[layer], self.grams[layer])
+                value, df = self._style_term(layer, feats[layer])
                 terms.append(Term("style", layer, self.style_weight * w, value, df))
         return terms
 
@@ -223,6 +298,8 @@ class NSTObjective:
         dfeats = {}
         for t in terms:
             if t.layer is not None:
+                if self.normalize_gradients:  # neural-style's normalisation: each layer's gradient to L1 norm 1
+                    t = t._replace(grad=t.grad / (abs(t.grad).sum() + 1e-8))
                 dfeats[t.layer] = t.weight * t.grad if t.layer not in dfeats else dfeats[t.layer] + t.weight * t.grad
         grad = self.net.backward(dfeats, caches) if dfeats else x * 0
         layer_weight = dict(zip(self.style_layers, self.style_layer_weights))

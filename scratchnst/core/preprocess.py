@@ -18,7 +18,7 @@ from scratchnst.errors import ScratchnstError
 MEAN_BGR = (103.939, 116.779, 123.68)
 MIN_SIDE = 16  # four 2×2 poolings leave 1 px: the smallest side VGG-16's relu5_1 can see
 _MEAN = np.array(MEAN_BGR, dtype=np.float64).reshape(3, 1, 1)
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -30,7 +30,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         return Image.fromarray(_scale_to_uint8(np.asarray(im), im.mode)).convert("RGB")
-    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+    if im.mode in ALPHA_MODES or "transparency" in im.info:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")

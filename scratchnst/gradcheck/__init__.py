@@ -20,7 +20,7 @@ import numpy as np
 
 from scratchnst.core import ops
 from scratchnst.core.backend import get_array_module, to_host
-from scratchnst.core.losses import content_loss, style_loss, temporal_loss, tv_loss
+from scratchnst.core.losses import content_loss, masked_style_loss, style_loss, temporal_loss, tv_loss
 from scratchnst.core.objective import NSTObjective
 from scratchnst.core.ops.winograd import winograd_conv2d_backward, winograd_conv2d_forward
 from scratchnst.core.vgg import BLOCK_DEPTHS, VGG16
@@ -173,6 +173,8 @@ def op_checks(rng, *, xp=np, dtype: str = "float64") -> list[CheckResult]:
     f = xp.asarray(rng.standard_normal((1, 4, 3, 5)), dtype=dtype)
     results.append(check_loss("content", lambda v: content_loss(v, p), f, eps=eps, threshold=thr))
     results.append(check_loss("style", lambda v: style_loss(v, a), f, eps=eps, threshold=thr))
+    m = soft_mask(rng, f.shape, xp, dtype)
+    results.append(check_loss("masked_style", lambda v: masked_style_loss(v, m, a / 15), f, eps=eps, threshold=thr))
     results.append(check_loss("tv", tv_loss, xp.asarray(rng.standard_normal((1, 3, 5, 6)), dtype=dtype), eps=eps, threshold=thr))
     target, mask = temporal_inputs(rng, (1, 3, 5, 6), xp, dtype)
     r = check_loss("temporal", lambda v: temporal_loss(v, target, mask), xp.asarray(rng.standard_normal((1, 3, 5, 6)), dtype=dtype), eps=eps, threshold=thr)
@@ -181,14 +183,28 @@ def op_checks(rng, *, xp=np, dtype: str = "float64") -> list[CheckResult]:
     return results
 
 
-def objective_check(net, rng, *, size=(32, 32), coords: int | None = None, eps: float, threshold: float, name: str) -> CheckResult:
-    """The full objective (content + style + TV) through `net` at a small size, at all or sampled pixels."""
+def soft_mask(rng, shape, xp, dtype):
+    """(1, 1, H, W) mask weights in (0.05, 1) for feature maps of `shape` (N, C, H, W): not binary,
+    so the check sees a mask that weights positions, not only selects them."""
+    return xp.asarray(rng.uniform(0.05, 1.0, (1, 1, shape[2], shape[3])), dtype=dtype)
+
+
+def objective_check(net, rng, *, size=(32, 32), coords: int | None = None, eps: float, threshold: float, name: str,
+                    regions: bool = False) -> CheckResult:
+    """The full objective (content + style + TV) through `net` at a small size, at all or sampled pixels.
+
+    regions: two styles on two complementary soft masks (left and right, overlapping in the middle)."""
     xp, dtype = net.xp, net.dtype
     h, w = size
     # Inputs on the preprocessed (mean-subtracted 0-255) scale the real network expects.
     content = xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype=dtype)
     style = xp.asarray(rng.uniform(-100, 100, (1, 3, h + 8, w - 4)), dtype=dtype)
-    obj = NSTObjective(net, content, [style], content_weight=1.0, style_weight=1e2, tv_weight=1e-2)
+    styles, masks = [style], None
+    if regions:
+        styles.append(xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype=dtype))
+        left = np.clip(np.linspace(1.5, -0.5, w), 0, 1)[None, :].repeat(h, 0)
+        masks = [left, 1 - left + 0.25 * (left > 0)]
+    obj = NSTObjective(net, content, styles, content_weight=1.0, style_weight=1e2, tv_weight=1e-2, style_masks=masks)
     x = xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype=dtype)
     picked = None if coords is None else sorted(rng.choice(x.size, size=coords, replace=False).tolist())
     r = check_loss(name, obj.loss_and_grad, x, eps=eps, threshold=threshold, coords=picked)
@@ -205,6 +221,8 @@ def run_checks(*, seed: int = 0, dtype: str = "float64", real_net=None) -> list[
     for pooling in ("max", "avg"):
         net = random_vgg(rng, dtype=dtype, pooling=pooling)
         results.append(objective_check(net, rng, eps=1e-4 if dtype == "float64" else 1.0, coords=48, threshold=thr, name=f"objective (random VGG, {pooling}pool)"))
+    results.append(objective_check(net, rng, eps=1e-4 if dtype == "float64" else 1.0, coords=24, threshold=thr,
+                                   name="objective (random VGG, 2 regions)", regions=True))
     if real_net is not None:
         results.append(objective_check(real_net, rng, eps=1e-4, coords=16, threshold=thr, name="objective (VGG-16)"))
     return results

@@ -10,11 +10,11 @@ import numpy as np
 
 from scratchnst.core import ops
 from scratchnst.core.backend import get_array_module, to_host
-from scratchnst.gradcheck import EPS, THRESHOLDS, _away_from_zero, _tie_free, numeric_gradient, rel_error, temporal_inputs
-from scratchnst.core.losses import content_loss, style_loss, temporal_loss, tv_loss
+from scratchnst.gradcheck import EPS, THRESHOLDS, _away_from_zero, _tie_free, numeric_gradient, rel_error, soft_mask, temporal_inputs
+from scratchnst.core.losses import content_loss, masked_style_loss, style_loss, temporal_loss, tv_loss
 from scratchnst.errors import ScratchnstError
 
-OPS = ("conv2d", "relu", "maxpool", "avgpool", "gram", "content", "style", "tv", "temporal")
+OPS = ("conv2d", "relu", "maxpool", "avgpool", "gram", "content", "style", "masked_style", "tv", "temporal")
 DEFAULT_SHAPES = {  # x for the layers, the feature map F for the losses, the image for TV
     "conv2d": (1, 3, 6, 6),
     "relu": (1, 2, 4, 5),
@@ -23,6 +23,7 @@ DEFAULT_SHAPES = {  # x for the layers, the feature map F for the losses, the im
     "gram": (1, 4, 3, 5),
     "content": (1, 4, 3, 5),
     "style": (1, 4, 3, 5),
+    "masked_style": (1, 4, 3, 5),
     "tv": (1, 3, 5, 6),
     "temporal": (1, 3, 5, 6),
 }
@@ -62,7 +63,7 @@ def _shape4(shape, op: str) -> tuple[int, int, int, int]:
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4 or min(shape) < 1:
         raise ScratchnstError(f"{op}: --shape needs 4 positive sizes N,C,H,W, got {shape}")
-    if op in ("content", "style") and shape[0] != 1:
+    if op in ("content", "style", "masked_style") and shape[0] != 1:
         raise ScratchnstError(f"{op}: the loss is defined for one image, so N must be 1 (got shape {shape})")
     return shape
 
@@ -103,6 +104,11 @@ def _op_function(op: str, x, rng, *, kernel, stride, pad):
         a = xp.asarray(rng.standard_normal((1, x.shape[1], x.shape[1])), dtype=dtype)
         a = a @ a.transpose(0, 2, 1)
         return (lambda v: style_loss(v, a)[0]), style_loss(x, a)[1], f"F{tuple(x.shape)}, A{tuple(a.shape)}"
+    if op == "masked_style":
+        a = xp.asarray(rng.standard_normal((1, x.shape[1], x.shape[1])), dtype=dtype)
+        a = a @ a.transpose(0, 2, 1) / (x.shape[2] * x.shape[3])
+        m = soft_mask(rng, x.shape, xp, dtype)
+        return (lambda v: masked_style_loss(v, m, a)[0]), masked_style_loss(x, m, a)[1], f"F{tuple(x.shape)}, mask{tuple(m.shape)}, Â{tuple(a.shape)}"
     if op == "tv":
         return (lambda v: tv_loss(v)[0]), tv_loss(x)[1], f"x{tuple(x.shape)}"
     if op == "temporal":
