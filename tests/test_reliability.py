@@ -462,8 +462,12 @@ def test_memory_estimate_on_a_gpu_counts_its_larger_im2col_bands(pics):
         memory.estimate_peak_bytes(Settings(size=size, scales=(1.0,), iterations=1).validated(1), *sizes, gpu=gpu)
         for gpu in (False, True)
     ]
+    from scratchnst.core.ops import winograd
+
     on_host, on_gpu = estimates(2048)  # conv1_2's band at 2048² (~11 GB) is far over both tile bounds
-    assert on_gpu - on_host == conv.DEVICE_TILE_BYTES - conv.TILE_BYTES * host.workers()
+    im2col = conv.DEVICE_TILE_BYTES - conv.TILE_BYTES * host.workers()
+    winograd_bands = int(1.5 * winograd.DEVICE_BAND_BYTES) - int(1.5 * winograd.BAND_BYTES * host.workers())  # Winograd's, likewise
+    assert on_gpu - on_host == im2col + winograd_bands
     on_host, on_gpu = estimates(32)  # a whole 32² band (~3 MB) is under both: the same estimate
     assert on_gpu == on_host
     s = Settings(size=2048, scales=(1.0,), iterations=1).validated(1)

@@ -23,7 +23,7 @@ from PIL import Image
 GALLERY = Path(__file__).resolve().parent.parent / "docs" / "gallery"
 RUNS = {
     "default": [],
-    "preserve-colors": ["--preserve-colors"],
+    "color-linear": ["--color", "linear"],
     "avg-pooling": ["--pooling", "avg"],
     "more-style": ["--style-weight", "1e-3"],
     "regions": lambda tmp: ["<default>", "<default>", str(waves(tmp)), "--style-masks", *map(str, figure_masks(tmp))],

@@ -87,7 +87,12 @@ def estimate_peak_bytes(
         w, h = long_side_dims(sw, sh, max(MIN_SIDE, int(round(top * settings.style_scale))))
         pixels = max(pixels, w * h)
     elems, band = _per_pixel((*settings.content_layers, *settings.style_layers))
-    transforms = _winograd_transforms(settings, itemsize)
+    transforms, whole_band = _winograd_bytes(settings, itemsize, pixels)
+    if transforms:  # and the band buffers (V, M and the transforms' scratch: ~1.5 bands), at most the whole image's
+        from scratchnst.core.ops import winograd
+
+        bound = winograd.DEVICE_BAND_BYTES if gpu else winograd.BAND_BYTES * host.workers()
+        transforms += int(1.5 * min(bound, whole_band))
     activations = ACT_FACTOR * elems * pixels * itemsize
     vectors = 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
     optimiser = vectors * 3 * cw * ch * itemsize
@@ -97,13 +102,18 @@ def estimate_peak_bytes(
     return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + transforms + activations + tiles + optimiser)
 
 
-def _winograd_transforms(settings, itemsize: int) -> int:
-    """Bytes of the Winograd filter transforms (36·F·C per conv that runs Winograd) the run keeps."""
+def _winograd_bytes(settings, itemsize: int, pixels: int) -> tuple[int, int]:
+    """(bytes of the Winograd filter transforms the run keeps: 36·F·C per conv that runs Winograd,
+    bytes of the largest whole-image Winograd band: V and M, 36·(C + F) per 4×4 tile)."""
     from scratchnst.core.vgg import LAYER_NAMES, conv_algorithm, layers_through
 
     layers = layers_through([n for n in (*settings.content_layers, *settings.style_layers) if n in LAYER_NAMES] or ["conv1_1"])
-    return sum(36 * layer.channels * layer.c_in * itemsize for layer in layers
-               if layer.kind == "conv" and conv_algorithm(settings.conv, settings.dtype, layer) == "winograd")
+    winograd = [l for l in layers if l.kind == "conv" and conv_algorithm(settings.conv, settings.dtype, l) == "winograd"]
+    transforms = sum(36 * l.channels * l.c_in * itemsize for l in winograd)
+    # Making a transform holds the kernel, one G row's product and one result row in float64.
+    transforms += max((18 * 8 * l.channels * l.c_in for l in winograd), default=0)
+    band = max((36 * (l.c_in + l.channels) * pixels * 4.0**-l.pools / 16 * itemsize for l in winograd), default=0)
+    return transforms, int(band)
 
 
 def largest_size_that_fits(settings, content_size, style_sizes, limit: int, *, gpu: bool = False) -> int | None:
