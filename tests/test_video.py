@@ -285,6 +285,8 @@ def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, clip, s
     assert (out / "keep.txt").exists()
     again = _run(args, tmp_path)  # without --resume the unfinished run is not overwritten
     assert again.returncode == 2 and "--resume" in again.stderr
+    changed = _run([*args, "--resume", "--iterations", "2"], tmp_path)
+    assert changed.returncode == 2 and "other args" in changed.stderr
     proc = _stop_after([*args, "--resume"], tmp_path, work / "frame_00004.png", signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL and (out / "keep.txt").exists()
     r = _run([*args, "--resume"], tmp_path)

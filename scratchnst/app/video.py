@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import shutil
 import sys
@@ -98,6 +99,7 @@ class VideoRun:
         self.clip = videoio.read_clip(source, self.options.frames, settings.size, self.options.fps)
         h, w = self.clip.frames[0].shape[:2]
         self.settings = dataclasses.replace(settings, size=max(h, w)).validated(len(self.styles or [None]))
+        self.frames_sha256 = hashlib.sha256(b"".join(f.tobytes() for f in self.clip.frames)).hexdigest()  # the input's content, as decoded
         self.work = work_dir(self.out)
         self.resume = resume
         self.net, self.style_cache = None, {}
@@ -109,7 +111,8 @@ class VideoRun:
         o = self.options
         return {
             "input": self.source, "styles": [str(Path(s).resolve()) for s in self.styles or []],
-            "frames": [self.clip.first, self.clip.first + len(self.clip.frames)], "args": self.settings.as_args(),
+            "frames": [self.clip.first, self.clip.first + len(self.clip.frames)], "frames_sha256": self.frames_sha256,
+            "args": self.settings.as_args(),
             "temporal_weight": o.temporal_weight, "first_iterations": o.first_iterations, "independent": o.independent,
         }
 
