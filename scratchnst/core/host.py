@@ -13,17 +13,14 @@ Two rules keep results identical whatever the thread count:
   threads.
 
 Process-wide settings are scoped: `engine_threads()` holds BLAS at one thread for the duration of
-a run and restores it after (threadpoolctl). Big host arrays come from `empty`/`zeros`: inside
-`reusing(pool)` they are recycled from a `BufferPool` the caller owns (NSTObjective keeps one), so
-evaluation after evaluation finds its activations' memory already mapped, with no allocator setting
-changed behind the caller's back.
+a run and restores it after (threadpoolctl). `keep_freed_memory()` is the applications'
+explicit, documented opt-in to a permanent allocator setting (the CLI and bench make it; a library
+call never does); a notebook that wants the CLI's speed calls it once itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import sys
 import types
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -33,10 +30,8 @@ import numpy as np
 # OPENBLAS_NUM_THREADS / OMP_NUM_THREADS still decide).
 THREADS: int | None = None
 MIN_SPLIT_ELEMENTS = 2**16  # below this, handing work to another thread costs more than it saves
-SUM_CHUNK_ELEMENTS = 2**22  # split_sum's chunk: a fixed amount of work, whatever the threads
+SUM_CHUNK_ELEMENTS = 2**20  # split_sum's chunk: a fixed amount of work, whatever the threads
 
-POOL_MIN_BYTES = 2**20  # smaller arrays come and go through malloc's own free lists
-_pool_now: contextvars.ContextVar = contextvars.ContextVar("scratchnst_buffer_pool", default=None)
 _blas = None  # threadpoolctl controller of the loaded BLAS libraries, made on first use
 _blas_threads: int | None = None
 _pool: ThreadPoolExecutor | None = None
@@ -130,54 +125,6 @@ def engine_threads():
     workers()  # remember BLAS's thread count before it is limited
     with _blas_controller().limit(limits=1):
         yield
-
-
-class BufferPool:
-    """Host arrays kept for reuse: `take` hands out a kept array of the same shape and dtype that
-    nobody references any more, or a new one. Dropping the pool frees them all."""
-
-    def __init__(self):
-        self._kept: dict[tuple, list[np.ndarray]] = {}
-
-    def take(self, shape: tuple, dtype) -> np.ndarray:
-        kept = self._kept.setdefault((tuple(shape), np.dtype(dtype).str), [])
-        for a in kept:
-            # Referenced only by this list, the loop variable and getrefcount's argument: free.
-            # (A view keeps its base alive through .base, so a viewed array is never handed out.)
-            if sys.getrefcount(a) <= 3:
-                return a
-        a = np.empty(shape, dtype=dtype)
-        kept.append(a)
-        return a
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for kept in self._kept.values() for a in kept)
-
-
-@contextlib.contextmanager
-def reusing(pool: BufferPool | None):
-    """For the duration (this thread and context): `empty`/`zeros` draw big host arrays from `pool`."""
-    token = _pool_now.set(pool)
-    try:
-        yield pool
-    finally:
-        _pool_now.reset(token)
-
-
-def empty(xp: types.ModuleType, shape, dtype):
-    """xp.empty(shape, dtype), from the current BufferPool for big host arrays."""
-    pool = _pool_now.get()
-    if pool is None or xp is not np or int(np.prod(shape)) * np.dtype(dtype).itemsize < POOL_MIN_BYTES:
-        return xp.empty(shape, dtype=dtype)
-    return pool.take(shape, dtype)
-
-
-def zeros(xp: types.ModuleType, shape, dtype):
-    """xp.zeros(shape, dtype), from the current BufferPool for big host arrays."""
-    a = empty(xp, shape, dtype)
-    a.fill(0)
-    return a
 
 
 def keep_freed_memory() -> bool:

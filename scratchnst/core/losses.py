@@ -7,7 +7,6 @@ Values are 0-d arrays on the input's array module (no host sync here); the objec
 from __future__ import annotations
 
 from scratchnst.core import ops
-from scratchnst.core import host
 from scratchnst.core.backend import get_array_module
 
 
@@ -41,7 +40,7 @@ def tv_loss(x):
     dh = x[:, :, 1:, :] - x[:, :, :-1, :]
     dw = x[:, :, :, 1:] - x[:, :, :, :-1]
     loss = (dh * dh).sum() + (dw * dw).sum()
-    dx = host.zeros(get_array_module(x), x.shape, x.dtype)
+    dx = get_array_module(x).zeros_like(x)
     dx[:, :, 1:, :] += 2 * dh
     dx[:, :, :-1, :] -= 2 * dh
     dx[:, :, :, 1:] += 2 * dw

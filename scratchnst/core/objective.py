@@ -191,7 +191,6 @@ class NSTObjective:
             if self.style_masks is not None:
                 self._region_targets(net, grams)
         self.pixel_terms = list(pixel_terms)
-        self._buffers = host.BufferPool()  # the evaluations' big host arrays, reused by the next one
 
     def _targets(self, net, content, styles, grams) -> None:
         """The content activations P_l and the style Gram matrices A_l, rescaled to x's positions."""
@@ -287,10 +286,9 @@ class NSTObjective:
         """L(x), dL/dx and the unweighted totals. x: (1, 3, H, W) shaped like the content image,
         on the net's array module.
 
-        For its duration BLAS runs single-threaded under our own host threads, and the big host
-        arrays come from this objective's BufferPool, as the previous evaluation left them; the
-        caller's process is as it was afterwards (host.engine_threads, host.reusing)."""
-        with host.engine_threads(), host.reusing(self._buffers):
+        For its duration BLAS runs single-threaded under our own host threads; the caller's BLAS
+        thread count is back afterwards (host.engine_threads)."""
+        with host.engine_threads():
             return self._evaluate(x)
 
     def _evaluate(self, x) -> Evaluation:

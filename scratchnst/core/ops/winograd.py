@@ -167,12 +167,16 @@ def _winograd_conv(x, kernels, b, pad: int):
     out_w = conv_output_size(W, 3, 1, pad, "winograd conv2d")
     th, tw = -(-out_h // 4), -(-out_w // 4)
     tb = _band_rows(xp, C, F, th, tw, x.dtype.itemsize)
-    y = host.empty(xp, (N, F, out_h, out_w), x.dtype)
+    y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
     bias = None if b is None else b.reshape(F, 1, 1)
     geometry = (pad, th, tw, tb)
 
+    starts = list(range(0, th, tb))
+    # One set of band buffers per worker, made once per call: split_map's worker i gets
+    # starts[i::workers], whose first band is starts[i].
+    workspaces = [_band_buffers(xp, C, F, tb, tw, x.dtype) for _ in range(min(host.workers(xp), len(starts)))]
     for n in range(N):
-        host.split_map(xp, list(range(0, th, tb)), lambda starts: _run_bands(x[n], kernels, bias, y[n], starts, geometry))
+        host.split_map(xp, starts, lambda mine: _run_bands(x[n], kernels, bias, y[n], mine, geometry, workspaces[starts.index(mine[0]) % len(workspaces)]))
     return y
 
 
@@ -187,20 +191,10 @@ def _band_rows(xp, C: int, F: int, th: int, tw: int, itemsize: int) -> int:
     return -(-th // bands)  # equal bands
 
 
-def _run_bands(xn, kernels, bias, yn, starts, geometry):
-    """One worker's bands of one image: xn (C, H, W) → yn (F, out_h, out_w), buffers reused.
-
-    Everything stays channel-major, as x and y are: V[ξν] is (C, tiles), the GEMMs make
-    M[ξν] = K[ξν] V[ξν] (F, tiles), and the inverse transform scatters its 16 outputs per tile
-    straight into y. (A channel-last layout would give the 1-D transforms longer contiguous runs
-    on the deep layers, but the transposing copies in and out cost more than that saves.)
-    """
-    xp = get_array_module(xn)
-    pad, th, tw, tb = geometry
-    C, F, Wp = xn.shape[0], yn.shape[0], 4 * tw + 2
-    dt = xn.dtype
-    R = 4 * tb + 2
-    bufs = {
+def _band_buffers(xp, C: int, F: int, tb: int, tw: int, dt) -> dict:
+    """The buffers one worker reuses for all its bands (see _run_bands)."""
+    R, Wp = 4 * tb + 2, 4 * tw + 2
+    return {
         "x": xp.empty(C * R * Wp, dtype=dt),  # padded input rows of one band
         "ph": xp.empty(6 * C * R * tw, dtype=dt),  # its column taps 4·s + q, one array per q
         "s": xp.empty(2 * C * R * tw, dtype=dt),  # scratch of the input's 1-D transforms
@@ -211,6 +205,19 @@ def _run_bands(xn, kernels, bias, yn, starts, geometry):
         "y": xp.empty(4 * F * tb * tw, dtype=dt),  # one column j of output positions
         "pq": xp.empty(2 * F * tb * tw, dtype=dt),
     }
+
+
+def _run_bands(xn, kernels, bias, yn, starts, geometry, bufs):
+    """One worker's bands of one image: xn (C, H, W) → yn (F, out_h, out_w), buffers reused.
+
+    Everything stays channel-major, as x and y are: V[ξν] is (C, tiles), the GEMMs make
+    M[ξν] = K[ξν] V[ξν] (F, tiles), and the inverse transform scatters its 16 outputs per tile
+    straight into y. (A channel-last layout would give the 1-D transforms longer contiguous runs
+    on the deep layers, but the transposing copies in and out cost more than that saves.)
+    """
+    xp = get_array_module(xn)
+    pad, th, tw, tb = geometry
+    C, F = xn.shape[0], yn.shape[0]
     for t0 in starts:
         rows = min(tb, th - t0)
         nt = rows * tw
