@@ -37,7 +37,7 @@ from scratchnst.core.objective import PixelTerm, check_weight
 from scratchnst.errors import ScratchnstError, one_line
 
 DEFAULT_TEMPORAL_WEIGHT = 1000.0  # on the "size"-normalised objective; docs/benchmarks.md, "Video"
-DEFAULT_ITERATIONS = 30  # each frame after the first (which gets the stylize default, 60)
+DEFAULT_ITERATIONS = 20  # each frame after the first (which gets the stylize default, 60); docs/benchmarks.md, "Video"
 STATE = "state.json"
 
 
