@@ -50,14 +50,19 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+def _layers_run(layers: Sequence[str]):
+    """The VGG layers a forward pass to `layers` runs (unknown names ignored; at least conv1_1)."""
+    from scratchnst.core.vgg import LAYER_NAMES, layers_through
+
+    return layers_through([n for n in layers if n in LAYER_NAMES] or ["conv1_1"])
+
+
 def _per_pixel(layers: Sequence[str]) -> tuple[float, float]:
     """Per input pixel, over every VGG layer up to the deepest of `layers`: (activation elements of
     all of them, elements of the largest whole-image conv band: im2col 9·C_in plus the output C_out,
     forward or, with C_in and C_out swapped, backward)."""
-    from scratchnst.core.vgg import LAYER_NAMES, layers_through
-
     total, band = 3.0, 0.0
-    for layer in layers_through([n for n in layers if n in LAYER_NAMES] or ["conv1_1"]):
+    for layer in _layers_run(layers):
         area = 4.0**-layer.pools
         if layer.kind == "conv":
             band = max(band, (9 * layer.c_in + layer.channels) * area, (9 * layer.channels + layer.c_in) * area)
@@ -105,9 +110,9 @@ def estimate_peak_bytes(
 def _winograd_bytes(settings, itemsize: int, pixels: int) -> tuple[int, int]:
     """(bytes of the Winograd filter transforms the run keeps: 36·F·C per conv that runs Winograd,
     bytes of the largest whole-image Winograd band: V and M, 36·(C + F) per 4×4 tile)."""
-    from scratchnst.core.vgg import LAYER_NAMES, conv_algorithm, layers_through
+    from scratchnst.core.vgg import conv_algorithm
 
-    layers = layers_through([n for n in (*settings.content_layers, *settings.style_layers) if n in LAYER_NAMES] or ["conv1_1"])
+    layers = _layers_run((*settings.content_layers, *settings.style_layers))
     winograd = [l for l in layers if l.kind == "conv" and conv_algorithm(settings.conv, settings.dtype, l) == "winograd"]
     transforms = sum(36 * l.channels * l.c_in * itemsize for l in winograd)
     # Making a transform holds the kernel, one G row's product and one result row in float64.

@@ -62,8 +62,7 @@ def workers(xp: types.ModuleType = np) -> int:
 def slices(xp: types.ModuleType, n: int, item_size: int = 1) -> list[slice]:
     """0..n as one contiguous slice per worker (a single slice on CuPy), but no slice under
     MIN_SPLIT_ELEMENTS elements (item_size per item)."""
-    k = max(1, min(workers(xp), n * item_size // MIN_SPLIT_ELEMENTS))
-    return [slice(i * n // k, (i + 1) * n // k) for i in range(k)]
+    return _even(n, max(1, min(workers(xp), n * item_size // MIN_SPLIT_ELEMENTS)))
 
 
 def split_map(xp: types.ModuleType, items: list, run) -> list:
@@ -92,7 +91,11 @@ def split_map(xp: types.ModuleType, items: list, run) -> list:
 def chunks(n: int, item_size: int = 1) -> list[slice]:
     """0..n cut into contiguous chunks of about SUM_CHUNK_ELEMENTS elements (item_size per item):
     how many depends on the size only, never on the threads."""
-    k = max(1, n * item_size // SUM_CHUNK_ELEMENTS)
+    return _even(n, max(1, n * item_size // SUM_CHUNK_ELEMENTS))
+
+
+def _even(n: int, k: int) -> list[slice]:
+    """0..n as k contiguous slices whose lengths differ by at most one."""
     return [slice(i * n // k, (i + 1) * n // k) for i in range(k)]
 
 

@@ -194,8 +194,6 @@ class NSTObjective:
 
     def _targets(self, net, content, styles, grams) -> None:
         """The content activations P_l and the style Gram matrices A_l, rescaled to x's positions."""
-        if grams is None:
-            grams = [style_grams(net, style, self.style_layers) for style in styles]
         content = net.xp.asarray(content, dtype=net.dtype)
         content_feats = net.extract(content, self.layers)
         self.targets = {layer: content_feats[layer] for layer in self.content_layers}
