@@ -82,17 +82,6 @@ def test_bench_table_and_bad_sizes(vgg_weights_path):
     assert bad.returncode == 2 and "≥ 32" in bad.stderr
 
 
-def test_freed_host_memory_is_kept_on_glibc():
-    """The allocator opt-in the CLI and bench's children make (docs/benchmarks.md, "The allocator")."""
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt tuning applies to glibc only")
-    code = "from scratchnst.core import host\nprint(host.keep_freed_memory())\n"  # its own process: it is permanent
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and proc.stdout.split() == ["True"], proc.stderr
-
-
 def test_engine_threads_hold_blas_at_one_thread_and_restore_it():
     """host.engine_threads (stylize, the CLI, bench): BLAS single-threaded inside, its threads given to
     split work, and the caller's BLAS thread count back afterwards."""

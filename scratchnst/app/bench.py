@@ -256,7 +256,6 @@ def _child_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from scratchnst.core import host
 
-    host.keep_freed_memory()  # as the CLI does: measure what users get
     with host.engine_threads():
         r = measure_size(a.child, repeats=a.repeats, backend=a.backend, dtype=a.dtype, conv=a.conv, profile=a.profile)
     print(json.dumps(r))

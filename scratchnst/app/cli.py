@@ -504,7 +504,6 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     args = parser.parse_args([a for a in argv if a != "--debug"])
     signal.signal(signal.SIGTERM, _on_sigterm)
-    host.keep_freed_memory()  # the application's opt-in (a library call never does this)
     try:
         with host.engine_threads():
             return args.func(args)

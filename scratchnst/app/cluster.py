@@ -72,7 +72,6 @@ class EngineSetup(WorkerPlugin):
     - the engine's host threads (scratchnst.core.host.THREADS) set to the worker's share of the
       cores; BLAS stays at the one thread Dask's nanny gives it (OMP_NUM_THREADS=1), which is
       what the engine holds it at during a run anyway;
-    - the allocator opt-in the CLI makes (host.keep_freed_memory): these processes are ours;
     - SIGINT ignored: Ctrl-C in a terminal reaches the whole process group, and the client, not
       each worker, decides what an interrupt does (running jobs save a checkpoint).
     """
@@ -86,7 +85,6 @@ class EngineSetup(WorkerPlugin):
         from scratchnst.core import host
 
         host.THREADS = self.threads
-        host.keep_freed_memory()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -12,16 +12,25 @@ Two rules keep results identical whatever the thread count:
 - `split_sum` adds such fixed chunks in a fixed order: the same floating-point sum with 1, 2 or 4
   threads.
 
-Process-wide settings are scoped: `engine_threads()` holds BLAS at one thread for the duration of
-a run and restores it after (threadpoolctl). `keep_freed_memory()` is the applications'
-explicit, documented opt-in to a permanent allocator setting (the CLI and bench make it; a library
-call never does); a notebook that wants the CLI's speed calls it once itself.
+Nothing process-wide is changed for good: `engine_threads()` holds BLAS at one thread for the
+duration of a run and restores it after (threadpoolctl), and the allocator is left alone.
+
+Big arrays: the ops make their outputs and band buffers with `empty`/`zeros` below instead of
+xp.empty/xp.zeros. Inside `lending(arena)` (an NSTObjective lends from its own Arena, from its
+targets through every evaluation) those of LEND_MIN_BYTES or more come from the arena's region,
+which lasts from one evaluation to the next; anywhere else they are plain xp arrays. The CLI and a
+library call run the same code at the same speed (docs/benchmarks.md, "An arena for the big
+arrays").
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import mmap
+import threading
 import types
+import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
@@ -77,9 +86,10 @@ def split_map(xp: types.ModuleType, items: list, run) -> list:
     if _pool_size < count:
         _pool, _pool_size = ThreadPoolExecutor(count, thread_name_prefix="scratchnst-split"), count
     errors = np.geterr()  # per thread: the workers take the caller's floating-point error handling
+    arena = _lender.arena  # and the caller's arena
 
     def guarded(subset):
-        with np.errstate(**errors):
+        with np.errstate(**errors), lending(arena, renew=False):
             return run(subset)
 
     with _blas_controller().limit(limits=1):
@@ -130,26 +140,162 @@ def engine_threads():
         yield
 
 
-def keep_freed_memory() -> bool:
-    """Opt-in, process-wide and permanent: keep freed large host arrays in the heap.
+# -- big arrays: an arena that lends freed memory to any shape ------------------------------------
 
-    glibc serves every allocation above its mmap threshold (at most 32 MB by default) with a fresh
-    mmap and unmaps it on free, so each objective evaluation would fault in and zero every big
-    activation, mask and gradient again. Three settings keep those pages: the mmap threshold at
-    2 GB, no trimming, and one malloc arena (split_map's threads would otherwise get arenas whose
-    heaps cannot hold a 64 MB array). The measurements are in docs/benchmarks.md ("The
-    allocator"). The applications opt in (the CLI, bench's children); a library call never does it
-    behind its caller's back. Returns False where it does not apply (not glibc).
+LEND_MIN_BYTES = 2**20  # smaller arrays stay with malloc, whose heap already reuses them cheaply
+ALIGN = 4096  # loans start on page boundaries
+HEADROOM = 1.1  # a new region is this much more than the most ever lent at once (for fragmentation)
+
+
+class Arena:
+    """Host memory for big arrays: one region, lent out in pieces for any shape and dtype, each piece
+    taken back when its array and every view of it are gone, and lent again.
+
+    Why: glibc maps every allocation above its mmap threshold (32 MB at most) afresh and unmaps it
+    on free, so without this each evaluation faults in and zeroes its large activations and
+    gradients again (at 512², about a quarter of its time).
+
+    How: loans are carved first-fit from the region's free intervals, which merge again when loans
+    come back. What does not fit is a plain array, and the shortfall is noted; `renew` (at the start
+    of each evaluation) then makes a region big enough for the most ever lent at once, so from the
+    second evaluation on everything fits. Dropping the arena gives the region back once no loan from
+    it is left.
     """
-    import ctypes
-    import ctypes.util
 
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+    def __init__(self):
+        self._lock = threading.RLock()  # reentrant: a loan can come back (a finalizer) while one is made
+        self._region: _Region | None = None
+        self._over = 0  # bytes lent now as arrays of their own (they did not fit)
+        self._short = 0  # the most of those at once since the last renew
+        self.lent_bytes = self.peak_bytes = 0
+
+    @property
+    def region_bytes(self) -> int:
+        return 0 if self._region is None else self._region.size
+
+    def renew(self) -> None:
+        """A new, larger region when the current one fell short since the last renew."""
+        with self._lock:
+            if self._short:
+                want = max(int(HEADROOM * self.peak_bytes), self.region_bytes + self._short)
+                self._region, self._short = _Region(_aligned(want)), 0
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of `shape` and `dtype`, lent from the region."""
+        dtype, shape = np.dtype(dtype), _shape(shape)
+        size = _aligned(int(np.prod(shape)) * dtype.itemsize)
+        with self._lock:
+            region = self._region
+            start = None if region is None else region.take(size)
+            if start is None:
+                self._over += size
+                self._short = max(self._short, self._over)
+            self.lent_bytes += size
+            self.peak_bytes = max(self.peak_bytes, self.lent_bytes)
+        if start is None:  # it does not fit: memory of its own
+            region, start, buffer = None, 0, _mapped(size)
+        else:
+            buffer = region.buffer
+        loan = _Loan(buffer, start, shape, dtype)
+        weakref.finalize(loan, self._take_back, region, start, size)
+        return np.asarray(loan)
+
+    def _take_back(self, region: "_Region | None", start: int, size: int) -> None:
+        with self._lock:
+            if region is None:
+                self._over -= size
+            else:
+                region.give(start, size)
+            self.lent_bytes -= size
+
+
+class _Region:
+    """One uint8 buffer and its free intervals [start, end), sorted and never adjacent."""
+
+    def __init__(self, size: int):
+        self.buffer = _mapped(size)
+        self.size = size
+        self.free = [[0, size]]
+
+    def take(self, size: int) -> int | None:
+        """The start of `size` bytes carved from the first free interval that holds them, or None.
+        (First fit left less unusable room than best fit in the objective's pattern of loans.)"""
+        for k, (lo, hi) in enumerate(self.free):
+            if hi - lo >= size:
+                if hi - lo == size:
+                    del self.free[k]
+                else:
+                    self.free[k][0] = lo + size
+                return lo
+        return None
+
+    def give(self, start: int, size: int) -> None:
+        """Bytes start .. start + size free again, merged with the free neighbours."""
+        k = bisect.bisect(self.free, [start, start + size])
+        end = start + size
+        if k < len(self.free) and self.free[k][0] == end:  # merge with the interval after
+            end = self.free.pop(k)[1]
+        if k > 0 and self.free[k - 1][1] == start:  # and with the one before
+            self.free[k - 1][1] = end
+        else:
+            self.free.insert(k, [start, end])
+
+
+class _Loan:
+    """What a lent array is a view of (its .base): alive exactly as long as the array or a view is."""
+
+    def __init__(self, buffer: np.ndarray, start: int, shape: tuple, dtype: np.dtype):
+        self.buffer = buffer
+        self.__array_interface__ = {"data": (buffer.ctypes.data + start, False), "shape": shape, "typestr": dtype.str, "version": 3}
+
+
+def _mapped(size: int) -> np.ndarray:
+    """size bytes of fresh memory mapped for this array alone (never malloc's heap, where a freed
+    block may stay held): unmapped once the array is gone."""
+    return np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def _shape(shape) -> tuple:
+    return (int(shape),) if np.ndim(shape) == 0 else tuple(int(n) for n in shape)
+
+
+class _Lender(threading.local):
+    arena: Arena | None = None
+
+
+_lender = _Lender()
+
+
+@contextlib.contextmanager
+def lending(arena: Arena | None, *, renew: bool = True):
+    """For the duration, in this thread (and in split_map's workers): `empty` and `zeros` lend big
+    host arrays from `arena` (None: from nowhere, plain xp arrays). renew: let the arena grow its
+    region first (the start of an evaluation; split_map's workers join one already running)."""
+    if arena is not None and renew:
+        arena.renew()
+    before, _lender.arena = _lender.arena, arena
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return all(
-            libc.mallopt(param, value)
-            for param, value in ((M_MMAP_THRESHOLD, 2**31 - 1), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))
-        )
-    except (OSError, AttributeError):
-        return False
+        yield
+    finally:
+        _lender.arena = before
+
+
+def empty(xp: types.ModuleType, shape, dtype):
+    """xp.empty(shape, dtype), lent from the current arena when on the host and big enough."""
+    arena = _lender.arena
+    if arena is not None and xp is np and int(np.prod(_shape(shape))) * np.dtype(dtype).itemsize >= LEND_MIN_BYTES:
+        return arena.empty(shape, dtype)
+    return xp.empty(shape, dtype=dtype)
+
+
+def zeros(xp: types.ModuleType, shape, dtype):
+    """xp.zeros(shape, dtype), lent from the current arena as `empty` is."""
+    if _lender.arena is None or xp is not np:
+        return xp.zeros(shape, dtype=dtype)
+    out = empty(xp, shape, dtype)
+    out.fill(0)
+    return out

@@ -184,7 +184,8 @@ class NSTObjective:
         self.shape = tuple(content.shape)
         self.normalize_gradients = bool(normalize_gradients)
         self.style_masks = self._check_masks(style_masks, len(styles), style_blend)
-        with host.engine_threads():  # the targets' bits, like the evaluations', whatever BLAS's threads
+        self._arena = host.Arena()  # the big host arrays, from the targets on reused by each evaluation
+        with host.engine_threads(), host.lending(self._arena):  # the targets' bits, like the evaluations', whatever BLAS's threads
             if grams is None:
                 grams = [style_grams(net, style, self.style_layers) for style in styles]
             self._targets(net, content, styles, grams)
@@ -196,7 +197,8 @@ class NSTObjective:
         """The content activations P_l and the style Gram matrices A_l, rescaled to x's positions."""
         content = net.xp.asarray(content, dtype=net.dtype)
         content_feats = net.extract(content, self.layers)
-        self.targets = {layer: content_feats[layer] for layer in self.content_layers}
+        # Copies of their own (xp.array): kept for the objective's life, they must not pin arena memory.
+        self.targets = {layer: net.xp.array(content_feats[layer]) for layer in self.content_layers}
         self.grams = {layer: 0 for layer in self.style_layers}
         for blend, per_layer in zip(self.style_blend, grams):
             for layer in self.style_layers:
@@ -286,7 +288,7 @@ class NSTObjective:
 
         For its duration BLAS runs single-threaded under our own host threads; the caller's BLAS
         thread count is back afterwards (host.engine_threads)."""
-        with host.engine_threads():
+        with host.engine_threads(), host.lending(self._arena):
             return self._evaluate(x)
 
     def _evaluate(self, x) -> Evaluation:
@@ -296,8 +298,16 @@ class NSTObjective:
             if t.layer is not None:
                 if self.normalize_gradients:  # neural-style's normalisation: each layer's gradient to L1 norm 1
                     t = t._replace(grad=t.grad / (abs(t.grad).sum() + 1e-8))
-                dfeats[t.layer] = t.weight * t.grad if t.layer not in dfeats else dfeats[t.layer] + t.weight * t.grad
-        grad = self.net.backward(dfeats, caches) if dfeats else x * 0
+                # Each term's gradient is a fresh array of this evaluation: weighted and summed in place.
+                grad = t.grad
+                grad *= t.weight
+                if t.layer in dfeats:
+                    dfeats[t.layer] += grad
+                else:
+                    dfeats[t.layer] = grad
+        # A copy of its own (xp.array), not a view of the arena's memory: the caller keeps it for as
+        # long as it likes, and the arena is whole again for the next evaluation.
+        grad = self.net.xp.array(self.net.backward(dfeats, caches, consume=True)) if dfeats else x * 0
         layer_weight = dict(zip(self.style_layers, self.style_layer_weights))
         totals = {"content": 0.0, "style": 0.0, "tv": 0.0, **{p.name: 0.0 for p in self.pixel_terms}}
         for t in terms:

@@ -181,18 +181,30 @@ class VGG16:
         """Activations of `layers` for x: (N, 3, H, W), running only as deep as needed."""
         return self.forward(x, layers)[0]
 
-    def backward(self, dfeats: dict, caches: list[LayerCache]):
+    def backward(self, dfeats: dict, caches: list[LayerCache], *, consume: bool = False):
         """Input gradient dx: (N, 3, H, W) given dL/d(activation) for some layers.
 
         Starts at the deepest layer that has a gradient (nothing deeper is touched) and adds each
-        layer's own gradient as the backward pass reaches it.
+        layer's own gradient as the backward pass reaches it. consume: take each cache out of
+        `caches` as the pass leaves its layer (the list ends empty), so that the masks of the deep
+        layers are not held while the large shallow ones are worked on: for one backward per
+        forward, as the objective runs them.
         """
         dout = None
-        for layer, cache in reversed(caches):
+        for layer, cache in _drain(caches) if consume else reversed(caches):
             if layer.name in dfeats:
-                dout = dfeats[layer.name] if dout is None else dout + dfeats[layer.name]
+                if dout is None:
+                    dout = dfeats[layer.name]
+                else:  # dout is the layer above's fresh output: ours to add into
+                    dout += dfeats[layer.name]
             if dout is not None:
                 dout = self.layer_backward(layer, dout, cache)
         if dout is None:
             raise ValueError("backward needs a gradient for at least one layer that forward ran")
         return dout
+
+
+def _drain(items: list):
+    """The list's items last to first, each removed from it as it is handed out."""
+    while items:
+        yield items.pop()

@@ -87,11 +87,11 @@ def _conv_gemm(x, w, b, stride: int, pad: int):
     K = C * KH * KW
     w2 = w.reshape(F, K)
     xpad = _pad(x, pad)
-    y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
+    y = host.empty(xp, (N, F, out_h, out_w), x.dtype)
     rows = _band_rows(xp, K, F, out_w, out_h, x.dtype.itemsize)
 
     def run(n, starts):
-        img, buf = xpad[n], xp.empty(K * rows * out_w, dtype=x.dtype)
+        img, buf = xpad[n], host.empty(xp, K * rows * out_w, x.dtype)
         for r0 in starts:
             R = min(rows, out_h - r0)
             # col[c, p, q, i, j] = img[c, (r0+i)·s + p, j·s + q]: one strided slice copy per kernel
@@ -129,14 +129,14 @@ def _conv_gemm_flat(x, w, b, pad: int):
     Hp, Wp = H + 2 * pad, W + 2 * pad
     K = C * KH * KW
     w2 = w.reshape(F, K)
-    flat = xp.zeros((C, Hp * Wp + KW - 1), dtype=x.dtype)
-    y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
+    flat = host.zeros(xp, (C, Hp * Wp + KW - 1), x.dtype)
+    y = host.empty(xp, (N, F, out_h, out_w), x.dtype)
     rows = _band_rows(xp, K, F, Wp, out_h, x.dtype.itemsize)
     bias = None if b is None else b.reshape(F, 1, 1)
 
     def run(n, starts):
-        colbuf = xp.empty(K * rows * Wp, dtype=x.dtype)
-        outbuf = xp.empty(F * rows * Wp, dtype=x.dtype)
+        colbuf = host.empty(xp, K * rows * Wp, x.dtype)
+        outbuf = host.empty(xp, F * rows * Wp, x.dtype)
         for r0 in starts:
             R = min(rows, out_h - r0)
             L = R * Wp
@@ -169,13 +169,13 @@ def _col2im_backward(dout, cache: ConvCache):
     out_h, out_w = dout.shape[2], dout.shape[3]
     K = C * KH * KW
     w2t = w.reshape(F, K).T
-    dxpad = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=dout.dtype)
+    dxpad = host.zeros(xp, (N, C, H + 2 * pad, W + 2 * pad), dout.dtype)
     # Band r0 adds into input rows [r0·s, (r0 + rows − 1)·s + KH): with rows ≥ KH, bands two apart
     # never share a row, so the even bands can run at once, then the odd ones.
     rows = max(KH, _band_rows(xp, K, F, out_w, out_h, dout.dtype.itemsize, per_worker=2))
 
     def run(n, starts):
-        img, buf = dxpad[n], xp.empty(K * rows * out_w, dtype=dout.dtype)
+        img, buf = dxpad[n], host.empty(xp, K * rows * out_w, dout.dtype)
         for r0 in starts:
             R = min(rows, out_h - r0)
             dcol = buf[: K * R * out_w].reshape(K, R * out_w)
@@ -199,7 +199,7 @@ def _pad(x, pad: int):
     if pad == 0:
         return x
     N, C, H, W = x.shape
-    out = get_array_module(x).zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
+    out = host.zeros(get_array_module(x), (N, C, H + 2 * pad, W + 2 * pad), x.dtype)
     out[:, :, pad : pad + H, pad : pad + W] = x
     return out
 

@@ -29,7 +29,7 @@ def gram_backward(dg, cache):
     N, C, H, W = f.shape
     F = f.reshape(N, C, H * W)
     s = dg + dg.transpose(0, 2, 1)
-    df = xp.empty_like(F)
+    df = host.empty(xp, F.shape, F.dtype)
     # dF's columns are positions: each host thread fills its own chunks of them.
     host.split_map(xp, host.chunks(H * W, N * C), lambda parts: [xp.matmul(s, F[:, :, p], out=df[:, :, p]) for p in parts])
     return df.reshape(f.shape)

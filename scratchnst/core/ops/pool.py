@@ -29,8 +29,8 @@ def maxpool2d_forward(x, k: int, stride: int):
     xp = get_array_module(x)
     N, C, H, W = x.shape
     shape = (N, C, conv_output_size(H, k, stride, 0, "pool"), conv_output_size(W, k, stride, 0, "pool"))
-    y = xp.empty(shape, dtype=x.dtype)
-    argmax = xp.empty(shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
+    y = host.empty(xp, shape, x.dtype)
+    argmax = host.empty(xp, shape, xp.uint8 if k * k <= 256 else xp.int32)
     pool = _maxpool_tiled if k == stride else _maxpool_scan
 
     def run(channels):  # channels are independent: each host thread takes its own
@@ -44,7 +44,7 @@ def maxpool2d_forward(x, k: int, stride: int):
 def maxpool2d_backward(dout, cache: PoolCache):
     """dx: (N, C, H, W); each dout entry goes to the position of its window's (first) maximum."""
     xp = get_array_module(dout)
-    dx = xp.zeros(cache.x_shape, dtype=dout.dtype)
+    dx = host.zeros(xp, cache.x_shape, dout.dtype)
 
     def run(channels):  # channel by channel, as in the forward pass
         for c in channels:
@@ -75,7 +75,7 @@ def avgpool2d_forward(x, k: int, stride: int):
 def avgpool2d_backward(dout, cache: PoolCache):
     """dx: (N, C, H, W); each window position receives dout / k²."""
     xp = get_array_module(dout)
-    dx = xp.zeros(cache.x_shape, dtype=dout.dtype)
+    dx = host.zeros(xp, cache.x_shape, dout.dtype)
     share = dout * (1.0 / (cache.k * cache.k))
     for _, view in _windows(dx, cache.k, cache.stride):
         view += share

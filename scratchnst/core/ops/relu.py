@@ -14,7 +14,7 @@ def relu_forward(x):
     """
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
-    y, mask = xp.empty_like(x), xp.empty(x.shape, dtype=bool)
+    y, mask = host.empty(xp, x.shape, x.dtype), host.empty(xp, x.shape, bool)
     _elementwise(xp, _relu, x, y, mask)
     return y, mask
 
@@ -23,7 +23,7 @@ def relu_backward(dout, cache):
     """dx = dout where x > 0, else 0 (the subgradient at 0 is taken as 0)."""
     xp = get_array_module(dout)
     dout = xp.ascontiguousarray(dout)
-    dx = xp.empty_like(dout)
+    dx = host.empty(xp, dout.shape, dout.dtype)
     _elementwise(xp, xp.multiply, dout, cache, dx)
     return dx
 

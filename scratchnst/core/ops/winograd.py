@@ -167,7 +167,7 @@ def _winograd_conv(x, kernels, b, pad: int):
     out_w = conv_output_size(W, 3, 1, pad, "winograd conv2d")
     th, tw = -(-out_h // 4), -(-out_w // 4)
     tb = _band_rows(xp, C, F, th, tw, x.dtype.itemsize)
-    y = xp.empty((N, F, out_h, out_w), dtype=x.dtype)
+    y = host.empty(xp, (N, F, out_h, out_w), x.dtype)
     bias = None if b is None else b.reshape(F, 1, 1)
     geometry = (pad, th, tw, tb)
 
@@ -195,15 +195,15 @@ def _band_buffers(xp, C: int, F: int, tb: int, tw: int, dt) -> dict:
     """The buffers one worker reuses for all its bands (see _run_bands)."""
     R, Wp = 4 * tb + 2, 4 * tw + 2
     return {
-        "x": xp.empty(C * R * Wp, dtype=dt),  # padded input rows of one band
-        "ph": xp.empty(6 * C * R * tw, dtype=dt),  # its column taps 4·s + q, one array per q
-        "s": xp.empty(2 * C * R * tw, dtype=dt),  # scratch of the input's 1-D transforms
+        "x": host.empty(xp, C * R * Wp, dt),  # padded input rows of one band
+        "ph": host.empty(xp, 6 * C * R * tw, dt),  # its column taps 4·s + q, one array per q
+        "s": host.empty(xp, 2 * C * R * tw, dt),  # scratch of the input's 1-D transforms
         # V, and once the GEMMs have consumed it, the inverse transform's pass along W (6 × 4 × F).
-        "v": xp.empty(max(36 * C, 24 * F) * tb * tw, dtype=dt),
+        "v": host.empty(xp, max(36 * C, 24 * F) * tb * tw, dt),
         # M, and before the GEMMs write it, the input transform's pass along W (6 × R × C × tw).
-        "m": xp.empty(max(36 * F * tb, 6 * C * R) * tw, dtype=dt),
-        "y": xp.empty(4 * F * tb * tw, dtype=dt),  # one column j of output positions
-        "pq": xp.empty(2 * F * tb * tw, dtype=dt),
+        "m": host.empty(xp, max(36 * F * tb, 6 * C * R) * tw, dt),
+        "y": host.empty(xp, 4 * F * tb * tw, dt),  # one column j of output positions
+        "pq": host.empty(xp, 2 * F * tb * tw, dt),
     }
 
 

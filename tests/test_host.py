@@ -1,0 +1,95 @@
+"""The host machinery's arena (scratchnst.core.host.Arena): big arrays lent for any shape, taken back
+when they are gone, and an objective's evaluations reusing them with the same bits as without."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+
+from scratchnst.core import host
+from scratchnst.core.objective import NSTObjective
+from scratchnst.gradcheck import random_vgg
+
+MB = 2**20
+
+
+def _lend_and_drop(arena, *shapes):
+    """Lend arrays of these float32 shapes at once, fill them, let them all go."""
+    arrays = [arena.empty(shape, np.float32) for shape in shapes]
+    for k, a in enumerate(arrays):
+        a.fill(k)
+    del arrays
+    gc.collect()
+
+
+def test_a_renewed_arena_lends_every_later_shape_from_its_region():
+    arena = host.Arena()
+    _lend_and_drop(arena, (MB,), (2, MB // 2, 1))  # no region yet: both are arrays of their own
+    assert arena.region_bytes == 0 and arena.peak_bytes == 8 * MB and arena.lent_bytes == 0
+    arena.renew()
+    assert 8 * MB <= arena.region_bytes <= 9 * MB  # the peak at once, plus HEADROOM
+    _lend_and_drop(arena, (MB // 4, 4), (3, MB // 4), (MB // 8,))  # other shapes, 7.5 MB at once
+    arena.renew()
+    assert arena._short == 0 and 8 * MB <= arena.region_bytes <= 9 * MB  # they fitted: no growth
+    assert arena._region.free == [[0, arena.region_bytes]]  # and every interval merged back
+
+
+def test_a_loan_lives_as_long_as_any_view_of_it():
+    arena = host.Arena()
+    _lend_and_drop(arena, (MB,))
+    arena.renew()
+    a = arena.empty((MB,), np.float32)
+    a.fill(1.0)
+    view = a[10:20]
+    del a
+    gc.collect()
+    b = arena.empty((MB,), np.float32)  # the region has no room left for a second 4 MB loan ...
+    assert not np.shares_memory(b, view)  # ... so b is memory of its own, not the view's
+    b.fill(2.0)
+    assert (view == 1.0).all() and arena.lent_bytes == 8 * MB
+    del view, b
+    gc.collect()
+    assert arena.lent_bytes == 0 and arena._region.free == [[0, arena.region_bytes]]
+
+
+def test_free_intervals_merge_in_any_order():
+    region = host._Region(10 * host.ALIGN)
+    starts = [region.take(size * host.ALIGN) for size in (2, 3, 4)]
+    assert starts == [0, 2 * host.ALIGN, 5 * host.ALIGN] and region.free == [[9 * host.ALIGN, 10 * host.ALIGN]]
+    assert region.take(2 * host.ALIGN) is None  # only one page is left
+    for k in (1, 0, 2):
+        region.give(starts[k], (2, 3, 4)[k] * host.ALIGN)
+    assert region.free == [[0, 10 * host.ALIGN]]
+
+
+def test_empty_and_zeros_lend_only_big_host_arrays_inside_lending():
+    arena = host.Arena()
+    small, big = (host.LEND_MIN_BYTES // 8,), (host.LEND_MIN_BYTES // 4,)
+    assert host.empty(np, big, np.float32).base is None  # outside lending: plain arrays
+    with host.lending(arena):
+        assert host.empty(np, small, np.float32).base is None
+        z = host.zeros(np, big, np.float32)
+        assert isinstance(z.base, host._Loan) and not z.any()
+        # split_map's workers lend from the caller's arena too
+        lent = host.split_map(np, [0, 1], lambda items: [isinstance(host.empty(np, big, np.float32).base, host._Loan) for _ in items])
+    assert all(flag for part in lent for flag in part)
+
+
+def test_evaluations_reuse_the_arena_and_give_the_same_bits_as_plain_arrays(rng, monkeypatch):
+    """A small net at 64 px, with LEND_MIN_BYTES lowered so that its block-1 arrays are lent."""
+    monkeypatch.setattr(host, "LEND_MIN_BYTES", 2**14)
+    net = random_vgg(rng, dtype="float32")
+    content, style = (rng.uniform(-100, 100, (1, 3, 64, 64)).astype(np.float32) for _ in range(2))
+    x = rng.uniform(-100, 100, (1, 3, 64, 64)).astype(np.float32)
+    obj = NSTObjective(net, content, [style])
+    results = [obj.evaluate(x) for _ in range(3)]
+    arena = obj._arena
+    assert arena.region_bytes > 0 and arena._short == 0 and arena.lent_bytes == 0
+    assert results[2].grad.base is None  # the gradient is the caller's own, not a loan
+
+    plain = NSTObjective(net, content, [style])
+    plain._arena = None  # the same objective with every array a plain one
+    want = plain.evaluate(x)
+    for got in results:
+        assert got.loss == want.loss and np.array_equal(got.grad, want.grad)
