@@ -163,19 +163,28 @@ class Arena:
     """
 
     def __init__(self):
-        self._lock = threading.RLock()  # reentrant: a loan can come back (a finalizer) while one is made
+        self._lock = threading.Lock()
         self._region: _Region | None = None
-        self._over = 0  # bytes lent now as arrays of their own (they did not fit)
+        self._returned: list[tuple] = []  # loans given back, not yet settled (see _take_back)
+        self._lent = 0  # bytes lent now
+        self._over = 0  # of those, bytes lent as memory of their own (they did not fit)
         self._short = 0  # the most of those at once since the last renew
-        self.lent_bytes = self.peak_bytes = 0
+        self.peak_bytes = 0  # the most bytes ever lent at once
 
     @property
     def region_bytes(self) -> int:
         return 0 if self._region is None else self._region.size
 
+    @property
+    def lent_bytes(self) -> int:
+        with self._lock:
+            self._settle()
+            return self._lent
+
     def renew(self) -> None:
         """A new, larger region when the current one fell short since the last renew."""
         with self._lock:
+            self._settle()
             if self._short:
                 want = max(int(HEADROOM * self.peak_bytes), self.region_bytes + self._short)
                 self._region, self._short = _Region(_aligned(want)), 0
@@ -185,13 +194,14 @@ class Arena:
         dtype, shape = np.dtype(dtype), _shape(shape)
         size = _aligned(int(np.prod(shape)) * dtype.itemsize)
         with self._lock:
+            self._settle()
             region = self._region
             start = None if region is None else region.take(size)
             if start is None:
                 self._over += size
                 self._short = max(self._short, self._over)
-            self.lent_bytes += size
-            self.peak_bytes = max(self.peak_bytes, self.lent_bytes)
+            self._lent += size
+            self.peak_bytes = max(self.peak_bytes, self._lent)
         if start is None:  # it does not fit: memory of its own
             region, start, buffer = None, 0, _mapped(size)
         else:
@@ -201,12 +211,20 @@ class Arena:
         return np.asarray(loan)
 
     def _take_back(self, region: "_Region | None", start: int, size: int) -> None:
-        with self._lock:
+        """A loan's finaliser. It runs in whichever thread drops the last view, at any moment (even
+        in the middle of `empty`, when a garbage collection frees one), so it only queues the loan
+        (list.append is atomic); the lock holder settles the queue."""
+        self._returned.append((region, start, size))
+
+    def _settle(self) -> None:
+        """Put the queued loans back (the lock held)."""
+        while self._returned:
+            region, start, size = self._returned.pop()
             if region is None:
                 self._over -= size
             else:
                 region.give(start, size)
-            self.lent_bytes -= size
+            self._lent -= size
 
 
 class _Region:
