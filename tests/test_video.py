@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from PIL import Image, ImageFilter
 from scratchnst import gradcheck
 from scratchnst.app import flow, videoio
 from scratchnst.app.cli import main
+from scratchnst.app.video import VideoRun
 from scratchnst.core.losses import temporal_loss
 from scratchnst.errors import ScratchnstError
 
@@ -45,21 +47,25 @@ def pan() -> list[np.ndarray]:
 
 
 def _write_clip(path, frames, fps=12, audio=False) -> None:
-    """An H.264 clip (CRF 0, 4:4:4: lossless but for the RGB↔YUV rounding), optionally with a second of AAC sine tone."""
+    """An H.264 clip (CRF 0, 4:4:4: lossless but for the RGB↔YUV rounding; VP9 in a .webm), optionally
+    with a second of sine tone (AAC; Opus in a .webm). A keyframe every 4 frames, as real clips have
+    several."""
+    webm = Path(path).suffix == ".webm"
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt, s.options = W, H, "yuv444p", {"crf": "0"}
-        a = c.add_stream("aac", rate=22050) if audio else None
+        s = c.add_stream("libvpx-vp9" if webm else "libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = W, H, "yuv444p"
+        s.options = {"g": "4", **({"lossless": "1"} if webm else {"crf": "0"})}
+        a = c.add_stream("libopus" if webm else "aac", rate=48000) if audio else None
         for f in frames:
             for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 c.mux(packet)
         for packet in s.encode():
             c.mux(packet)
         if a is not None:
-            tone = (0.2 * np.sin(np.arange(22050) * 2 * np.pi * 440 / 22050)).astype(np.float32)[None]
-            for start in range(0, 22050, 1024):
-                frame = av.AudioFrame.from_ndarray(tone[:, start:start + 1024].copy(), format="flt", layout="mono")
-                frame.rate = 22050
+            tone = (0.2 * np.sin(np.arange(48000) * 2 * np.pi * 440 / 48000)).astype(np.float32)[None]
+            for start in range(0, 48000, 960):
+                frame = av.AudioFrame.from_ndarray(tone[:, start:start + 960].copy(), format="flt", layout="mono")
+                frame.rate = 48000
                 for packet in a.encode(frame):
                     c.mux(packet)
             for packet in a.encode():
@@ -356,3 +362,49 @@ def test_missing_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
     with pytest.raises(ScratchnstError, match=r"scratchnst\[video\]"):
         flow.video_libs()
+
+
+# -- damaged files: a bad stream must not decode "successfully" to its first frames ---------------
+
+
+def _damage(data: bytes, how: str) -> bytes:
+    """A sixth of the bytes from the middle on replaced by seeded noise, or the file cut in half."""
+    if how == "truncated":
+        return data[: len(data) // 2]
+    out, mid = bytearray(data), len(data) // 2
+    out[mid: mid + len(data) // 6] = np.random.default_rng(3).integers(0, 256, len(data) // 6, dtype=np.uint8).tobytes()
+    return bytes(out)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm"])
+@pytest.mark.parametrize("how", ["garbled", "truncated"])
+def test_damaged_video_is_one_line_and_exit_2(tmp_path, pan, style, capsys, monkeypatch, suffix, how):
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / f"good{suffix}"
+    _write_clip(good, pan * 2)
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(_damage(good.read_bytes(), how))
+    monkeypatch.setattr(VideoRun, "run", lambda self: pytest.fail(f"{bad.name} was accepted: {len(self.clip.frames)} frames"))
+    assert main(["video", str(bad), str(style), "-o", "out.mp4", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged" in err and "Traceback" not in err, err
+    if suffix != ".mp4" or how != "truncated":  # a cut MP4 has lost its index (moov), so it does not even open
+        decoded = int(re.search(r"unreadable video stream, .*: decoded (\d+) of about 14 frames", err).group(1))
+        assert decoded < 14 and (decoded == 0 or f"--frames 0:{decoded} takes the frames before the damage" in err), err
+        if decoded:  # the hint holds: those frames are read without complaint
+            assert len(videoio.read_clip(bad, frames=(0, decoded)).frames) == decoded
+    assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "out.mp4.work").exists()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm", ".mov"])
+@pytest.mark.parametrize("frames, audio", [(1, True), (2, False), (FRAMES, False), (FRAMES, True)])
+def test_valid_clips_decode_every_frame(tmp_path, pan, suffix, frames, audio):
+    """No false alarm: the declared count (a sample table, a DURATION tag, a duration the audio
+    outlasts) matches what decodes, whatever the container."""
+    path = tmp_path / f"clip{suffix}"
+    _write_clip(path, pan[:frames], audio=audio)
+    c = videoio.read_clip(path)
+    assert (len(c.frames), c.total) == (frames, frames)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert videoio.declared_frames(container, stream, stream.average_rate) == frames
