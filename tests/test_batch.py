@@ -282,47 +282,27 @@ def test_ctrl_c_saves_running_jobs_and_rerun_completes(tmp_path, pics):
     assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 41))
 
 
-def _dask(*args, cwd, log: Path):
-    """`dask scheduler|worker ARGS`, its log in `log` (a pipe nobody reads could fill and block it)."""
-    exe = Path(sys.executable).with_name("dask")
-    with open(log, "w") as f:
-        return subprocess.Popen([str(exe), *args], cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT)
-
-
-def test_killed_worker_job_completes_on_another(tmp_path, pics):
-    sched_file = tmp_path / "scheduler.json"
-    common = ["--scheduler-file", str(sched_file)]
-    procs = [_dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", *common, cwd=tmp_path, log=tmp_path / "scheduler.log")]
+def test_killed_worker_job_completes_on_another(tmp_path, pics, dask_processes):
+    address = dask_processes.scheduler()
+    first = dask_processes.worker("first")
+    args = ["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address,
+            "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--save-every", "1", "--checkpoint-every", "5"]
+    run = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(sched_file.exists, procs[0], timeout=60)
-        address = json.loads(sched_file.read_text())["address"]
-        worker = ["worker", "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "60", *common]
-        procs.append(_dask(*worker, "--name", "first", cwd=tmp_path, log=tmp_path / "first.log"))
-        args = ["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address,
-                "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--save-every", "1", "--checkpoint-every", "5"]
-        run = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
-        procs.append(run)
         _wait_for(lambda: (tmp_path / "out" / "c1__s1_iter0007.png").exists(), run)
-        procs.append(_dask(*worker, "--name", "second", cwd=tmp_path, log=tmp_path / "second.log"))
-        time.sleep(1)
-        procs[1].kill()  # SIGKILL mid-job: Dask moves the task to the other worker
+        dask_processes.worker("second")
+        first.kill()  # SIGKILL mid-job: Dask moves the task to the other worker
         _, err = run.communicate(timeout=DEADLINE_S)
-        assert run.returncode == 0, err
-        [job] = _batch_file(tmp_path / "out")["jobs"]
-        first = re.search(r"Start worker at:\s+(\S+)", (tmp_path / "first.log").read_text()).group(1)
-        assert job["status"] == "done" and job["worker"].startswith("tcp://127.0.0.1:") and job["worker"] != first
-        m = json.loads(Path(job["manifest"]).read_text())
-        assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 31))
-        assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
-        ref = scratchnst.stylize(pics["c1"], [pics["s1"]], out=tmp_path / "ref.png", size=32, iterations=30, scales=(1.0,), quiet=True)
-        assert ref.status == "done"
-        assert (tmp_path / "out" / "c1__s1.png").read_bytes() == (tmp_path / "ref.png").read_bytes()
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    [job] = _batch_file(tmp_path / "out")["jobs"]
+    first_address = re.search(r"Start worker at:\s+(\S+)", (tmp_path / "first.log").read_text()).group(1)
+    assert job["status"] == "done" and job["worker"].startswith("tcp://127.0.0.1:") and job["worker"] != first_address
+    m = json.loads(Path(job["manifest"]).read_text())
+    assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 31))
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+    ref = scratchnst.stylize(pics["c1"], [pics["s1"]], out=tmp_path / "ref.png", size=32, iterations=30, scales=(1.0,), quiet=True)
+    assert ref.status == "done"
+    assert (tmp_path / "out" / "c1__s1.png").read_bytes() == (tmp_path / "ref.png").read_bytes()
