@@ -123,6 +123,8 @@ def test_jobs_file_paths_are_relative_to_it(tmp_path, pics):
     ('{"content": "c.png", "styles": "s.png", "output": "a.png"}\n{"content": "d.png", "styles": "s.png", "output": "a.png"}\n',
      "line 2: output .*a.png collides with line 1's"),
     ("\n\n", "jobs.jsonl: no jobs in the file"),
+    ('{"content": "c.png", "video": "v.mp4", "styles": "s.png"}\n', 'jobs.jsonl:1: a job has "content" \\(a picture\\) or "video", not both'),
+    ('{"video": 3, "styles": "s.png"}\n', 'jobs.jsonl:1: "video" must be a video path'),
 ])
 def test_malformed_jobs_file_is_refused_up_front(tmp_path, text, needle):
     (tmp_path / "jobs.jsonl").write_text(text)
@@ -132,6 +134,27 @@ def test_malformed_jobs_file_is_refused_up_front(tmp_path, text, needle):
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert re.search(needle, lines[0]), lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_video_jobs_names_and_options(tmp_path, rng):
+    style = _picture(tmp_path / "s.png", rng)
+    jobs = b.grid([], [style], videos=[tmp_path / "clip.mkv", tmp_path / "frames"]) + [{"video": "x.avi", "styles": style, "output": "x/"}]
+    planned = b.plan(jobs, tmp_path / "out", {"temporal_weight": 10, "save_every": 5, "size": 32})
+    assert [(Path(j.output).name, j.kind) for j in planned] == [("clip__s.mkv", "video"), ("frames__s.mp4", "video"), ("x", "video")]
+    assert planned[2].output == str(tmp_path / "out" / "x") + "/"  # a folder of frames
+    assert planned[0].options == {"temporal_weight": 10, "size": 32}  # --save-every is one picture's
+    [picture] = b.plan(b.grid([style], [style]), tmp_path / "out", {"temporal_weight": 10, "save_every": 5})
+    assert picture.options == {"save_every": 5}  # the video options are the video jobs'
+    settings, options = b.video_job_settings(planned[0])
+    assert (settings.size, settings.iterations, settings.quiet) == (32, 20, True)  # video's iterations: each frame after the first
+    assert (options.temporal_weight, options.frames, options.workers) == (10.0, (0, None), 0)  # the flows in the job's process
+    assert b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", {"frames": [2, None]}, kind="video"))[1].frames == (2, None)
+    assert b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", {}, kind="video"))[0].size is None  # the input's size
+    for opts, needle in [({"save_every": 1}, "unknown option 'save_every' \\(a video job takes video's options"), ({"frames": "4:2"}, "A:B"),
+                         ({"frames": 3}, '"frames" takes "A:B" or \\[A, B\\]'), ({"independent": "yes"}, '"independent" takes true or false'),
+                         ({"temporal_weight": -1}, "--temporal-weight must be a finite number"), ({"scales": "x"}, "bad option value")]:
+        with pytest.raises(ScratchnstError, match=needle):
+            b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", opts, kind="video"))
 
 
 def test_command_line_refusals(tmp_path, pics):
