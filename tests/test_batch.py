@@ -123,6 +123,8 @@ def test_jobs_file_paths_are_relative_to_it(tmp_path, pics):
     ('{"content": "c.png", "styles": "s.png", "output": "a.png"}\n{"content": "d.png", "styles": "s.png", "output": "a.png"}\n',
      "line 2: output .*a.png collides with line 1's"),
     ("\n\n", "jobs.jsonl: no jobs in the file"),
+    ('{"content": "c.png", "video": "v.mp4", "styles": "s.png"}\n', 'jobs.jsonl:1: a job has "content" \\(a picture\\) or "video", not both'),
+    ('{"video": 3, "styles": "s.png"}\n', 'jobs.jsonl:1: "video" must be a video path'),
 ])
 def test_malformed_jobs_file_is_refused_up_front(tmp_path, text, needle):
     (tmp_path / "jobs.jsonl").write_text(text)
@@ -132,6 +134,27 @@ def test_malformed_jobs_file_is_refused_up_front(tmp_path, text, needle):
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert re.search(needle, lines[0]), lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_video_jobs_names_and_options(tmp_path, rng):
+    style = _picture(tmp_path / "s.png", rng)
+    jobs = b.grid([], [style], videos=[tmp_path / "clip.mkv", tmp_path / "frames"]) + [{"video": "x.avi", "styles": style, "output": "x/"}]
+    planned = b.plan(jobs, tmp_path / "out", {"temporal_weight": 10, "save_every": 5, "size": 32})
+    assert [(Path(j.output).name, j.kind) for j in planned] == [("clip__s.mkv", "video"), ("frames__s.mp4", "video"), ("x", "video")]
+    assert planned[2].output == str(tmp_path / "out" / "x") + "/"  # a folder of frames
+    assert planned[0].options == {"temporal_weight": 10, "size": 32}  # --save-every is one picture's
+    [picture] = b.plan(b.grid([style], [style]), tmp_path / "out", {"temporal_weight": 10, "save_every": 5})
+    assert picture.options == {"save_every": 5}  # the video options are the video jobs'
+    settings, options = b.video_job_settings(planned[0])
+    assert (settings.size, settings.iterations, settings.quiet) == (32, 20, True)  # video's iterations: each frame after the first
+    assert (options.temporal_weight, options.frames, options.workers) == (10.0, (0, None), 0)  # the flows in the job's process
+    assert b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", {"frames": [2, None]}, kind="video"))[1].frames == (2, None)
+    assert b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", {}, kind="video"))[0].size is None  # the input's size
+    for opts, needle in [({"save_every": 1}, "unknown option 'save_every' \\(a video job takes video's options"), ({"frames": "4:2"}, "A:B"),
+                         ({"frames": 3}, '"frames" takes "A:B" or \\[A, B\\]'), ({"independent": "yes"}, '"independent" takes true or false'),
+                         ({"temporal_weight": -1}, "--temporal-weight must be a finite number"), ({"scales": "x"}, "bad option value")]:
+        with pytest.raises(ScratchnstError, match=needle):
+            b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", opts, kind="video"))
 
 
 def test_command_line_refusals(tmp_path, pics):
@@ -282,47 +305,27 @@ def test_ctrl_c_saves_running_jobs_and_rerun_completes(tmp_path, pics):
     assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 41))
 
 
-def _dask(*args, cwd, log: Path):
-    """`dask scheduler|worker ARGS`, its log in `log` (a pipe nobody reads could fill and block it)."""
-    exe = Path(sys.executable).with_name("dask")
-    with open(log, "w") as f:
-        return subprocess.Popen([str(exe), *args], cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT)
-
-
-def test_killed_worker_job_completes_on_another(tmp_path, pics):
-    sched_file = tmp_path / "scheduler.json"
-    common = ["--scheduler-file", str(sched_file)]
-    procs = [_dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", *common, cwd=tmp_path, log=tmp_path / "scheduler.log")]
+def test_killed_worker_job_completes_on_another(tmp_path, pics, dask_processes):
+    address = dask_processes.scheduler()
+    first = dask_processes.worker("first")
+    args = ["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address,
+            "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--save-every", "1", "--checkpoint-every", "5"]
+    run = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(sched_file.exists, procs[0], timeout=60)
-        address = json.loads(sched_file.read_text())["address"]
-        worker = ["worker", "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "60", *common]
-        procs.append(_dask(*worker, "--name", "first", cwd=tmp_path, log=tmp_path / "first.log"))
-        args = ["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address,
-                "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--save-every", "1", "--checkpoint-every", "5"]
-        run = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
-        procs.append(run)
         _wait_for(lambda: (tmp_path / "out" / "c1__s1_iter0007.png").exists(), run)
-        procs.append(_dask(*worker, "--name", "second", cwd=tmp_path, log=tmp_path / "second.log"))
-        time.sleep(1)
-        procs[1].kill()  # SIGKILL mid-job: Dask moves the task to the other worker
+        dask_processes.worker("second")
+        first.kill()  # SIGKILL mid-job: Dask moves the task to the other worker
         _, err = run.communicate(timeout=DEADLINE_S)
-        assert run.returncode == 0, err
-        [job] = _batch_file(tmp_path / "out")["jobs"]
-        first = re.search(r"Start worker at:\s+(\S+)", (tmp_path / "first.log").read_text()).group(1)
-        assert job["status"] == "done" and job["worker"].startswith("tcp://127.0.0.1:") and job["worker"] != first
-        m = json.loads(Path(job["manifest"]).read_text())
-        assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 31))
-        assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
-        ref = scratchnst.stylize(pics["c1"], [pics["s1"]], out=tmp_path / "ref.png", size=32, iterations=30, scales=(1.0,), quiet=True)
-        assert ref.status == "done"
-        assert (tmp_path / "out" / "c1__s1.png").read_bytes() == (tmp_path / "ref.png").read_bytes()
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    [job] = _batch_file(tmp_path / "out")["jobs"]
+    first_address = re.search(r"Start worker at:\s+(\S+)", (tmp_path / "first.log").read_text()).group(1)
+    assert job["status"] == "done" and job["worker"].startswith("tcp://127.0.0.1:") and job["worker"] != first_address
+    m = json.loads(Path(job["manifest"]).read_text())
+    assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 31))
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+    ref = scratchnst.stylize(pics["c1"], [pics["s1"]], out=tmp_path / "ref.png", size=32, iterations=30, scales=(1.0,), quiet=True)
+    assert ref.status == "done"
+    assert (tmp_path / "out" / "c1__s1.png").read_bytes() == (tmp_path / "ref.png").read_bytes()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from scratchnst import gradcheck
-from scratchnst.app import flow, videoio
+from scratchnst.app import batch, flow, video, videoio
 from scratchnst.app.cli import main
 from scratchnst.core.losses import temporal_loss
 from scratchnst.errors import ScratchnstError
@@ -45,21 +46,25 @@ def pan() -> list[np.ndarray]:
 
 
 def _write_clip(path, frames, fps=12, audio=False) -> None:
-    """An H.264 clip (CRF 0, 4:4:4: lossless but for the RGB↔YUV rounding), optionally with a second of AAC sine tone."""
+    """An H.264 clip (CRF 0, 4:4:4: lossless but for the RGB↔YUV rounding; VP9 in a .webm), optionally
+    with a second of sine tone (AAC; Opus in a .webm). A keyframe every 4 frames, as real clips have
+    several."""
+    webm = Path(path).suffix == ".webm"
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt, s.options = W, H, "yuv444p", {"crf": "0"}
-        a = c.add_stream("aac", rate=22050) if audio else None
+        s = c.add_stream("libvpx-vp9" if webm else "libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = W, H, "yuv444p"
+        s.options = {"g": "4", **({"lossless": "1"} if webm else {"crf": "0"})}
+        a = c.add_stream("libopus" if webm else "aac", rate=48000) if audio else None
         for f in frames:
             for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 c.mux(packet)
         for packet in s.encode():
             c.mux(packet)
         if a is not None:
-            tone = (0.2 * np.sin(np.arange(22050) * 2 * np.pi * 440 / 22050)).astype(np.float32)[None]
-            for start in range(0, 22050, 1024):
-                frame = av.AudioFrame.from_ndarray(tone[:, start:start + 1024].copy(), format="flt", layout="mono")
-                frame.rate = 22050
+            tone = (0.2 * np.sin(np.arange(48000) * 2 * np.pi * 440 / 48000)).astype(np.float32)[None]
+            for start in range(0, 48000, 960):
+                frame = av.AudioFrame.from_ndarray(tone[:, start:start + 960].copy(), format="flt", layout="mono")
+                frame.rate = 48000
                 for packet in a.encode(frame):
                     c.mux(packet)
             for packet in a.encode():
@@ -356,3 +361,133 @@ def test_missing_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
     with pytest.raises(ScratchnstError, match=r"scratchnst\[video\]"):
         flow.video_libs()
+
+
+# -- damaged files: a bad stream must not decode "successfully" to its first frames ---------------
+
+
+def _damage(data: bytes, how: str) -> bytes:
+    """A sixth of the bytes from the middle on replaced by seeded noise, or the file cut in half."""
+    if how == "truncated":
+        return data[: len(data) // 2]
+    out, mid = bytearray(data), len(data) // 2
+    out[mid: mid + len(data) // 6] = np.random.default_rng(3).integers(0, 256, len(data) // 6, dtype=np.uint8).tobytes()
+    return bytes(out)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm"])
+@pytest.mark.parametrize("how", ["garbled", "truncated"])
+def test_damaged_video_is_one_line_and_exit_2(tmp_path, pan, style, capsys, monkeypatch, suffix, how):
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / f"good{suffix}"
+    _write_clip(good, pan * 2)
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(_damage(good.read_bytes(), how))
+    monkeypatch.setattr(video.VideoRun, "run", lambda self: pytest.fail(f"{bad.name} was accepted: {len(self.clip.frames)} frames"))
+    assert main(["video", str(bad), str(style), "-o", "out.mp4", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged" in err and "Traceback" not in err, err
+    if suffix != ".mp4" or how != "truncated":  # a cut MP4 has lost its index (moov), so it does not even open
+        decoded = int(re.search(r"unreadable video stream, .*: decoded (\d+) of about 14 frames", err).group(1))
+        assert decoded < 14 and (decoded == 0 or f"--frames 0:{decoded} takes the frames before the damage" in err), err
+        if decoded:  # the hint holds: those frames are read without complaint
+            assert len(videoio.read_clip(bad, frames=(0, decoded)).frames) == decoded
+    assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "out.mp4.work").exists()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm", ".mov"])
+@pytest.mark.parametrize("frames, audio", [(1, True), (2, False), (FRAMES, False), (FRAMES, True)])
+def test_valid_clips_decode_every_frame(tmp_path, pan, suffix, frames, audio):
+    """No false alarm: the declared count (a sample table, a DURATION tag, a duration the audio
+    outlasts) matches what decodes, whatever the container."""
+    path = tmp_path / f"clip{suffix}"
+    _write_clip(path, pan[:frames], audio=audio)
+    c = videoio.read_clip(path)
+    assert (len(c.frames), c.total) == (frames, frames)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert videoio.declared_frames(container, stream, stream.average_rate) == frames
+
+
+# -- several videos as batch jobs, on real Dask scheduler and worker processes --------------------
+
+BATCH_TINY = ["--size", "32", "--iterations", "2", "--first-iterations", "2", "--scales", "1", "--quiet"]
+
+
+def _batch(args, cwd):
+    return subprocess.run([sys.executable, "-m", "scratchnst", "batch", *args], cwd=cwd, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def _jobs(out: Path) -> list[dict]:
+    return json.loads((out / "batch.json").read_text())["jobs"]
+
+
+@pytest.mark.weights
+def test_videos_run_as_parallel_batch_jobs_and_a_rerun_skips_them(tmp_path, pan, style, _weights, dask_processes):
+    _write_clip(tmp_path / "a.mp4", pan[:6])
+    _write_clip(tmp_path / "b.mkv", pan[6:0:-1])  # the pan backwards
+    (tmp_path / "notes.mp4").write_text("not a video")
+    address = dask_processes.scheduler()
+    dask_processes.worker("w1")
+    dask_processes.worker("w2")
+    args = ["--videos", "a.mp4", "b.mkv", "notes.mp4", "gone.mp4", "--styles", str(style), "-o", "out", "--scheduler", address, *BATCH_TINY]
+    r = _batch(args, tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"scratchnst: batch: 4 jobs: 2 done, 2 failed; see {Path('out') / 'batch.json'}"
+    jobs = _jobs(tmp_path / "out")
+    assert [(Path(j["output"]).name, j["kind"], j["status"]) for j in jobs] == [
+        ("a__style.mp4", "video", "done"), ("b__style.mkv", "video", "done"), ("notes__style.mp4", "video", "failed"),
+        ("gone__style.mp4", "video", "failed")]
+    assert jobs[2]["error"].startswith(f"{tmp_path / 'notes.mp4'}: not a video"), jobs[2]
+    assert jobs[3]["error"] == f"{tmp_path / 'gone.mp4'}: no such file or folder", jobs[3]
+    assert jobs[0]["worker"] != jobs[1]["worker"]  # side by side, one worker each
+    for j in jobs[:2]:
+        decoded = videoio.read_clip(j["output"])
+        assert (len(decoded.frames), decoded.fps, decoded.frames[0].shape) == (6, 12, (24, 32, 3))
+        m = json.loads(Path(j["manifest"]).read_text())
+        assert m["status"] == "done" and m["video"]["workers"] == 0 and [f["iterations"] for f in m["frames"]] == [2] * 6
+    manifest = json.loads(Path(jobs[0]["manifest"]).read_text())
+    ran = {"size": 32, "iterations": 2, "first_iterations": 2, "scales": [1]}
+    for changed, same in [({}, True), ({"temporal_weight": 999}, False), ({"frames": "0:5"}, False), ({"frames": "0:6"}, True), ({"size": 48}, False)]:
+        job = batch.Job(str(tmp_path / "a.mp4"), [str(style)], jobs[0]["output"], {**ran, **changed}, kind="video")
+        assert video.same_run(manifest, job.content, job.styles, *batch.video_job_settings(job)) is same, changed
+    stamps = [os.stat(j["output"]).st_mtime_ns for j in jobs[:2]]
+    r = _batch(args, tmp_path)  # the failed job is tried again; the done ones are skipped
+    assert r.returncode == 1 and "4 jobs: 2 done (2 already), 2 failed" in r.stderr, r.stderr
+    assert [(j["status"], j["skipped"]) for j in _jobs(tmp_path / "out")] == [("done", True), ("done", True)] + [("failed", False)] * 2
+    assert [os.stat(j["output"]).st_mtime_ns for j in jobs[:2]] == stamps
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".") or p.suffix == ".work"]
+
+
+@pytest.mark.weights
+def test_a_stopped_video_job_resumes_at_its_first_unfinished_frame(tmp_path, pan, style, _weights, dask_processes):
+    _write_clip(tmp_path / "a.mp4", pan)
+    job = {"video": "a.mp4", "styles": [str(style)], "output": "a/", "frames": "0:6", "temporal_weight": 500, "iterations": 8}
+    (tmp_path / "jobs.jsonl").write_text(json.dumps(job) + "\n")
+    address = dask_processes.scheduler()
+    dask_processes.worker("w1")
+    args = ["--jobs", "jobs.jsonl", "-o", "out", "--scheduler", address, *BATCH_TINY]
+    out, work = tmp_path / "out", tmp_path / "out" / "a.work"
+    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (work / "frame_00001.png").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the client; the workers are elsewhere
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    [stopped_job] = _jobs(out)
+    stopped = json.loads(Path(stopped_job["manifest"]).read_text())
+    assert stopped_job["status"] == "interrupted" and stopped["status"] == "interrupted", err
+    assert 2 <= stopped["frames_done"] < 6 and not (out / "a").exists()
+    r = _batch(args, tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "a.json").read_text())
+    assert m["status"] == "done" and m["video"]["frames"] == [0, 6] and m["video"]["temporal_weight"] == 500
+    assert m["frames"][: stopped["frames_done"]] == stopped["frames"]  # the finished frames were kept, not made again
+    assert [f["iterations"] for f in m["frames"]] == [2] + [8] * 5
+    assert sorted(p.name for p in (out / "a").iterdir()) == [f"frame_{k:05d}.png" for k in range(6)] and not work.exists()

@@ -1,15 +1,20 @@
-"""Batch mode: many stylize jobs (contents x styles, or a jobs file for sweeps) as Dask tasks.
+"""Batch mode: many stylize and video jobs (contents x styles, videos x styles, or a jobs file for
+sweeps) as Dask tasks.
 
 Dask distributed schedules the tasks, moves them off a dead worker and retries them; this module
 keeps to what is ours: the jobs and their output names, the per-worker cache (the loaded network,
 each style's Gram targets), OUTDIR/batch.json, skipping finished jobs and resuming checkpointed
 ones, and how Ctrl-C in the client reaches the jobs running on the workers (a Dask Event they poll).
 
-Each job is `stylize` with the same arguments: the same picture bytes, and its manifest beside it.
+Each picture job is `stylize` with the same arguments: the same picture bytes, and its manifest
+beside it. Each video job is `video` on one worker (its flows computed there, as --workers 0): its
+output, manifest and work folder as `video` writes them, so a stopped job resumes at its first
+unfinished frame.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -35,13 +40,14 @@ INTERRUPT_WAIT_S = 120  # after Ctrl-C: how long the client waits for running jo
 
 @dataclass
 class Job:
-    """One stylize run: inputs as given, the output path (absolute), its stylize options."""
+    """One stylize or video run: inputs (absolute), the output path (absolute), its options."""
 
-    content: str
+    content: str  # the content picture, or the video (a file or a folder of frames)
     styles: list[str]
     output: str
     options: dict = field(default_factory=dict)
     line: int | None = None  # the jobs-file line, for messages
+    kind: str = "picture"  # or "video"
 
 
 @dataclass
@@ -58,6 +64,11 @@ class JobResult:
     manifest: str | None = None
     skipped: bool = False  # done by an earlier run of the batch
     line: int | None = None
+    kind: str = "picture"  # or "video"
+
+
+def _result(job: Job, **fields_) -> JobResult:
+    return JobResult(job.output, job.content, job.styles, line=job.line, kind=job.kind, **fields_)
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -77,17 +88,18 @@ def expand_images(paths) -> list[str]:
     return found
 
 
-def grid(contents, styles) -> list[dict]:
-    """The cross product: one job per (content, style), folders expanded to their images."""
+def grid(contents, styles, videos=()) -> list[dict]:
+    """The cross products: one job per (content, style), then one per (video, style); folders of
+    contents and styles expanded to their images (a video may be a folder of frames: one video)."""
     contents, styles = expand_images(contents), expand_images(styles)
-    return [{"content": c, "styles": [s]} for c in contents for s in styles]
+    return [{"content": c, "styles": [s]} for c in contents for s in styles] + [{"video": str(v), "styles": [s]} for v in videos for s in styles]
 
 
 def read_jobs(path) -> list[dict]:
     """The jobs of a jobs file: one JSON object per line (blank lines skipped), each with
-    `content`, `styles` (a path or a list), optional `output` and stylize options. Relative
-    input paths are relative to the file's folder. A malformed line raises ScratchnstError
-    naming the file and line."""
+    `content` (or `video`), `styles` (a path or a list), optional `output` and stylize (or video)
+    options. Relative input paths are relative to the file's folder. A malformed line raises
+    ScratchnstError naming the file and line."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -105,8 +117,9 @@ def read_jobs(path) -> list[dict]:
             check_job(job)
         except ScratchnstError as exc:
             raise ScratchnstError(f"{p}:{n}: {exc}") from None
-        for key in ("content", "styles"):
-            job[key] = _relative_to(p.parent, job[key])
+        for key in ("content", "video", "styles"):
+            if key in job:
+                job[key] = _relative_to(p.parent, job[key])
         jobs.append(dict(job, line=n))
     if not jobs:
         raise ScratchnstError(f"{p}: no jobs in the file")
@@ -123,19 +136,26 @@ def check_job(job) -> None:
     """ScratchnstError unless `job` has the shape of a job (its options are checked when it runs)."""
     if not isinstance(job, dict):
         raise ScratchnstError(f"a job is a JSON object, got {type(job).__name__}")
-    if not isinstance(job.get("content"), str) or not job["content"]:
-        raise ScratchnstError('a job needs "content": an image path')
+    if "video" in job and "content" in job:
+        raise ScratchnstError('a job has "content" (a picture) or "video", not both')
+    if "video" in job:
+        if not isinstance(job["video"], str) or not job["video"]:
+            raise ScratchnstError('"video" must be a video path')
+    elif not isinstance(job.get("content"), str) or not job["content"]:
+        raise ScratchnstError('a job needs "content": an image path (or "video": a video path)')
     styles = job.get("styles")
     if not (isinstance(styles, str) and styles) and not (isinstance(styles, list) and styles and all(isinstance(s, str) and s for s in styles)):
         raise ScratchnstError('a job needs "styles": an image path or a list of them')
     if "output" in job and (not isinstance(job["output"], str) or not job["output"]):
-        raise ScratchnstError('"output" must be an image path')
+        raise ScratchnstError('"output" must be a path')
 
 
 def plan(jobs, out_dir, options: dict | None = None) -> list[Job]:
-    """Jobs with their outputs: `output` resolved against out_dir, else `{content}__{style}.png`
-    from the file stems, with `-2`, `-3`, ... where names would collide. Names depend only on the
-    jobs and their order. Two jobs given the same output raise ScratchnstError."""
+    """Jobs with their outputs: `output` resolved against out_dir (a trailing / kept: a video's folder
+    of frames), else `{content}__{style}.png` (a video: `{video}__{style}` with the video's suffix, or
+    .mp4) from the file stems, with `-2`, `-3`, ... where names would collide. Names depend only on
+    the jobs and their order. Two jobs given the same output raise ScratchnstError. `options` apply
+    to every job they concern (see _applicable); a job's own win."""
     out_dir = Path(out_dir).expanduser().resolve()
     planned, taken = [], {report.manifest_path(out_dir / BATCH_FILE).as_posix().casefold(): "batch.json"}
     for i, job in enumerate(jobs):
@@ -144,24 +164,45 @@ def plan(jobs, out_dir, options: dict | None = None) -> list[Job]:
             check_job(job)
         except ScratchnstError as exc:
             raise ScratchnstError(f"{where}: {exc}") from None
+        kind, source = ("video", job["video"]) if "video" in job else ("picture", job["content"])
         styles = [job["styles"]] if isinstance(job["styles"], str) else list(job["styles"])
-        opts = {**(options or {}), **{k: v for k, v in job.items() if k not in ("content", "styles", "output", "line")}}
-        inputs = [os.path.abspath(os.path.expanduser(p)) for p in (job["content"], *styles)]  # workers have other cwds
-        planned.append(Job(inputs[0], inputs[1:], job.get("output"), opts, job.get("line")))
+        own = {k: v for k, v in job.items() if k not in ("content", "video", "styles", "output", "line")}
+        inputs = [os.path.abspath(os.path.expanduser(p)) for p in (source, *styles)]  # workers have other cwds
+        planned.append(Job(inputs[0], inputs[1:], job.get("output"), {**_applicable(options or {}, kind), **own}, job.get("line"), kind))
         if planned[-1].output is not None:
-            planned[-1].output = str((out_dir / Path(planned[-1].output).expanduser()).resolve())
+            given = planned[-1].output
+            planned[-1].output = str((out_dir / Path(given).expanduser()).resolve()) + ("/" if given.endswith(("/", os.sep)) else "")
             _claim(taken, planned[-1].output, where)
     labels = _stem_labels([p for job in planned for p in (job.content, *job.styles)])
     for job in planned:
         if job.output is None:
+            suffix = _video_suffix(job.content) if job.kind == "video" else ".png"
             base = f"{labels[job.content]}__{'+'.join(labels[s] for s in job.styles)}"
             name, k = base, 1
-            while _key(out_dir / f"{name}.png") in taken:
+            while _key(out_dir / f"{name}{suffix}") in taken:
                 k += 1
                 name = f"{base}-{k}"
-            job.output = str(out_dir / f"{name}.png")
+            job.output = str(out_dir / f"{name}{suffix}")
             _claim(taken, job.output, "")
     return planned
+
+
+def _applicable(options: dict, kind: str) -> dict:
+    """The batch-wide options that concern a job of `kind`: video's own (video.JOB_OPTIONS) go to
+    video jobs only, one picture's extra outputs (--save-every, --checkpoint-every, --plot) to
+    picture jobs only, every other option (an unknown name too, which fails the job) to both."""
+    from scratchnst.app.video import JOB_OPTIONS, PICTURE_ONLY
+
+    other = PICTURE_ONLY if kind == "video" else JOB_OPTIONS
+    return {k: v for k, v in options.items() if k.replace("-", "_") not in other}
+
+
+def _video_suffix(video: str) -> str:
+    """A video job's default output suffix: its input's, when we can write that container, else .mp4."""
+    from scratchnst.app.videoio import VIDEO_FORMATS
+
+    suffix = Path(video).suffix.lower()
+    return suffix if suffix in VIDEO_FORMATS else ".mp4"
 
 
 def _key(output) -> str:
@@ -239,17 +280,50 @@ _CACHE = _WorkerCache()  # one per worker process: Dask runs every task of a wor
 
 
 def job_settings(job: Job) -> tuple[dict, Settings]:
-    """(stylize options, validated Settings) of a job; ScratchnstError for an unknown or bad option."""
+    """(stylize options, validated Settings) of a picture job; ScratchnstError for an unknown or bad option."""
+    options = _named_options(job, OPTION_NAMES, "the options are stylize's, see scratchnst stylize --help")
+    return options, _validated(Settings(**options), len(job.styles))
+
+
+def video_job_settings(job: Job):
+    """(Settings, video.VideoOptions) of a video job: stylize's options but one picture's extra
+    outputs, and video's own (frames as "A:B" or [A, B]), with video's defaults (size: the input's;
+    iterations: for each frame after the first). Its flows are computed in its own process (workers
+    0). Every option is checked here, the size once the clip is read; ScratchnstError for a bad one."""
+    from scratchnst.app import video, videoio
+
+    names = [n for n in OPTION_NAMES if n not in video.PICTURE_ONLY] + list(video.JOB_OPTIONS)
+    options = _named_options(job, names, "a video job takes video's options, see scratchnst video --help")
+    own = {k: options.pop(k) for k in video.JOB_OPTIONS if k in options}
+    frames = own.get("frames", "0:")
+    if isinstance(frames, (list, tuple)) and len(frames) == 2:
+        frames = ":".join("" if f is None else str(f) for f in frames)
+    if not isinstance(frames, str):
+        raise ScratchnstError(f'"frames" takes "A:B" or [A, B] (got {frames!r})')
+    own["frames"] = videoio.parse_frames(frames)
+    if not isinstance(own.get("independent", False), bool):
+        raise ScratchnstError(f'"independent" takes true or false (got {own["independent"]!r})')
+    settings = Settings(**{"size": None, "iterations": video.DEFAULT_ITERATIONS, **options})
+    vo = video.VideoOptions(**own, workers=0).validated()
+    _validated(dataclasses.replace(settings, size=settings.size or 1), len(job.styles))
+    return settings, vo
+
+
+def _named_options(job: Job, names, known: str) -> dict:
+    """The job's options ("style-weight" or "style_weight"), quiet (the batch has one bar over the
+    jobs); ScratchnstError for a name not in `names`."""
     options = {k.replace("-", "_"): v for k, v in job.options.items()}
     for name in options:
-        if name not in OPTION_NAMES:
-            raise ScratchnstError(f"unknown option {name!r} (the options are stylize's, see scratchnst stylize --help)")
-    options["quiet"] = True  # the batch has one bar over the jobs
+        if name not in names:
+            raise ScratchnstError(f"unknown option {name!r} ({known})")
+    return {**options, "quiet": True}
+
+
+def _validated(settings: Settings, n_styles: int) -> Settings:
     try:
-        settings = Settings(**options).validated(len(job.styles))
+        return settings.validated(n_styles)
     except (TypeError, ValueError) as exc:  # a value of the wrong type, e.g. "scales": "x"
         raise ScratchnstError(f"bad option value ({one_line(exc)})") from None
-    return options, settings
 
 
 def _same_run(manifest: dict, job: Job, settings: Settings) -> bool:
@@ -309,29 +383,47 @@ def _worker_address() -> str | None:
 
 
 def run_job(job: Job, batch_id: str, interrupt_name: str) -> JobResult:
-    """The task: stylize one job (resuming it when its manifest holds a checkpoint of the same
-    run) with this worker's cached net and style targets. A user error is a failed result."""
-    from scratchnst.app.stylize import resume, stylize
-
+    """The task: run one job with this worker's cached net and style targets: a picture (resumed
+    when its manifest holds a checkpoint of the same run) or a video (resumed at its first
+    unfinished frame when its work folder holds the same run). A user error is a failed result."""
     started = time.perf_counter()
-    result = JobResult(job.output, job.content, job.styles, worker=_worker_address(), line=job.line)
+    result = _result(job, worker=_worker_address())
     interrupt = _Interrupt(interrupt_name)
     if interrupt.is_set():  # Ctrl-C came before this job started: leave it for the next run
         return result
     try:
-        options, settings = job_settings(job)
-        share = {"net": _CACHE.net(settings), "style_cache": _CACHE.style_cache(batch_id), "on_progress": interrupt.poll}
-        if _resumable(job, settings):
-            done = resume(report.manifest_path(Path(job.output)), quiet=True, **share)
-        else:
-            done = stylize(job.content, job.styles, out=job.output, **share, **options)
-        result.status, result.manifest = done.status, done.paths.get("manifest")
+        run = _run_video if job.kind == "video" else _run_picture
+        result.status, result.manifest = run(job, _CACHE.style_cache(batch_id), interrupt.poll)
     except ScratchnstError as exc:
         result.status, result.error = "failed", one_line(exc)
         manifest = report.manifest_path(Path(job.output))
         result.manifest = str(manifest) if manifest.is_file() else None
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def _run_picture(job: Job, style_cache: dict, on_progress) -> tuple[str, str | None]:
+    """stylize (or resume) one picture job; (its status, its manifest)."""
+    from scratchnst.app.stylize import resume, stylize
+
+    options, settings = job_settings(job)
+    share = {"net": _CACHE.net(settings), "style_cache": style_cache, "on_progress": on_progress}
+    if _resumable(job, settings):
+        done = resume(report.manifest_path(Path(job.output)), quiet=True, **share)
+    else:
+        done = stylize(job.content, job.styles, out=job.output, **share, **options)
+    return done.status, done.paths.get("manifest")
+
+
+def _run_video(job: Job, style_cache: dict, on_progress) -> tuple[str, str | None]:
+    """One video job, its flows computed here; (its status, its manifest)."""
+    from scratchnst.app.video import VideoRun
+
+    settings, options = video_job_settings(job)
+    run = VideoRun(job.content, job.styles, settings, job.output, options, resume="auto", style_cache=style_cache, on_progress=on_progress)
+    run.net = _CACHE.net(run.settings)
+    done = run.run()
+    return done.status, done.paths.get("manifest")
 
 
 def check_paths(readable: list[str], writable: list[str]) -> str | None:
@@ -355,21 +447,23 @@ def check_paths(readable: list[str], writable: list[str]) -> str | None:
 
 def batch(jobs, client=None, *, out_dir, scheduler: str | None = None, workers: int | None = None,
           quiet: bool = True, **options) -> list[JobResult]:
-    """Run stylize jobs on Dask: `jobs` are dicts with content, styles, optional output and stylize
-    options (see grid and read_jobs); `options` apply to every job (a job's own win).
+    """Run stylize and video jobs on Dask: `jobs` are dicts with content (or video), styles, optional
+    output and stylize (or video) options (see grid and read_jobs); `options` apply to every job
+    they concern (a job's own win).
 
     client: a distributed.Client to use; else one on `scheduler`, else a local cluster (`workers`
-    processes; default: cluster.local_layout). Writes each job's picture and manifest (as stylize
-    does) and out_dir/batch.json. Jobs whose manifest says done with the same inputs and options
-    are skipped; interrupted or checkpointed ones resume. Ctrl-C: running jobs save a checkpoint,
-    and the results say "interrupted"/"pending". Returns one JobResult per job, in job order.
+    processes; default: cluster.local_layout). Writes each job's picture (or video) and manifest
+    (as stylize and video do) and out_dir/batch.json. Jobs whose manifest says done with the same
+    inputs and options are skipped; interrupted or checkpointed ones resume (a video at its first
+    unfinished frame). Ctrl-C: running jobs save a checkpoint (a video its finished frames), and
+    the results say "interrupted"/"pending". Returns one JobResult per job, in job order.
     """
     from scratchnst.app import cluster
 
     planned = plan(jobs, out_dir, options)
     out_dir = Path(out_dir).expanduser().resolve()
     previous = _previous_results(out_dir)
-    results = [_skip(job, previous) or JobResult(job.output, job.content, job.styles, line=job.line) for job in planned]
+    results = [_skip(job, previous) or _result(job) for job in planned]
     if all(r.skipped for r in results):  # nothing to do: no cluster needed
         write_batch_file(out_dir, results, [])
         return results
@@ -387,7 +481,7 @@ def _job_bytes(options: dict) -> int | None:
     from scratchnst.app.memory import estimate_peak_bytes
 
     try:
-        s = job_settings(Job("", [""], "", options))[1]
+        s = job_settings(Job("", [""], "", _applicable(options, "picture")))[1]
     except ScratchnstError:
         return None
     side = s.size, s.size
@@ -397,16 +491,23 @@ def _job_bytes(options: dict) -> int | None:
 def _skip(job: Job, previous: dict) -> JobResult | None:
     """The done result of a job an earlier run finished (same inputs and options), else None."""
     manifest = read_manifest(job.output)
-    if manifest is None or manifest.get("status") != "done" or not os.path.isfile(job.output):
-        return None
-    try:
-        if not _same_run(manifest, job, job_settings(job)[1]):
-            return None
-    except ScratchnstError:
+    there = os.path.exists(job.output) if job.kind == "video" else os.path.isfile(job.output)  # a video may be a folder of frames
+    if manifest is None or manifest.get("status") != "done" or not there or not _same_job(manifest, job):
         return None
     worker = previous.get(job.output, {}).get("worker")
-    return JobResult(job.output, job.content, job.styles, "done", None, manifest.get("elapsed_s"), worker,
-                     str(report.manifest_path(Path(job.output))), skipped=True, line=job.line)
+    return _result(job, status="done", seconds=manifest.get("elapsed_s"), worker=worker,
+                   manifest=str(report.manifest_path(Path(job.output))), skipped=True)
+
+
+def _same_job(manifest: dict, job: Job) -> bool:
+    try:
+        if job.kind == "video":
+            from scratchnst.app.video import same_run
+
+            return same_run(manifest, job.content, job.styles, *video_job_settings(job))
+        return _same_run(manifest, job, job_settings(job)[1])
+    except ScratchnstError:  # a bad option: the job runs, and fails with its message
+        return False
 
 
 def _previous_results(out_dir: Path) -> dict:

@@ -193,40 +193,50 @@ def _run_stylize(args) -> int:
 
 
 def _add_batch(subparsers) -> None:
+    from scratchnst.app.video import DEFAULT_ITERATIONS
+
     p = subparsers.add_parser(
         "batch",
-        help="stylize many pictures on Dask: contents x styles, or a jobs file of sweeps",
+        help="stylize many pictures and videos on Dask: contents x styles, videos x styles, or a jobs file of sweeps",
         description=(
-            "Every (content, style) pair of --contents and --styles (folders expand to their images), or the "
-            "jobs of --jobs, as Dask tasks on a local cluster or the one at --scheduler. Each picture and manifest "
-            "is what stylize writes; OUTDIR/batch.json has every job's status. Running the same command again "
-            "skips finished jobs and resumes interrupted ones."
+            "Every (content, style) pair of --contents and --styles (folders expand to their images), every "
+            "(video, style) pair of --videos and --styles, or the jobs of --jobs, as Dask tasks (one per picture, "
+            "one per video) on a local cluster or the one at --scheduler. Each output and manifest is what stylize "
+            "or video writes; OUTDIR/batch.json has every job's status. Running the same command again skips "
+            "finished jobs and resumes interrupted ones (a video at its first unfinished frame)."
         ),
         formatter_class=_DefaultsFormatter,
     )
     g = p.add_argument_group("jobs")
     g.add_argument("--contents", nargs="+", metavar="PATH", help="content images or folders of them")
-    g.add_argument("--styles", nargs="+", metavar="PATH", help="style images or folders; each is one job per content")
-    g.add_argument("--jobs", metavar="JOBS.jsonl", help='instead: one JSON object per line, {"content": ..., "styles": [...], "output": ..., OPTION: VALUE}')
-    g.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="folder of the pictures, their manifests and batch.json")
+    g.add_argument("--videos", nargs="+", metavar="PATH", help="video files (or folders of frames, one video each)")
+    g.add_argument("--styles", nargs="+", metavar="PATH", help="style images or folders; each is one job per content and per video")
+    g.add_argument("--jobs", metavar="JOBS.jsonl", help='instead: one JSON object per line, {"content": ... or "video": ..., "styles": [...], "output": ..., OPTION: VALUE}')
+    g.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="folder of the outputs, their manifests and batch.json")
     g = p.add_argument_group("cluster")
     g.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786 (default: a local cluster)")
     g.add_argument("--workers", type=_positive_int, default=None, help="local worker processes (default: one per core, one per GPU on CuPy)")
-    _add_stylize_options(p)
+    _add_stylize_options(
+        p, size_default=None, size_help=f"long side of the output in px (default: {DEFAULTS.size} for a picture; a video's own)",
+        iterations_default=None,
+        iterations_help=f"optimiser iterations at each scale (default: {DEFAULTS.iterations}; for a video, each frame after the first: {DEFAULT_ITERATIONS})",
+    )
+    _add_video_options(p.add_argument_group("video jobs (--videos, or the video lines of --jobs)"))
     p.set_defaults(func=_run_batch)
 
 
 def _run_batch(args) -> int:
     from scratchnst.app import batch as b
 
-    if args.jobs and (args.contents or args.styles):
-        raise ScratchnstError("give --jobs, or --contents and --styles, not both")
-    if not args.jobs and not (args.contents and args.styles):
-        raise ScratchnstError("give --contents and --styles (or --jobs JOBS.jsonl)")
+    if args.jobs and (args.contents or args.videos or args.styles):
+        raise ScratchnstError("give --jobs, or --contents/--videos and --styles, not both")
+    if not args.jobs and not ((args.contents or args.videos) and args.styles):
+        raise ScratchnstError("give --contents and --styles (or --videos and --styles, or --jobs JOBS.jsonl)")
     if args.scheduler and args.workers:
         raise ScratchnstError("--workers sizes a local cluster; the cluster at --scheduler has its own")
-    jobs = b.read_jobs(args.jobs) if args.jobs else b.grid(args.contents, args.styles)
-    options = _settings_options(args)
+    jobs = b.read_jobs(args.jobs) if args.jobs else b.grid(args.contents or [], args.styles, args.videos or [])
+    # size and iterations default by kind (a picture's, a video's); the video options concern video jobs only
+    options = {k: v for k, v in _settings_options(args).items() if v is not None} | _video_options(args)
     quiet = options.pop("quiet")
     results = b.batch(jobs, out_dir=args.output, scheduler=args.scheduler, workers=args.workers, quiet=quiet, **options)
     for r in results:
@@ -250,8 +260,25 @@ def _frames_range(text: str) -> tuple[int, int | None]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--frames ")) from None
 
 
+def _add_video_options(g) -> None:
+    """video's own options (video.JOB_OPTIONS), on the argument group `g` of video or batch."""
+    from scratchnst.app.video import DEFAULT_TEMPORAL_WEIGHT
+
+    g.add_argument("--temporal-weight", type=_number, default=DEFAULT_TEMPORAL_WEIGHT, help="weight of the temporal term (0: warped start only)")
+    g.add_argument("--first-iterations", type=_positive_int, default=DEFAULTS.iterations, help="optimiser iterations at each scale for the first frame")
+    g.add_argument("--frames", type=_frames_range, default=(0, None), metavar="A:B", help="input frames A (inclusive) to B (exclusive), 0-based (default: all)")
+    g.add_argument("--independent", action="store_true", help="the flickering baseline: every frame from --init with --scales, no warp, no temporal term")
+    g.add_argument("--fps", type=_number, default=None, help="frame rate of a folder of frames (default: 25; a video keeps its own)")
+
+
+def _video_options(args) -> dict:
+    from scratchnst.app.video import JOB_OPTIONS
+
+    return {name: getattr(args, name) for name in JOB_OPTIONS}
+
+
 def _add_video(subparsers) -> None:
-    from scratchnst.app.video import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_WEIGHT
+    from scratchnst.app.video import DEFAULT_ITERATIONS
 
     p = subparsers.add_parser(
         "video",
@@ -268,11 +295,7 @@ def _add_video(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="the video to write (.mp4, .mov, .mkv, .webm), or FOLDER/ for PNG frames; the manifest goes beside it as .json")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run of this output at its first unfinished frame")
     g = p.add_argument_group("video")
-    g.add_argument("--temporal-weight", type=_number, default=DEFAULT_TEMPORAL_WEIGHT, help="weight of the temporal term (0: warped start only)")
-    g.add_argument("--first-iterations", type=_positive_int, default=DEFAULTS.iterations, help="optimiser iterations at each scale for the first frame")
-    g.add_argument("--frames", type=_frames_range, default=(0, None), metavar="A:B", help="input frames A (inclusive) to B (exclusive), 0-based (default: all)")
-    g.add_argument("--independent", action="store_true", help="the flickering baseline: every frame from --init with --scales, no warp, no temporal term")
-    g.add_argument("--fps", type=_number, default=None, help="frame rate of a folder of frames (default: 25; a video keeps its own)")
+    _add_video_options(g)
     g.add_argument("--workers", type=_nonneg_int, default=None, help="local Dask workers for the optical flow (default: 1; 0: no Dask, flow in this process)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler for the flow tasks, e.g. tcp://127.0.0.1:8786")
     _add_stylize_options(
@@ -287,11 +310,8 @@ def _run_video(args) -> int:
     from scratchnst.app.video import video
 
     settings = _settings_options(args)
-    result = video(
-        args.input, args.styles, out=args.output, resume=args.resume, temporal_weight=args.temporal_weight,
-        first_iterations=args.first_iterations, frames=args.frames, independent=args.independent, fps=args.fps,
-        workers=args.workers, scheduler=args.scheduler, **settings,
-    )
+    result = video(args.input, args.styles, out=args.output, resume=args.resume, workers=args.workers, scheduler=args.scheduler,
+                   **_video_options(args), **settings)
     wrote = result.paths.get("output") or f"the finished frames to {result.paths['work']}"
     print(f"{PROG}: {result.status}: wrote {wrote} and {result.paths['manifest']}", file=sys.stderr)
     if result.status == "interrupted":

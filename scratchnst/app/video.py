@@ -39,6 +39,7 @@ from scratchnst.errors import ScratchnstError, one_line
 DEFAULT_TEMPORAL_WEIGHT = 1000.0  # on the "size"-normalised objective; docs/benchmarks.md, "Video"
 DEFAULT_ITERATIONS = 20  # each frame after the first (which gets the stylize default, 60); docs/benchmarks.md, "Video"
 STATE = "state.json"
+PICTURE_ONLY = ("save_every", "checkpoint_every", "plot")  # Settings fields of one picture's extra outputs
 
 
 @dataclass
@@ -67,6 +68,9 @@ class VideoOptions:
         return self
 
 
+JOB_OPTIONS = tuple(f.name for f in dataclasses.fields(VideoOptions) if f.name not in ("workers", "scheduler"))  # a batch job's own
+
+
 @dataclass
 class VideoResult:
     status: str  # "done" or "interrupted"
@@ -86,8 +90,14 @@ def _frame_png(work: Path, k: int) -> Path:
 class VideoRun:
     """One video: the clip, the settings of its frames, the work folder, the flows, the frames."""
 
-    def __init__(self, source, styles, settings: Settings, out, options: VideoOptions, *, resume: bool = False):
-        """Every check that needs no network: options, output, the clip itself (decoded here)."""
+    def __init__(self, source, styles, settings: Settings, out, options: VideoOptions, *, resume: bool | str = False,
+                 style_cache: dict | None = None, on_progress=None):
+        """Every check that needs no network: options, output, the clip itself (decoded here).
+
+        resume: False starts afresh (refusing a work folder that holds an unfinished run), True
+        continues the work folder's run (refusing one of other inputs or options), "auto" continues
+        it when it is this run and else starts afresh in its place (batch). style_cache, on_progress:
+        Stylizer's, for every frame; `net` may be set to a loaded VGG16 before run()."""
         flow.video_libs()
         self.options = options.validated()
         self.source = str(Path(source).resolve())
@@ -102,7 +112,7 @@ class VideoRun:
         self.frames_sha256 = hashlib.sha256(b"".join(f.tobytes() for f in self.clip.frames)).hexdigest()  # the input's content, as decoded
         self.work = work_dir(self.out)
         self.resume = resume
-        self.net, self.style_cache = None, {}
+        self.net, self.style_cache, self.on_progress = None, {} if style_cache is None else style_cache, on_progress
 
     # -- the work folder ----------------------------------------------------------------------------
 
@@ -118,13 +128,23 @@ class VideoRun:
 
     def _open_work(self) -> list[dict]:
         """The records of the frames already finished (none for a fresh run)."""
+        if self.resume == "auto":
+            try:
+                return self._finished_frames()
+            except ScratchnstError:  # no run there, another run's, or a broken one: this run replaces it
+                shutil.rmtree(self.work, ignore_errors=True)
+        elif self.resume:
+            return self._finished_frames()
+        elif (self.work / STATE).exists():
+            raise ScratchnstError(f"{self.work} holds an unfinished run of this output: add --resume to continue it, or delete the folder")
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._save_state([])
+        return []
+
+    def _finished_frames(self) -> list[dict]:
+        """The records of the frames the work folder holds of this very run; ScratchnstError when it
+        holds no run, or one of other inputs or options."""
         state_file = self.work / STATE
-        if not self.resume:
-            if state_file.exists():
-                raise ScratchnstError(f"{self.work} holds an unfinished run of this output: add --resume to continue it, or delete the folder")
-            self.work.mkdir(parents=True, exist_ok=True)
-            self._save_state([])
-            return []
         try:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError) as exc:
@@ -185,7 +205,8 @@ class VideoRun:
                 terms = self._temporal_terms(warped, pair.mask)
         settings = self._frame_settings(k, init)
         started = time.perf_counter()
-        stylizer = Stylizer(Image.fromarray(frame), self.styles, settings, None, net=self.net, style_cache=self.style_cache, pixel_terms=terms)
+        stylizer = Stylizer(Image.fromarray(frame), self.styles, settings, None, net=self.net, style_cache=self.style_cache,
+                            pixel_terms=terms, on_progress=self.on_progress)
         self.net = stylizer.net
         result = stylizer.run()
         if result.status != "done":
@@ -266,6 +287,26 @@ class VideoRun:
             **({"note": note} if note else {}),
             "frames": records,
         }
+
+
+def same_run(manifest: dict, source, styles, settings: Settings, options: VideoOptions) -> bool:
+    """Whether the video manifest `manifest` is of this run: the same input and styles, resolved
+    options and frames. Read without decoding the clip: settings.size None (the input's size) is the
+    manifest's source_size, and frames A: (to the end) matches any end."""
+    keys = ("temporal_weight", "first_iterations", "independent", "fps")
+    try:
+        size = settings.size or max(manifest["source_size"])
+        o = dataclasses.replace(options).validated()
+        ours = {"inputs": [source, *styles], "args": dataclasses.replace(settings, size=size).validated(len(styles)).as_args(),
+                **{k: getattr(o, k) for k in keys}}
+        theirs = {"inputs": [manifest["input"], *manifest["styles"]], "args": manifest["args"], **{k: manifest["video"][k] for k in keys}}
+        for identity in (ours, theirs):
+            identity["inputs"] = [str(Path(p).resolve()) for p in identity["inputs"]]
+        done = manifest["video"]["frames"]
+    except (KeyError, TypeError, ValueError, ScratchnstError):
+        return False
+    first, stop = o.frames
+    return _quiet_free(ours) == _quiet_free(theirs) and done[0] == first and stop in (None, done[1])
 
 
 def _quiet_free(identity: dict) -> dict:

@@ -1,12 +1,14 @@
 """Video edges: frames in (a video file decoded with PyAV, or a folder of images), frames out (a video
 encoded with PyAV, the input's audio copied, or a folder of PNGs), each output complete or not at all.
 
-Every bad input is a one-line ScratchnstError: not a video, no frames, an unreadable stream, a
---frames range outside the clip, frames of varying size in a folder.
+Every bad input is a one-line ScratchnstError: not a video, no frames, an unreadable stream (a decoding
+error, a frame the decoder marks corrupt, or fewer frames than the container declares: a damaged or
+truncated file), a --frames range outside the clip, frames of varying size in a folder.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -26,6 +28,9 @@ DEFAULT_FPS = Fraction(25)  # for a folder of frames, unless --fps says otherwis
 VIDEO_FORMATS = {".mp4": ("mp4", "libx264"), ".mov": ("mov", "libx264"), ".mkv": ("matroska", "libx264"), ".webm": ("webm", "libvpx-vp9")}
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 CRF = "18"  # x264 quality: visually lossless for stylized frames
+# A stream that decodes more than this share of its declared frames short (and at least two) is damaged
+# or cut: a count from a duration is approximate (a variable frame rate, a rounded duration).
+SHORT_TOLERANCE = 0.05
 
 
 class Clip(NamedTuple):
@@ -101,29 +106,90 @@ def _read_video(p: Path, frames, size) -> Clip:
     try:
         container = av.open(str(p))
     except Exception as exc:  # av.error.InvalidDataError and kin, PermissionError, IsADirectoryError
-        raise ScratchnstError(f"{p}: not a video, or an unsupported format ({one_line(exc)})") from None
+        raise ScratchnstError(f"{p}: not a video, an unsupported format, or a damaged file ({one_line(exc)})") from None
     with container:
         if not container.streams.video:
             raise ScratchnstError(f"{p}: has no video stream")
         stream = container.streams.video[0]
         fps = stream.average_rate or stream.guessed_rate or DEFAULT_FPS
+        declared = declared_frames(container, stream, fps)
         start, stop = frames
         out, times, total = [], [], 0
         try:
             for frame in container.decode(stream):
                 if total >= start:
+                    if frame.is_corrupt:  # decoded, the damage concealed
+                        raise _unreadable(p, total, declared, f"frame {total} is corrupt")
                     out.append(_fit(frame.to_ndarray(format="rgb24"), size))
                     times.append(frame.time)
                 total += 1
                 if stop is not None and total >= stop:
                     break
         except av.error.FFmpegError as exc:
-            raise ScratchnstError(f"{p}: unreadable video stream at frame {total} ({one_line(exc)})") from None
+            raise _unreadable(p, total, declared, one_line(exc)) from None
+    ended = stop is None or total < stop  # a damaged or cut file can end early without an error
+    if ended and declared and total < declared - max(1, math.ceil(SHORT_TOLERANCE * declared)):
+        raise _unreadable(p, total, declared, "the stream ends early")
     if total == 0:
         raise ScratchnstError(f"{p}: the video has no frames")
     _check_range(p, frames, total)
     h, w = (stream.height, stream.width) if stream.width else out[0].shape[:2]
     return Clip(out, Fraction(fps), (w, h), start, float(times[0] or 0.0), total)
+
+
+def _unreadable(p: Path, decoded: int, declared: int | None, why: str) -> ScratchnstError:
+    of = f" of about {declared}" if declared else ""
+    keep = f"; --frames 0:{decoded} takes the frames before the damage" if decoded else ""
+    return ScratchnstError(f"{p}: unreadable video stream, the file is damaged or truncated: decoded {decoded}{of} frames ({why}){keep}")
+
+
+def declared_frames(container, stream, fps) -> int | None:
+    """The frames the container says its video `stream` has (None when it says nothing): the least
+    of its frame count (MP4's sample table, mkvmerge's NUMBER_OF_FRAMES tag) and its duration × fps."""
+    counts = [n for n in (stream.frames, _int_or_none(_tag(stream, "NUMBER_OF_FRAMES"))) if n]
+    seconds = _declared_seconds(container, stream)
+    if seconds:
+        counts.append(round(seconds * fps))
+    return min(counts) if counts else None
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """The video stream's duration: Matroska's DURATION tag, else the stream's own duration, else the
+    container's when the video is its only stream. FFmpeg fills in a stream's unknown duration with
+    the container's, which lasts as long as the longest stream (often the audio): not the video's."""
+    tagged = _clock_seconds(_tag(stream, "DURATION"))
+    if tagged:
+        return tagged
+    whole = container.duration / 1_000_000 if container.duration else None  # in AV_TIME_BASE units
+    own = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+    only = len(container.streams) == 1
+    if own and (only or not whole or abs(own - whole) > 1e-3):  # not a copy of the container's
+        return own
+    return whole if only else None
+
+
+def _tag(stream, name: str) -> str | None:
+    """A stream's metadata tag by name, case aside and with or without a language suffix (NAME-eng)."""
+    for key, value in stream.metadata.items():
+        if key.upper().partition("-")[0] == name:
+            return value
+    return None
+
+
+def _int_or_none(text) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _clock_seconds(text: str | None) -> float | None:
+    """'HH:MM:SS.fraction' (Matroska's DURATION tag) -> seconds; None when it is not that."""
+    try:
+        h, m, s = text.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    except (AttributeError, ValueError):
+        return None
 
 
 # -- output --------------------------------------------------------------------------------------
