@@ -26,6 +26,7 @@ RUNS = {
     "color-linear": ["--color", "linear"],
     "avg-pooling": ["--pooling", "avg"],
     "more-style": ["--style-weight", "1e-3"],
+    "im2col": ["--conv", "im2col"],  # beside "default" (Winograd where it pays): docs/winograd.md
     "regions": lambda tmp: ["<default>", "<default>", str(waves(tmp)), "--style-masks", *map(str, figure_masks(tmp))],
 }
 SIDE = 512  # the embedded content's size: the masks are drawn at it
