@@ -179,9 +179,9 @@ def test_local_layout():
 
 
 def test_check_paths_names_what_a_worker_cannot_see(tmp_path):
-    assert b.check_paths([str(tmp_path)], [str(tmp_path)]) is None
-    assert b.check_paths([str(tmp_path / "gone.png")], []) == f"cannot read {tmp_path / 'gone.png'}"
-    assert b.check_paths([], ["/sys"]).startswith("cannot write to /sys")
+    assert cluster.check_paths([str(tmp_path)], [str(tmp_path)]) is None
+    assert cluster.check_paths([str(tmp_path / "gone.png")], []) == f"cannot read {tmp_path / 'gone.png'}"
+    assert cluster.check_paths([], ["/sys"]).startswith("cannot write to /sys")
 
 
 # -- on an in-process cluster ----------------------------------------------------------------------
@@ -228,17 +228,17 @@ def test_style_targets_and_net_are_shared_between_jobs(tmp_path, pics, client, m
     real = objective.style_grams
     monkeypatch.setattr("scratchnst.app.stylize.style_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
     loads = []
-    real_load = b._WorkerCache.net
-    monkeypatch.setattr(b._WorkerCache, "net", lambda self, s: loads.append(1) or real_load(self, s))
-    b._CACHE.nets.clear()
+    real_load = cluster.WorkerCache.net
+    monkeypatch.setattr(cluster.WorkerCache, "net", lambda self, s: loads.append(1) or real_load(self, s))
+    cluster.WORKER_CACHE.nets.clear()
     results = b.batch(b.grid([pics["c1"], pics["c2"]], [pics["s1"]]), client, out_dir=tmp_path / "out", **TINY)
     assert [r.status for r in results] == ["done", "done"]
     assert len(calls) == 1  # one style at one size: its Gram targets computed once for both jobs
-    assert len(loads) == 2 and len(b._CACHE.nets) == 1  # asked per job, loaded once
+    assert len(loads) == 2 and len(cluster.WORKER_CACHE.nets) == 1  # asked per job, loaded once
 
 
 def test_worker_that_cannot_see_a_path_fails_in_one_line(tmp_path, pics, client, monkeypatch):
-    monkeypatch.setattr(b, "check_paths", lambda readable, writable: f"cannot read {readable[0]}")
+    monkeypatch.setattr(cluster, "check_paths", lambda readable, writable: f"cannot read {readable[0]}")
     with pytest.raises(ScratchnstError, match=r"^worker \S+ cannot read .*c1.png: batch needs every input and output on storage all workers share$"):
         b.batch(b.grid([pics["c1"]], [pics["s1"]]), client, out_dir=tmp_path / "out", **TINY)
 

@@ -2,9 +2,10 @@
 sweeps) as Dask tasks.
 
 Dask distributed schedules the tasks, moves them off a dead worker and retries them; this module
-keeps to what is ours: the jobs and their output names, the per-worker cache (the loaded network,
-each style's Gram targets), OUTDIR/batch.json, skipping finished jobs and resuming checkpointed
-ones, and how Ctrl-C in the client reaches the jobs running on the workers (a Dask Event they poll).
+keeps to what is ours: the jobs and their output names, OUTDIR/batch.json, skipping finished jobs
+and resuming checkpointed ones. The per-worker cache (the loaded network, each style's Gram
+targets) and how Ctrl-C in the client reaches the running jobs (a Dask Event they poll) are
+cluster's, shared with video's multi-pass mode.
 
 Each picture job is `stylize` with the same arguments: the same picture bytes, and its manifest
 beside it. Each video job is `video` on one worker (its flows computed there, as --workers 0): its
@@ -17,15 +18,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from scratchnst.app import report
+from scratchnst.app import cluster, report
 from scratchnst.app.atomic import atomic_write_bytes
 from scratchnst.app.settings import Settings
 from scratchnst.errors import ScratchnstError, one_line
@@ -33,9 +31,6 @@ from scratchnst.errors import ScratchnstError, one_line
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what a folder expands to
 OPTION_NAMES = tuple(f.name for f in fields(Settings))
 BATCH_FILE = "batch.json"
-RETRIES = 1  # a job whose task raised (not a user error: those are results) runs once more elsewhere
-POLL_S = 0.25  # how often a running job asks whether the batch was interrupted
-INTERRUPT_WAIT_S = 120  # after Ctrl-C: how long the client waits for running jobs to save
 
 
 @dataclass
@@ -232,53 +227,6 @@ def _stem_labels(paths) -> dict[str, str]:
 # -- one job, on a worker ----------------------------------------------------------------------------
 
 
-class _LRU(OrderedDict):
-    """A dict that keeps its `size` most recently used entries."""
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def __getitem__(self, key):
-        self.move_to_end(key)
-        return super().__getitem__(key)
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-
-
-class _WorkerCache:
-    """What the jobs on one worker process share: loaded networks (by weights, backend, dtype,
-    pooling, conv) and, per batch, the style Gram targets Stylizer keys by (style, size, layers, ...)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.nets = _LRU(2)
-        self.grams = _LRU(2)  # batch id -> _LRU of Stylizer's style_cache entries
-
-    def net(self, s: Settings):
-        from scratchnst.app.weights import load_vgg16
-        from scratchnst.core.backend import backend_name, get_backend
-
-        key = (s.weights, backend_name(get_backend(s.backend)), s.dtype, s.pooling, s.conv)
-        with self.lock:
-            if key not in self.nets:
-                self.nets[key] = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling, conv=s.conv)
-            return self.nets[key]
-
-    def style_cache(self, batch_id: str) -> dict:
-        with self.lock:
-            if batch_id not in self.grams:
-                self.grams[batch_id] = _LRU(64)
-            return self.grams[batch_id]
-
-
-_CACHE = _WorkerCache()  # one per worker process: Dask runs every task of a worker in it
-
-
 def job_settings(job: Job) -> tuple[dict, Settings]:
     """(stylize options, validated Settings) of a picture job; ScratchnstError for an unknown or bad option."""
     options = _named_options(job, OPTION_NAMES, "the options are stylize's, see scratchnst stylize --help")
@@ -353,47 +301,18 @@ def _resumable(job: Job, settings: Settings) -> bool:
     return True
 
 
-class _Interrupt:
-    """The batch's Dask Event, polled at most every POLL_S from a job's on_progress: once set,
-    the job raises KeyboardInterrupt inside stylize, which saves its image and checkpoint."""
-
-    def __init__(self, name: str):
-        from distributed import Event
-
-        self.event, self.checked = Event(name), 0.0
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
-    def poll(self, _entry=None) -> None:
-        now = time.monotonic()
-        if now - self.checked >= POLL_S:
-            self.checked = now
-            if self.event.is_set():
-                raise KeyboardInterrupt
-
-
-def _worker_address() -> str | None:
-    from distributed import get_worker
-
-    try:
-        return get_worker().address
-    except ValueError:  # called outside a worker
-        return None
-
-
 def run_job(job: Job, batch_id: str, interrupt_name: str) -> JobResult:
     """The task: run one job with this worker's cached net and style targets: a picture (resumed
     when its manifest holds a checkpoint of the same run) or a video (resumed at its first
     unfinished frame when its work folder holds the same run). A user error is a failed result."""
     started = time.perf_counter()
-    result = _result(job, worker=_worker_address())
-    interrupt = _Interrupt(interrupt_name)
+    result = _result(job, worker=cluster.worker_address())
+    interrupt = cluster.Interrupt(interrupt_name)
     if interrupt.is_set():  # Ctrl-C came before this job started: leave it for the next run
         return result
     try:
         run = _run_video if job.kind == "video" else _run_picture
-        result.status, result.manifest = run(job, _CACHE.style_cache(batch_id), interrupt.poll)
+        result.status, result.manifest = run(job, cluster.WORKER_CACHE.style_cache(batch_id), interrupt.poll)
     except ScratchnstError as exc:
         result.status, result.error = "failed", one_line(exc)
         manifest = report.manifest_path(Path(job.output))
@@ -407,7 +326,7 @@ def _run_picture(job: Job, style_cache: dict, on_progress) -> tuple[str, str | N
     from scratchnst.app.stylize import resume, stylize
 
     options, settings = job_settings(job)
-    share = {"net": _CACHE.net(settings), "style_cache": style_cache, "on_progress": on_progress}
+    share = {"net": cluster.WORKER_CACHE.net(settings), "style_cache": style_cache, "on_progress": on_progress}
     if _resumable(job, settings):
         done = resume(report.manifest_path(Path(job.output)), quiet=True, **share)
     else:
@@ -421,25 +340,9 @@ def _run_video(job: Job, style_cache: dict, on_progress) -> tuple[str, str | Non
 
     settings, options = video_job_settings(job)
     run = VideoRun(job.content, job.styles, settings, job.output, options, resume="auto", style_cache=style_cache, on_progress=on_progress)
-    run.net = _CACHE.net(run.settings)
+    run.net = cluster.WORKER_CACHE.net(run.settings)
     done = run.run()
     return done.status, done.paths.get("manifest")
-
-
-def check_paths(readable: list[str], writable: list[str]) -> str | None:
-    """On a worker: None, or a line naming the first input it cannot read or output folder it
-    cannot write (a probe file is created and removed, as images.check_output_path does)."""
-    for p in readable:
-        if not os.access(p, os.R_OK):
-            return f"cannot read {p}"
-    for d in writable:
-        try:
-            fd, probe = tempfile.mkstemp(dir=d, prefix=".scratchnst-probe-")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
-            return f"cannot write to {d} ({one_line(exc)})"
-    return None
 
 
 # -- the batch, from the client ----------------------------------------------------------------------
@@ -458,8 +361,6 @@ def batch(jobs, client=None, *, out_dir, scheduler: str | None = None, workers: 
     unfinished frame). Ctrl-C: running jobs save a checkpoint (a video its finished frames), and
     the results say "interrupted"/"pending". Returns one JobResult per job, in job order.
     """
-    from scratchnst.app import cluster
-
     planned = plan(jobs, out_dir, options)
     out_dir = Path(out_dir).expanduser().resolve()
     previous = _previous_results(out_dir)
@@ -529,24 +430,9 @@ def write_batch_file(out_dir: Path, results: list[JobResult], workers: list[str]
 def _check_workers(client, planned: list[Job]) -> list[str]:
     """The workers' addresses, once each has shown it can read the inputs the client sees and write
     every output folder; ScratchnstError naming the worker and path otherwise."""
-    from distributed import TimeoutError as DaskTimeout
-
-    try:
-        client.wait_for_workers(1, timeout=30)
-    except (DaskTimeout, TimeoutError):
-        raise ScratchnstError(f"no Dask workers joined the scheduler {client.scheduler.address} within 30 s") from None
     readable = sorted({p for job in planned for p in (job.content, *job.styles) if os.path.exists(p)})
     folders = sorted({str(Path(job.output).parent) for job in planned})
-    for d in folders:
-        try:
-            os.makedirs(d, exist_ok=True)
-        except OSError as exc:
-            raise ScratchnstError(f"{d}: cannot create the output folder ({one_line(exc)})") from None
-    problems = client.run(check_paths, readable, folders)
-    for address, problem in sorted(problems.items()):
-        if problem:
-            raise ScratchnstError(f"worker {address} {problem}: batch needs every input and output on storage all workers share")
-    return sorted(problems)
+    return cluster.check_workers(client, readable, folders, "batch")
 
 
 def _run(planned: list[Job], results: list[JobResult], client, out_dir: Path, quiet: bool) -> list[JobResult]:
@@ -559,7 +445,7 @@ def _run(planned: list[Job], results: list[JobResult], client, out_dir: Path, qu
     interrupt = Event(f"scratchnst-interrupt-{batch_id}", client=client)
     todo = [i for i, r in enumerate(results) if not r.skipped]
     futures = {client.submit(run_job, planned[i], batch_id, interrupt.name, key=f"scratchnst-job-{batch_id}-{i}",
-                             retries=RETRIES, pure=False): i for i in todo}
+                             retries=cluster.RETRIES, pure=False): i for i in todo}
     bar = report.progress_bar(len(planned), initial=len(planned) - len(todo), disable=quiet, unit="job")
     seen: set = set()
     try:
@@ -592,12 +478,12 @@ def _collect(completed, futures: dict, seen: set, results: list[JobResult], bar,
 
 def _wait_for_running(futures: dict, seen: set, results: list[JobResult], bar) -> None:
     """After Ctrl-C: running jobs save and report "interrupted", queued ones "pending"; a second
-    Ctrl-C (or INTERRUPT_WAIT_S) stops waiting, and what is still out counts as interrupted."""
+    Ctrl-C (or cluster.INTERRUPT_WAIT_S) stops waiting, and what is still out counts as interrupted."""
     from distributed import wait
 
     rest = [f for f in futures if f not in seen]
     try:
-        wait(rest, timeout=INTERRUPT_WAIT_S)
+        wait(rest, timeout=cluster.INTERRUPT_WAIT_S)
     except (KeyboardInterrupt, TimeoutError):
         pass
     _collect([f for f in rest if f.done()], futures, seen, results, bar)

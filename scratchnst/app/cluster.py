@@ -1,8 +1,10 @@
-"""The Dask layer shared by `batch` and `video`: a client on an existing cluster or a local one.
+"""The Dask layer shared by `batch` and `video`: a client on an existing cluster or a local one, and
+what their tasks share on a worker.
 
 Dask distributed does the scheduling, the retries and the worker bookkeeping; this module only
-decides how a local cluster is sized for our engine, prepares its workers, and turns connection
-failures into one line.
+decides how a local cluster is sized for our engine, prepares its workers, turns connection
+failures into one line, checks that the workers see the files, keeps each worker's loaded network
+and style targets (WORKER_CACHE), and carries Ctrl-C from the client to running tasks (Interrupt).
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tempfile
 import threading
+import time
+from collections import OrderedDict
 
 from scratchnst.errors import ScratchnstError, one_line
 
@@ -20,6 +25,10 @@ except ImportError:  # client() says how to install Dask
     WorkerPlugin = object
 
 CONNECT_TIMEOUT_S = 10
+WORKERS_TIMEOUT_S = 30  # how long a client waits for the first worker to join
+POLL_S = 0.25  # how often a running task asks whether the client was interrupted
+INTERRUPT_WAIT_S = 120  # after Ctrl-C: how long the client waits for running tasks to save
+RETRIES = 1  # a task that raised (not a user error: batch makes those results) runs once more elsewhere
 
 
 def cores() -> int:
@@ -138,3 +147,123 @@ def client(scheduler: str | None = None, *, workers: int | None = None, gpus: in
             yield c
     finally:
         cluster.close()
+
+
+# -- on the workers ----------------------------------------------------------------------------------
+
+
+class LRU(OrderedDict):
+    """A dict that keeps its `size` most recently used entries."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class WorkerCache:
+    """What the tasks on one worker process share: loaded networks (by weights, backend, dtype,
+    pooling, conv) and, per run (a batch, a multi-pass video), the style Gram targets Stylizer keys
+    by (style, size, layers, ...)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.nets = LRU(2)
+        self.grams = LRU(2)  # run id -> LRU of Stylizer's style_cache entries
+
+    def net(self, s):
+        """The VGG16 for Settings `s`, loaded on first use."""
+        from scratchnst.app.weights import load_vgg16
+        from scratchnst.core.backend import backend_name, get_backend
+
+        key = (s.weights, backend_name(get_backend(s.backend)), s.dtype, s.pooling, s.conv)
+        with self.lock:
+            if key not in self.nets:
+                self.nets[key] = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling, conv=s.conv)
+            return self.nets[key]
+
+    def style_cache(self, run_id: str) -> dict:
+        with self.lock:
+            if run_id not in self.grams:
+                self.grams[run_id] = LRU(64)
+            return self.grams[run_id]
+
+
+WORKER_CACHE = WorkerCache()  # one per worker process: Dask runs every task of a worker in it
+
+
+class Interrupt:
+    """The client's Dask Event, polled at most every POLL_S from a task's on_progress: once set,
+    the task raises KeyboardInterrupt inside stylize, which saves what it has."""
+
+    def __init__(self, name: str):
+        from distributed import Event
+
+        self.event, self.checked = Event(name), 0.0
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def poll(self, _entry=None) -> None:
+        now = time.monotonic()
+        if now - self.checked >= POLL_S:
+            self.checked = now
+            if self.event.is_set():
+                raise KeyboardInterrupt
+
+
+def worker_address() -> str | None:
+    """The address of the worker running this task; None outside a worker."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:
+        return None
+
+
+def check_paths(readable: list[str], writable: list[str]) -> str | None:
+    """On a worker: None, or a line naming the first input it cannot read or output folder it
+    cannot write (a probe file is created and removed, as images.check_output_path does)."""
+    for p in readable:
+        if not os.access(p, os.R_OK):
+            return f"cannot read {p}"
+    for d in writable:
+        try:
+            fd, probe = tempfile.mkstemp(dir=d, prefix=".scratchnst-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            return f"cannot write to {d} ({one_line(exc)})"
+    return None
+
+
+def check_workers(client, readable: list[str], folders: list[str], what: str) -> list[str]:
+    """The workers' addresses, once one has joined and each has shown it can read `readable` and
+    write into `folders` (created here); ScratchnstError naming the worker and the path otherwise
+    (`what`: the command, for the message)."""
+    from distributed import TimeoutError as DaskTimeout
+
+    try:
+        client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+    except (DaskTimeout, TimeoutError):
+        raise ScratchnstError(f"no Dask workers joined the scheduler {client.scheduler.address} within {WORKERS_TIMEOUT_S} s") from None
+    for d in folders:
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as exc:
+            raise ScratchnstError(f"{d}: cannot create the output folder ({one_line(exc)})") from None
+    problems = client.run(check_paths, readable, folders)
+    for address, problem in sorted(problems.items()):
+        if problem:
+            raise ScratchnstError(f"worker {address} {problem}: {what} needs every input and output on storage all workers share")
+    return sorted(problems)
