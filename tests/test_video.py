@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from scratchnst import gradcheck
-from scratchnst.app import batch, flow, video, videoio
+from scratchnst.app import batch, flow, multipass, video, videoio
 from scratchnst.app.cli import main
 from scratchnst.core.losses import temporal_loss
 from scratchnst.errors import ScratchnstError
@@ -332,12 +332,14 @@ def _bad_inputs(tmp, clip, pan):
         "missing input": (["nothing.mp4"], "no such file"),
         "unknown output suffix": ([str(clip), "-o", "out.gif"], "unknown video suffix"),
         "output is the input": ([str(clip), "-o", str(clip)], "overwrite the input"),
+        "--passes with --independent": ([str(clip), "--passes", "2", "--independent"], "without --passes"),
+        "--blend negative": ([str(clip), "--passes", "2", "--blend", "-1"], "--blend must be"),
     }
 
 
 CASES = ["not a video", "zero frames (file)", "zero frames (folder)", "unreadable stream", "--frames out of range",
          "--frames start past the end", "--frames malformed", "frames of varying size", "missing input",
-         "unknown output suffix", "output is the input"]
+         "unknown output suffix", "output is the input", "--passes with --independent", "--blend negative"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -414,6 +416,23 @@ def test_valid_clips_decode_every_frame(tmp_path, pan, suffix, frames, audio):
 BATCH_TINY = ["--size", "32", "--iterations", "2", "--first-iterations", "2", "--scales", "1", "--quiet"]
 
 
+def _ctrl_c_once(args, cwd, png) -> tuple[int, str]:
+    """Run `scratchnst ARGS` in its own process group and, once `png` exists, send the group SIGINT
+    as a terminal's Ctrl-C does (the client gets it; the Dask workers are elsewhere); (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", *args], cwd=cwd, env=ENV, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not png.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, err
+
+
 def _batch(args, cwd):
     return subprocess.run([sys.executable, "-m", "scratchnst", "batch", *args], cwd=cwd, capture_output=True, text=True, env=ENV, timeout=300)
 
@@ -448,7 +467,8 @@ def test_videos_run_as_parallel_batch_jobs_and_a_rerun_skips_them(tmp_path, pan,
         assert m["status"] == "done" and m["video"]["workers"] == 0 and [f["iterations"] for f in m["frames"]] == [2] * 6
     manifest = json.loads(Path(jobs[0]["manifest"]).read_text())
     ran = {"size": 32, "iterations": 2, "first_iterations": 2, "scales": [1]}
-    for changed, same in [({}, True), ({"temporal_weight": 999}, False), ({"frames": "0:5"}, False), ({"frames": "0:6"}, True), ({"size": 48}, False)]:
+    for changed, same in [({}, True), ({"temporal_weight": 999}, False), ({"frames": "0:5"}, False), ({"frames": "0:6"}, True), ({"size": 48}, False),
+                          ({"passes": 2}, False)]:
         job = batch.Job(str(tmp_path / "a.mp4"), [str(style)], jobs[0]["output"], {**ran, **changed}, kind="video")
         assert video.same_run(manifest, job.content, job.styles, *batch.video_job_settings(job)) is same, changed
     stamps = [os.stat(j["output"]).st_mtime_ns for j in jobs[:2]]
@@ -468,18 +488,8 @@ def test_a_stopped_video_job_resumes_at_its_first_unfinished_frame(tmp_path, pan
     dask_processes.worker("w1")
     args = ["--jobs", "jobs.jsonl", "-o", "out", "--scheduler", address, *BATCH_TINY]
     out, work = tmp_path / "out", tmp_path / "out" / "a.work"
-    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (work / "frame_00001.png").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the client; the workers are elsewhere
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
+    code, err = _ctrl_c_once(["batch", *args], tmp_path, work / "frame_00001.png")
+    assert code == 130, err
     [stopped_job] = _jobs(out)
     stopped = json.loads(Path(stopped_job["manifest"]).read_text())
     assert stopped_job["status"] == "interrupted" and stopped["status"] == "interrupted", err
@@ -491,3 +501,77 @@ def test_a_stopped_video_job_resumes_at_its_first_unfinished_frame(tmp_path, pan
     assert m["frames"][: stopped["frames_done"]] == stopped["frames"]  # the finished frames were kept, not made again
     assert [f["iterations"] for f in m["frames"]] == [2] + [8] * 5
     assert sorted(p.name for p in (out / "a").iterdir()) == [f"frame_{k:05d}.png" for k in range(6)] and not work.exists()
+
+
+# -- multi-pass mode: every frame of a pass a Dask task -------------------------------------------
+
+
+def test_a_multipass_batch_job_runs_its_passes_on_its_worker():
+    job = batch.Job("a.mp4", ["s.png"], "out.mp4", {"passes": 3, "blend": 0.5}, kind="video")
+    _, options = batch.video_job_settings(job)
+    assert (options.passes, options.blend, options.workers) == (3, 0.5, 0)
+    with pytest.raises(ScratchnstError, match="--passes must be a whole number"):
+        batch.video_job_settings(batch.Job("a.mp4", ["s.png"], "out.mp4", {"passes": 1.5}, kind="video"))
+
+MULTI = [*TINY, "--passes", "3"]
+
+
+def test_passes_alternate_their_neighbour_and_the_start_blends_by_the_mask():
+    assert [multipass.neighbour(1, k, 4) for k in range(4)] == [None] * 4  # pass 1: every frame on its own
+    assert [multipass.neighbour(2, k, 4) for k in range(4)] == [1, 2, 3, None]  # even passes look ahead
+    assert [multipass.neighbour(3, k, 4) for k in range(4)] == [None, 0, 1, 2]  # odd ones back
+    own, warped = np.full((2, 3, 3), 100, np.uint8), np.full((2, 3, 3), 200, np.uint8)
+    mask = np.array([[0, 1, 0.5], [1, 0, 0.25]], np.float32)
+    # (100 + δ·c·200) / (1 + δ·c), by hand: δ = 1 gives 100, 150, 133.3, 150, 100, 120
+    assert multipass.blend(own, warped, mask, 1.0)[..., 0].tolist() == [[100, 150, 133], [150, 100, 120]]
+    assert multipass.blend(own, warped, mask, 3.0)[0, 2].tolist() == [160] * 3  # (100 + 1.5·200) / 2.5
+    assert (multipass.blend(own, warped, mask, 0.0) == own).all()
+
+
+@pytest.fixture(scope="module")
+def multipass_here(tmp_path_factory, clip, style, vgg_weights_path):
+    """The multi-pass run with every task in this process (--workers 0): (its frames, its manifest)."""
+    tmp = tmp_path_factory.mktemp("multipass")
+    r = _run([str(clip), str(style), "-o", f"{tmp / 'out'}/", *MULTI, "--workers", "0"], tmp)
+    assert r.returncode == 0, r.stderr
+    return _frames_of(tmp / "out"), json.loads((tmp / "out.json").read_text())
+
+
+@pytest.mark.weights
+def test_each_pass_lowers_the_flicker_of_independent_frames(multipass_here):
+    frames, m = multipass_here
+    assert m["status"] == "done" and m["frames_done"] == FRAMES and len(frames) == FRAMES
+    assert [(p["pass"], p["looks_at"], p["frames_done"]) for p in m["passes"]] == [(1, "none", 7), (2, "next", 7), (3, "previous", 7)]
+    assert [(f["pass"], f["index"], f["neighbour"], f["iterations"]) for f in m["frames"]] == [
+        (3, k, k - 1 if k else None, 3) for k in range(FRAMES)]
+    assert m["frames"][0]["temporal"] is None  # no frame before the first: no temporal term
+    for f in m["frames"][1:]:
+        total = sum(m["args"][f"{k}_weight"] * f[k] for k in ("content", "style", "tv")) + m["video"]["temporal_weight"] * f["temporal"]
+        assert f["loss"] == pytest.approx(total, rel=1e-4) and 0.8 < f["reliable"] <= 1
+    errors = [p["temporal_error"] for p in m["passes"]]
+    assert errors[1] < 0.7 * errors[0] and errors[2] < errors[1]  # pass 1 is the independent baseline
+    assert m["temporal_error"] == errors[2] == pytest.approx(np.mean([f["temporal_error"] for f in m["frames"][1:]]))
+
+
+@pytest.mark.weights
+def test_multipass_on_dask_workers_resumes_after_ctrl_c_with_the_frames_made_here(tmp_path, clip, style, multipass_here, dask_processes):
+    address = dask_processes.scheduler()
+    dask_processes.worker("w1")
+    dask_processes.worker("w2")
+    args = [str(clip), str(style), "-o", f"{tmp_path / 'out'}/", *MULTI, "--scheduler", address]
+    work = tmp_path / "out.work"
+    code, err = _ctrl_c_once(["video", *args], tmp_path, work / "pass_02" / "frame_00003.png")
+    assert code == 130, err
+    stopped = json.loads((tmp_path / "out.json").read_text())
+    state = json.loads((work / "state.json").read_text())["frames"]
+    assert stopped["status"] == "interrupted" and FRAMES <= len(state) < 3 * FRAMES, err
+    workers = {re.search(r"Start worker at:\s+(\S+)", (tmp_path / f"{w}.log").read_text())[1] for w in ("w1", "w2")}
+    assert {r["worker"] for r in state} == workers  # the frames of a pass side by side
+    changed = _run([*args, "--resume", "--passes", "4"], tmp_path)
+    assert changed.returncode == 2 and "other passes" in changed.stderr
+    r = _run([*args, "--resume"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "out.json").read_text())
+    assert _frames_of(tmp_path / "out") == multipass_here[0]  # Dask workers, stopped and resumed: the same bytes
+    assert m["passes"] == [{**p, "stylize_s": m["passes"][i]["stylize_s"]} for i, p in enumerate(multipass_here[1]["passes"])]
+    assert m["backend"] == "numpy" and m["weights_sha256"] == multipass_here[1]["weights_sha256"] and not work.exists()

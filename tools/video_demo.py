@@ -1,12 +1,13 @@
 """Clips made from one picture by panning and zooming, for the Video benchmarks and the docs strip.
 
     python tools/video_demo.py clip IMAGE OUT.mp4 [--frames 8] [--size 256] [--dx 3] [--zoom 0.004]
-    python tools/video_demo.py bench CLIP STYLE --size 256 [--runs ours,warm,independent] [--known-dx DX] [...]
+    python tools/video_demo.py bench CLIP STYLE --size 256 [--runs ours,warm,independent,multipass] [--passes 6] [--known-dx DX] [...]
     python tools/video_demo.py strip OUT.jpg [--frames 4] [--size 160]
 
 `clip` writes a pan (dx px per frame) with a slow zoom; `bench` stylizes a clip with the temporal term
-(ours), with the warped start only (warm: --temporal-weight 0) and independently, and prints the
-temporal error and seconds per frame of each (from the manifests); `strip` makes the docs picture:
+(ours), with the warped start only (warm: --temporal-weight 0), independently, and in multi-pass mode
+(--passes, on a local Dask cluster of --workers), and prints the temporal error and seconds per frame
+of each (from the manifests) and of each pass of the multi-pass run; `strip` makes the docs picture:
 consecutive frames of ours above the independent baseline, from the embedded default pair.
 Nothing it writes belongs in the repository except the strip.
 """
@@ -56,7 +57,7 @@ def write_clip(frames: list[np.ndarray], path: Path, fps: int = 12) -> None:
         encode(pngs, path, VIDEO_FORMATS[path.suffix], fps)
 
 
-RUNS = {"ours": {}, "warm": {"temporal_weight": 0.0}, "independent": {"independent": True}}
+RUNS = {"ours": {}, "warm": {"temporal_weight": 0.0}, "independent": {"independent": True}, "multipass": {}}
 
 
 def known_motion_error(folder: Path, dx: float) -> float:
@@ -74,7 +75,9 @@ def bench(args) -> None:
     for name in args.runs.split(","):
         out = Path(args.out_dir) / name
         started = time.perf_counter()
-        opts = dict(RUNS[name], temporal_weight=args.temporal_weight) if name == "ours" else RUNS[name]
+        opts = dict(RUNS[name], temporal_weight=args.temporal_weight) if name in ("ours", "multipass") else RUNS[name]
+        if name == "multipass":
+            opts |= {"passes": args.passes, "workers": args.workers}
         r = video(args.clip, [args.style], out=f"{out}/", size=args.size, iterations=args.iterations,
                   first_iterations=args.first_iterations, quiet=True, **opts)
         m = r.manifest
@@ -83,6 +86,9 @@ def bench(args) -> None:
         rows.append((name, m["temporal_error"], known, m["seconds_per_frame"], np.mean([f["flow_s"] for f in later]),
                      np.mean([f["style"] for f in later]), np.mean([f["content"] for f in later]), time.perf_counter() - started))
         Path(f"{out}.frames.json").write_text(json.dumps(m["frames"], indent=1))
+        for p in m.get("passes", []):
+            print(f"multipass, pass {p['pass']} (looks at {p['looks_at']}): temporal error {p['temporal_error']:.2f}, "
+                  f"{p['stylize_s']:.0f} s of stylization")
     print(f"{'run':12s} {'temporal error':>14s} {'(true flow)':>11s} {'s/frame':>8s} {'flow s':>7s} {'style':>10s} {'content':>10s} {'wall s':>7s}")
     for name, err, known, spf, fl, st, co, wall in rows:
         print(f"{name:12s} {err:14.2f} {known:11.2f} {spf:8.1f} {fl:7.3f} {st:10.4g} {co:10.4g} {wall:7.0f}")
@@ -120,6 +126,8 @@ def main() -> None:
     b.add_argument("--runs", default="ours,warm,independent")
     b.add_argument("--out-dir", default=".")
     b.add_argument("--temporal-weight", type=float, default=None)
+    b.add_argument("--passes", type=int, default=6, help="the multipass run's passes")
+    b.add_argument("--workers", type=int, default=None, help="the multipass run's local Dask workers (default: one per core)")
     b.add_argument("--known-dx", type=float, default=None, help="the clip is a pure pan by this many px per frame: also score with the true flow")
     s = sub.add_parser("strip")
     s.add_argument("out")

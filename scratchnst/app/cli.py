@@ -262,6 +262,7 @@ def _frames_range(text: str) -> tuple[int, int | None]:
 
 def _add_video_options(g) -> None:
     """video's own options (video.JOB_OPTIONS), on the argument group `g` of video or batch."""
+    from scratchnst.app.multipass import DEFAULT_BLEND
     from scratchnst.app.video import DEFAULT_TEMPORAL_WEIGHT
 
     g.add_argument("--temporal-weight", type=_number, default=DEFAULT_TEMPORAL_WEIGHT, help="weight of the temporal term (0: warped start only)")
@@ -269,6 +270,10 @@ def _add_video_options(g) -> None:
     g.add_argument("--frames", type=_frames_range, default=(0, None), metavar="A:B", help="input frames A (inclusive) to B (exclusive), 0-based (default: all)")
     g.add_argument("--independent", action="store_true", help="the flickering baseline: every frame from --init with --scales, no warp, no temporal term")
     g.add_argument("--fps", type=_number, default=None, help="frame rate of a folder of frames (default: 25; a video keeps its own)")
+    g.add_argument("--passes", type=_nonneg_int, default=0, help=(
+        "Ruder et al.'s multi-pass mode: P passes over all frames, each frame of a pass a Dask task (pass 1 every frame on "
+        "its own, then --iterations per frame and pass, alternately blended with the previous and next frame); 0: frame by frame"))
+    g.add_argument("--blend", type=_number, default=DEFAULT_BLEND, help="multi-pass: weight of the warped neighbour in each frame's start")
 
 
 def _video_options(args) -> dict:
@@ -286,7 +291,8 @@ def _add_video(subparsers) -> None:
         description=(
             "Ruder et al. (2016): each frame starts from the previous output warped along the optical flow and a "
             "temporal term keeps it there where the motion is reliable. Finished frames are kept in OUT.work/ "
-            "until the video is complete; --resume continues an interrupted run."
+            "until the video is complete; --resume continues an interrupted run. --passes P is their multi-pass mode "
+            "instead: every frame of a pass is an independent Dask task, so one video keeps many workers busy."
         ),
         formatter_class=_DefaultsFormatter,
     )
@@ -296,8 +302,8 @@ def _add_video(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run of this output at its first unfinished frame")
     g = p.add_argument_group("video")
     _add_video_options(g)
-    g.add_argument("--workers", type=_nonneg_int, default=None, help="local Dask workers for the optical flow (default: 1; 0: no Dask, flow in this process)")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler for the flow tasks, e.g. tcp://127.0.0.1:8786")
+    g.add_argument("--workers", type=_nonneg_int, default=None, help="local Dask workers for the optical flow, and with --passes for the frames (default: one per core; 0: no Dask, all in this process)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler for the flow (and --passes frame) tasks, e.g. tcp://127.0.0.1:8786")
     _add_stylize_options(
         p, size_default=None, size_help="long side of the frames in px (default: the input's)",
         iterations_default=DEFAULT_ITERATIONS, iterations_help="optimiser iterations for each frame after the first (one pass at full size)",

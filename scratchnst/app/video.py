@@ -9,6 +9,9 @@ folder of frames) built beside OUT and renamed into place; the manifest OUT.json
 A stopped run (Ctrl-C, kill, crash) keeps every finished frame in OUT.work/; `--resume` continues
 at the first unfinished one. Each frame starts from the previous frame's PNG, never from state kept
 in memory, so a resumed run makes the bytes an uninterrupted one makes.
+
+`--passes P` is Ruder et al.'s multi-pass mode instead (multipass.py): every frame of a pass is an
+independent Dask task, so one video uses many workers.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scratchnst.app import cluster, flow, report, videoio
+from scratchnst.app import cluster, flow, multipass, report, videoio
 from scratchnst.app import images as im
 from scratchnst.app.atomic import atomic_write_bytes
 from scratchnst.app.settings import Settings
@@ -51,6 +54,8 @@ class VideoOptions:
     frames: tuple[int, int | None] = (0, None)  # input frames A:B
     independent: bool = False  # the baseline: every frame from --init, no warp, no temporal term
     fps: float | None = None  # frame rate of a folder of frames (a video keeps its own)
+    passes: int = 0  # 0: frame by frame; P: Ruder et al.'s multi-pass mode, P passes over all frames (multipass.py)
+    blend: float = multipass.DEFAULT_BLEND  # multi-pass: weight of the warped neighbour in a frame's start
     workers: int | None = None  # local Dask workers for the flows (None: cluster's default; 0: no Dask)
     scheduler: str | None = None  # an existing Dask scheduler's address
 
@@ -64,6 +69,11 @@ class VideoOptions:
             raise ScratchnstError(f"--fps must be > 0 (got {self.fps!r})")
         if self.workers is not None and self.workers < 0:
             raise ScratchnstError(f"--workers must be a whole number ≥ 0 (got {self.workers})")
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 0:
+            raise ScratchnstError(f"--passes must be a whole number ≥ 0 (got {self.passes!r})")
+        self.blend = check_weight("blend", self.blend)
+        if self.passes and self.independent:
+            raise ScratchnstError("--independent is the frame-by-frame baseline: give it without --passes (--passes 1 stylizes every frame independently)")
         self.frames = tuple(self.frames)
         return self
 
@@ -83,8 +93,11 @@ def work_dir(out: Path) -> Path:
     return out.with_name(out.name + ".work")
 
 
-def _frame_png(work: Path, k: int) -> Path:
-    return work / f"frame_{k:05d}.png"
+def frame_png(work: Path, k: int, pass_: int | None = None) -> Path:
+    """Where frame k's finished PNG is kept: OUT.work/frame_k.png, or in multi-pass mode
+    OUT.work/pass_p/frame_k.png for pass p."""
+    folder = work if pass_ is None else work / f"pass_{pass_:02d}"
+    return folder / f"frame_{k:05d}.png"
 
 
 class VideoRun:
@@ -124,6 +137,7 @@ class VideoRun:
             "frames": [self.clip.first, self.clip.first + len(self.clip.frames)], "frames_sha256": self.frames_sha256,
             "args": self.settings.as_args(),
             "temporal_weight": o.temporal_weight, "first_iterations": o.first_iterations, "independent": o.independent,
+            **({"passes": o.passes, "blend": o.blend} if o.passes else {}),
         }
 
     def _open_work(self) -> list[dict]:
@@ -156,7 +170,7 @@ class VideoRun:
             if _quiet_free(state["identity"]).get(key) != value:
                 raise ScratchnstError(f"{self.work}: --resume with other {key} than the interrupted run; give the same input and options, or delete the folder")
         records = state["frames"]
-        if not all(_frame_png(self.work, r["index"]).is_file() for r in records):
+        if not all(frame_png(self.work, r["index"], r.get("pass")).is_file() for r in records):
             raise ScratchnstError(f"{self.work}: finished frames are missing from the work folder; delete it to start again")
         return records
 
@@ -176,56 +190,30 @@ class VideoRun:
             return dataclasses.replace(s, quiet=True)
         return dataclasses.replace(s, scales=(1.0,), init=init, quiet=True)
 
-    def _temporal_terms(self, warped: np.ndarray, mask: np.ndarray):
-        """Stylizer's pixel_terms: the temporal term towards `warped` ((H, W, 3) uint8) under `mask`
-        ((H, W)), both brought to the size and colour space of each scale's content array."""
-        s, weight = self.settings, self.options.temporal_weight
-        target_img = Image.fromarray(im.luma_rgb(warped) if s.preserve_colors else warped)
-
-        def terms(content):
-            _, _, h, w = content.shape
-            xp = get_array_module(content)
-            target = im.preprocess(im.resize_to(target_img, w, h), dtype=s.dtype, xp=xp)
-            c = mask if mask.shape == (h, w) else np.asarray(Image.fromarray(mask, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-            c = xp.asarray(c[None, None], dtype=s.dtype)
-            return [PixelTerm("temporal", weight, lambda x: temporal_loss(x, target, c))]
-
-        return terms
-
     def _stylize_frame(self, k: int, pair) -> dict:
         """Stylize frame k (pair: its PairFlow from frame k − 1, None for frame 0); write its PNG."""
-        frame = self.clip.frames[k]
         warped, init, terms = None, None, None
         if pair is not None:
-            previous = np.asarray(Image.open(_frame_png(self.work, k - 1)).convert("RGB"))
-            warped = np.clip(np.rint(flow.warp(previous, pair.backward)), 0, 255).astype(np.uint8)
+            previous = np.asarray(Image.open(frame_png(self.work, k - 1)).convert("RGB"))
+            warped = warp_uint8(previous, pair.backward)
             if not self.options.independent:
                 init = str(self.work / "warped.png")
                 im.save_image(warped, init)
-                terms = self._temporal_terms(warped, pair.mask)
-        settings = self._frame_settings(k, init)
-        started = time.perf_counter()
-        stylizer = Stylizer(Image.fromarray(frame), self.styles, settings, None, net=self.net, style_cache=self.style_cache,
-                            pixel_terms=terms, on_progress=self.on_progress)
-        self.net = stylizer.net
-        result = stylizer.run()
-        if result.status != "done":
-            raise KeyboardInterrupt  # the frame is not finished: it is redone on --resume
-        out = np.asarray(result.image)
-        im.save_image(out, _frame_png(self.work, k))
-        last = result.history[-1] if result.history else {}
+                terms = temporal_terms(self.settings, self.options.temporal_weight, warped, pair.mask)
+        record, out, self.net = stylize_frame(self.clip.frames[k], self.styles, self._frame_settings(k, init), frame_png(self.work, k),
+                                              terms=terms, net=self.net, style_cache=self.style_cache, on_progress=self.on_progress)
         return {
-            "index": k, "frame": self.clip.first + k, "iterations": len(result.history), "evaluations": stylizer.evaluations,
-            **{name: last.get(name) for name in ("loss", "content", "style", "tv", "temporal")},
+            "index": k, "frame": self.clip.first + k, **record,
             "temporal_error": None if warped is None else flow.temporal_error(out, warped, pair.mask),
             "reliable": None if pair is None else float(pair.mask.mean()),
             "flow_s": None if pair is None else round(pair.seconds, 3),
-            "stylize_s": round(time.perf_counter() - started, 3),
         }
 
     # -- the run ------------------------------------------------------------------------------------
 
     def run(self) -> VideoResult:
+        if self.options.passes:
+            return multipass.run(self)
         records = self._open_work()
         started = time.perf_counter()
         status = "done"
@@ -248,19 +236,22 @@ class VideoRun:
         if self.settings.quiet:
             return
         err = "" if r["temporal_error"] is None else f", temporal error {r['temporal_error']:.3g}"
-        print(f"frame {r['index'] + 1}/{len(self.clip.frames)}: {r['stylize_s']:.1f} s, loss {r['loss']:.4g}{err}", file=sys.stderr)
+        where = f"pass {r['pass']}/{self.options.passes}, " if "pass" in r else ""
+        print(f"{where}frame {r['index'] + 1}/{len(self.clip.frames)}: {r['stylize_s']:.1f} s, loss {r['loss']:.4g}{err}", file=sys.stderr)
 
-    def _finish(self, status: str, records: list[dict], elapsed: float) -> VideoResult:
+    def _finish(self, status: str, records: list[dict], elapsed: float, extra: dict | None = None) -> VideoResult:
+        """The video (when done) from the frames of `records` (the last pass's in multi-pass mode), and
+        the manifest, with `extra` fields over the frame-by-frame ones."""
         paths = {"work": str(self.work)}
         note = None
         if status == "done":
-            pngs = [_frame_png(self.work, r["index"]) for r in records]
+            pngs = [frame_png(self.work, r["index"], r.get("pass")) for r in records]
             fps, n = self.clip.fps, len(records)
             span = (self.clip.start_s, self.clip.start_s + n / fps)
             audio = None if self.folder_output else self.source
             note = videoio.write_output(pngs, self.out, self.folder_output, fps, audio, span)
             paths = {"output": str(self.out)}
-        manifest = self._manifest(status, records, elapsed, note)
+        manifest = {**self._manifest(status, records, elapsed, note), **(extra or {})}
         paths["manifest"] = str(report.write_manifest(self.out, manifest))
         if status == "done":
             shutil.rmtree(self.work, ignore_errors=True)
@@ -293,13 +284,14 @@ def same_run(manifest: dict, source, styles, settings: Settings, options: VideoO
     """Whether the video manifest `manifest` is of this run: the same input and styles, resolved
     options and frames. Read without decoding the clip: settings.size None (the input's size) is the
     manifest's source_size, and frames A: (to the end) matches any end."""
-    keys = ("temporal_weight", "first_iterations", "independent", "fps")
+    keys = ("temporal_weight", "first_iterations", "independent", "fps", "passes", "blend")
     try:
         size = settings.size or max(manifest["source_size"])
         o = dataclasses.replace(options).validated()
         ours = {"inputs": [source, *styles], "args": dataclasses.replace(settings, size=size).validated(len(styles)).as_args(),
                 **{k: getattr(o, k) for k in keys}}
-        theirs = {"inputs": [manifest["input"], *manifest["styles"]], "args": manifest["args"], **{k: manifest["video"][k] for k in keys}}
+        recorded = {"passes": 0, "blend": multipass.DEFAULT_BLEND, **manifest["video"]}  # manifests from before --passes
+        theirs = {"inputs": [manifest["input"], *manifest["styles"]], "args": manifest["args"], **{k: recorded[k] for k in keys}}
         for identity in (ours, theirs):
             identity["inputs"] = [str(Path(p).resolve()) for p in identity["inputs"]]
         done = manifest["video"]["frames"]
@@ -334,13 +326,63 @@ def _flows(frames: list, first: int, options: VideoOptions):
 
 
 def video(source, styles=None, *, out, resume: bool = False, temporal_weight=DEFAULT_TEMPORAL_WEIGHT, first_iterations=None,
-          frames=(0, None), independent=False, fps=None, workers=None, scheduler=None, **settings) -> VideoResult:
+          frames=(0, None), independent=False, fps=None, passes=0, blend=multipass.DEFAULT_BLEND, workers=None, scheduler=None,
+          **settings) -> VideoResult:
     """Stylize the video (or folder of frames) `source` with `styles` (paths; None: the embedded
     painting) into `out` (a .mp4/.mov/.mkv/.webm file, or a folder ending in /). Settings fields as
     for stylize (size=None keeps the input's size; iterations apply to each frame after the first).
-    Returns a VideoResult; status "interrupted" after Ctrl-C, with the finished frames kept for
-    resume=True."""
+    passes: 0 goes frame by frame; P > 0 is the multi-pass mode (multipass.py), every frame of a
+    pass a Dask task. Returns a VideoResult; status "interrupted" after Ctrl-C, with the finished
+    frames kept for resume=True."""
     settings.setdefault("iterations", DEFAULT_ITERATIONS)
     settings.setdefault("size", None)
-    options = VideoOptions(temporal_weight, first_iterations, frames, independent, fps, workers, scheduler)
+    options = VideoOptions(temporal_weight, first_iterations, frames, independent, fps, passes, blend, workers, scheduler)
     return VideoRun(source, styles, Settings(**settings), out, options, resume=resume).run()
+
+
+# -- one frame, either mode ------------------------------------------------------------------------
+
+
+def warp_uint8(image: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """`image` ((H, W, 3) uint8) warped along the flow `backward`, rounded back to uint8."""
+    return np.clip(np.rint(flow.warp(image, backward)), 0, 255).astype(np.uint8)
+
+
+def temporal_terms(settings: Settings, weight: float, warped: np.ndarray, mask: np.ndarray):
+    """Stylizer's pixel_terms: the temporal term of `weight` towards `warped` ((H, W, 3) uint8)
+    under `mask` ((H, W)), both brought to the size and colour space of each scale's content array."""
+    target_img = Image.fromarray(im.luma_rgb(warped) if settings.preserve_colors else warped)
+
+    def terms(content):
+        _, _, h, w = content.shape
+        xp = get_array_module(content)
+        target = im.preprocess(im.resize_to(target_img, w, h), dtype=settings.dtype, xp=xp)
+        c = mask if mask.shape == (h, w) else np.asarray(Image.fromarray(mask, mode="F").resize((w, h), Image.Resampling.BILINEAR))
+        c = xp.asarray(c[None, None], dtype=settings.dtype)
+        return [PixelTerm("temporal", weight, lambda x: temporal_loss(x, target, c))]
+
+    return terms
+
+
+def stylize_frame(frame: np.ndarray, styles, settings: Settings, png: Path, *, terms=None, net=None, style_cache=None,
+                  on_progress=None):
+    """Stylize one frame ((H, W, 3) uint8) with `settings` and write it to `png`.
+
+    Returns (its record: iterations, evaluations, the last loss terms, seconds; the output (H, W, 3)
+    uint8; the net used). Raises KeyboardInterrupt when stopped before the end: the frame is not
+    finished, and is redone on resume."""
+    started = time.perf_counter()
+    stylizer = Stylizer(Image.fromarray(frame), styles, settings, None, net=net, style_cache=style_cache, pixel_terms=terms,
+                        on_progress=on_progress)
+    result = stylizer.run()
+    if result.status != "done":
+        raise KeyboardInterrupt
+    out = np.asarray(result.image)
+    im.save_image(out, png)
+    last = result.history[-1] if result.history else {}
+    record = {
+        "iterations": len(result.history), "evaluations": stylizer.evaluations,
+        **{name: last.get(name) for name in ("loss", "content", "style", "tv", "temporal")},
+        "stylize_s": round(time.perf_counter() - started, 3),
+    }
+    return record, out, stylizer.net

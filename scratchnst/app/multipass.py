@@ -1,0 +1,330 @@
+"""`scratchnst video --passes P`: Ruder, Dosovitskiy & Brox's multi-pass mode, every frame of a pass an
+independent Dask task, so one video keeps many workers busy.
+
+Pass 1 stylizes every frame on its own (the stylize schedule with --first-iterations, from --init).
+Each later pass runs --iterations more at full size on every frame, in alternating directions as in
+Ruder et al.: an odd pass looks back (neighbour n = k − 1), an even one ahead (n = k + 1). Frame k
+starts from its own result of the pass before, blended with the neighbour's result of the pass
+before warped to frame k, where the motion is reliable (c, flow.consistency_mask):
+
+    x₀ = (x_k + δ c ⊙ ω(x_n)) / (1 + δ c)          δ = --blend
+
+and the temporal term keeps it close to ω(x_n) under c. Ruder et al. take the neighbour's result of
+this pass (frame k − 1 is finished before frame k starts). Taking the pass before's instead (Jacobi
+rather than Gauss–Seidel) is what makes the frames of a pass independent: agreement spreads one
+frame per pass, both ways as the passes alternate.
+
+Dask runs the whole graph at once: frame (p, k) after (p − 1, k) and (p − 1, n), so workers start
+on pass p + 1 while pass p finishes elsewhere; the flows are tasks too, each computed once and kept
+on the workers. A task reads its inputs from, and writes its frame to, OUT.work/pass_p/ (storage
+every worker shares); the client records each finished frame in the work folder's state, so
+--resume skips it. With --workers 0 the same tasks run here one after another, with the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scratchnst.app import cluster, flow
+from scratchnst.app import images as im
+from scratchnst.app.settings import Settings
+from scratchnst.core.backend import backend_name
+
+DEFAULT_BLEND = 1.0  # δ: Ruder et al.'s blendWeight (the in-direction neighbour; the other gets 0)
+
+
+def neighbour(pass_: int, k: int, frames: int) -> int | None:
+    """The frame whose warped result joins frame k's start in pass `pass_` (None in pass 1, and at
+    the end a pass's direction leaves without a neighbour)."""
+    if pass_ == 1:
+        return None
+    n = k - 1 if pass_ % 2 else k + 1
+    return n if 0 <= n < frames else None
+
+
+def blend(own: np.ndarray, warped: np.ndarray, mask: np.ndarray, weight: float) -> np.ndarray:
+    """A frame's start: (own + δ c ⊙ warped) / (1 + δ c), rounded to uint8.
+
+    own, warped: (H, W, 3) uint8; mask: (H, W) weights c in [0, 1]; weight: δ ≥ 0.
+    """
+    w = weight * mask.astype(np.float64)[..., None]
+    start = (own.astype(np.float64) + w * warped) / (1.0 + w)
+    return np.clip(np.rint(start), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class FrameJob:
+    """Frame `index` of pass `pass_`: what a worker needs besides the frame itself and its flow."""
+
+    pass_: int
+    index: int
+    frame: int  # its number in the input (--frames A:B starts at A)
+    neighbour: int | None
+    work: str  # OUT.work/
+    styles: list | None
+    settings: Settings  # the video's
+    first_iterations: int
+    temporal_weight: float
+    blend: float
+
+
+def _read(png: Path) -> np.ndarray:
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+def run_frame(job: FrameJob, frame: np.ndarray, pair, *, net=None, style_cache=None, on_progress=None):
+    """Stylize frame job.index ((H, W, 3) uint8) for pass job.pass_ and write it to the work folder.
+
+    pair: flow.pair_flow(frame n, frame k) for the neighbour n (None without one). Returns (the
+    frame's record, the net used); KeyboardInterrupt when stopped before the end.
+    """
+    from scratchnst.app.video import frame_png, stylize_frame, temporal_terms, warp_uint8
+
+    work, s, p, k = Path(job.work), job.settings, job.pass_, job.index
+    out_png, terms = frame_png(work, k, p), None
+    if p == 1:
+        settings = dataclasses.replace(s, iterations=job.first_iterations, quiet=True)
+    else:
+        start = _read(frame_png(work, k, p - 1))
+        if job.neighbour is not None:
+            warped = warp_uint8(_read(frame_png(work, job.neighbour, p - 1)), pair.backward)
+            start = blend(start, warped, pair.mask, job.blend)
+            terms = temporal_terms(s, job.temporal_weight, warped, pair.mask)
+        init = out_png.with_name(f"start_{k:05d}.png")
+        im.save_image(start, init)
+        settings = dataclasses.replace(s, scales=(1.0,), init=str(init), quiet=True)
+    record, _, net = stylize_frame(frame, job.styles, settings, out_png, terms=terms, net=net, style_cache=style_cache,
+                                   on_progress=on_progress)
+    record = {
+        "pass": p, "index": k, "frame": job.frame, "neighbour": job.neighbour, **record,
+        "temporal_error": None,  # set once frame k − 1 of this pass is done too (score)
+        "reliable": None if pair is None else float(pair.mask.mean()),
+        "flow_s": None if pair is None else round(pair.seconds, 3),
+        "backend": backend_name(net.xp), "weights_sha256": net.weights_sha256,
+    }
+    return record, net
+
+
+def score(work: str, pass_: int, k: int, pair) -> float:
+    """The temporal error of frame k ≥ 1 of a pass against frame k − 1 of it warped to frame k
+    (pair: flow.pair_flow(frame k − 1, frame k)): the flicker measure of frame-by-frame mode."""
+    from scratchnst.app.video import frame_png, warp_uint8
+
+    previous = warp_uint8(_read(frame_png(Path(work), k - 1, pass_)), pair.backward)
+    return flow.temporal_error(_read(frame_png(Path(work), k, pass_)), previous, pair.mask)
+
+
+# -- the tasks on Dask workers ---------------------------------------------------------------------
+
+
+def _frame_task(job: FrameJob, run_id: str, interrupt_name: str, frame, pair, *after) -> dict | None:
+    """run_frame on a worker with its cached net and style targets; None once interrupted. `after`:
+    the frames of the pass before this one starts from (only there to order the tasks)."""
+    interrupt = cluster.Interrupt(interrupt_name)
+    if interrupt.is_set() or any(a is None for a in after):
+        return None
+    net = cluster.WORKER_CACHE.net(job.settings)
+    try:
+        record, _ = run_frame(job, frame, pair, net=net, style_cache=cluster.WORKER_CACHE.style_cache(run_id),
+                              on_progress=interrupt.poll)
+    except KeyboardInterrupt:
+        return None
+    return {**record, "worker": cluster.worker_address()}
+
+
+def _score_task(work: str, pass_: int, k: int, pair, *frames) -> float | None:
+    return None if any(f is None for f in frames) else score(work, pass_, k, pair)
+
+
+# -- the run, from the client ----------------------------------------------------------------------
+
+
+class Passes:
+    """The passes of one VideoRun (video.py) in multi-pass mode, and their records."""
+
+    def __init__(self, video_run):
+        self.v = video_run
+        self.n = len(video_run.clip.frames)
+        self.records = {}  # (pass, index) -> the frame's record
+        self.early = {}  # (pass, index) -> a temporal error that came before its frame's record
+
+    def job(self, p: int, k: int) -> FrameJob:
+        o = self.v.options
+        return FrameJob(p, k, self.v.clip.first + k, neighbour(p, k, self.n), str(self.v.work), self.v.styles, self.v.settings,
+                        o.first_iterations, o.temporal_weight, o.blend)
+
+    def todo(self):
+        """(pass, frame) of every frame not yet finished, pass by pass."""
+        return [(p, k) for p in range(1, self.v.options.passes + 1) for k in range(self.n) if (p, k) not in self.records]
+
+    def unscored(self):
+        """(pass, frame) of every k ≥ 1 whose temporal error is still to be measured."""
+        return [(p, k) for p in range(1, self.v.options.passes + 1) for k in range(1, self.n)
+                if self.records.get((p, k), {}).get("temporal_error") is None]
+
+    def add(self, record: dict) -> None:
+        key = record["pass"], record["index"]
+        self.records[key] = {**record, "temporal_error": self.early.pop(key, record["temporal_error"])}
+        self.save()
+        self.v._progress(record)
+
+    def scored(self, p: int, k: int, error: float) -> None:
+        if (p, k) not in self.records:
+            self.early[p, k] = error
+            return
+        self.records[p, k]["temporal_error"] = error
+        self.save()
+
+    def save(self) -> None:
+        self.v._save_state(sorted(self.records.values(), key=lambda r: (r["pass"], r["index"])))
+
+    def run(self):
+        """Every unfinished frame and score; returns "done" or "interrupted"."""
+        for r in self.v._open_work():
+            self.records[(r["pass"], r["index"])] = r
+        try:
+            if self.v.options.workers == 0:
+                self._run_here()
+            else:
+                self._run_on_dask()
+        except KeyboardInterrupt:
+            return "interrupted"
+        return "done"
+
+    def _run_here(self) -> None:
+        """The tasks in this process, pass by pass, each flow computed once when first needed."""
+        frames, flows = self.v.clip.frames, {}
+
+        def pair(n, k):
+            if n is not None and (n, k) not in flows:
+                flows[n, k] = flow.pair_flow(frames[n], frames[k])
+            return flows.get((n, k))
+
+        for p in range(1, self.v.options.passes + 1):
+            for _, k in [t for t in self.todo() if t[0] == p]:
+                job = self.job(p, k)
+                record, self.v.net = run_frame(job, frames[k], pair(job.neighbour, k), net=self.v.net,
+                                               style_cache=self.v.style_cache, on_progress=self.v.on_progress)
+                self.add(record)
+            for _, k in [t for t in self.unscored() if t[0] == p]:
+                self.scored(p, k, score(str(self.v.work), p, k, pair(k - 1, k)))
+
+    def _run_on_dask(self) -> None:
+        """The whole graph submitted at once; each result recorded as it comes."""
+        from distributed import Event, as_completed
+
+        v, o = self.v, self.v.options
+        gpus = 0 if o.scheduler else cluster.gpu_count(v.settings.backend)
+        with cluster.client(o.scheduler, workers=o.workers, gpus=gpus, job_bytes=self._frame_bytes()) as client:
+            readable = [str(Path(s).resolve()) for s in v.styles or []] + ([v.settings.weights] if v.settings.weights else [])
+            cluster.check_workers(client, readable, [str(v.work)], "video --passes")
+            run_id = uuid.uuid4().hex
+            interrupt = Event(f"scratchnst-interrupt-{run_id}", client=client)
+            futures, seen = self._submit(client, run_id, interrupt.name), set()
+            try:
+                for future in as_completed(list(futures)):
+                    seen.add(future)
+                    self._collect(future, futures)
+            except BaseException:  # Ctrl-C, or a task that raised: running frames stop and what finished is kept
+                interrupt.set()
+                self._wait_for_running(futures, seen)
+                raise
+            finally:
+                interrupt.clear()
+
+    def _submit(self, client, run_id: str, interrupt_name: str) -> dict:
+        """Submit every unfinished frame and score; {future: ("frame" | "score", pass, frame)}."""
+        remote = client.scatter(self.v.clip.frames)
+        flows, done, futures = {}, {}, {}
+
+        def pair(n, k):
+            if n is not None and (n, k) not in flows:
+                flows[n, k] = client.submit(flow.pair_flow, remote[n], remote[k], key=f"scratchnst-flow-{run_id}-{n}-{k}", pure=False)
+            return flows.get((n, k))
+
+        def frame(p, k):  # the future of frame (p, k), or its record when finished before
+            return done.get((p, k), self.records.get((p, k)))
+
+        for p, k in self.todo():
+            job = self.job(p, k)
+            after = [] if p == 1 else [frame(p - 1, k)] + ([frame(p - 1, job.neighbour)] if job.neighbour is not None else [])
+            f = client.submit(_frame_task, job, run_id, interrupt_name, remote[k], pair(job.neighbour, k), *after,
+                              key=f"scratchnst-frame-{run_id}-{p}-{k}", pure=False, retries=cluster.RETRIES)
+            done[p, k], futures[f] = f, ("frame", p, k)
+        for p, k in self.unscored():
+            f = client.submit(_score_task, str(self.v.work), p, k, pair(k - 1, k), frame(p, k), frame(p, k - 1),
+                              key=f"scratchnst-score-{run_id}-{p}-{k}", pure=False)
+            futures[f] = ("score", p, k)
+        return futures
+
+    def _collect(self, future, futures: dict) -> None:
+        kind, p, k = futures[future]
+        value = future.result()  # a task that raised raises here
+        if value is None:  # interrupted
+            return
+        if kind == "frame":
+            self.add(value)
+        else:
+            self.scored(p, k, value)
+
+    def _wait_for_running(self, futures: dict, seen: set) -> None:
+        """After Ctrl-C or a failed task: give running frames INTERRUPT_WAIT_S to stop, keep what
+        finished, cancel the rest. A second Ctrl-C stops waiting."""
+        from distributed import wait
+
+        rest = [f for f in futures if f not in seen]
+        try:
+            wait(rest, timeout=cluster.INTERRUPT_WAIT_S)
+        except (KeyboardInterrupt, TimeoutError):
+            pass
+        for f in rest:
+            if f.status == "finished":
+                self._collect(f, futures)
+            else:
+                f.cancel()
+
+    def _frame_bytes(self) -> int:
+        """The peak memory of one frame task: what a local worker must have room for."""
+        from scratchnst.app.memory import estimate_peak_bytes
+
+        h, w = self.v.clip.frames[0].shape[:2]
+        return estimate_peak_bytes(self.v.settings, (w, h), [(w, h)] * len(self.v.styles or [None]))
+
+    def summary(self) -> list[dict]:
+        """Per pass: its direction, frames done, mean temporal error, seconds of stylization."""
+        rows = []
+        for p in range(1, self.v.options.passes + 1):
+            mine = [r for (q, _), r in sorted(self.records.items()) if q == p]
+            errors = [r["temporal_error"] for r in mine if r["temporal_error"] is not None]
+            rows.append({
+                "pass": p, "looks_at": "none" if p == 1 else ("previous" if p % 2 else "next"), "frames_done": len(mine),
+                "temporal_error": float(np.mean(errors)) if len(errors) == self.n - 1 else None,
+                "stylize_s": round(sum(r["stylize_s"] for r in mine), 3),
+            })
+        return rows
+
+
+def run(video_run):
+    """VideoRun.run in multi-pass mode: a VideoResult whose frames are those of the last pass."""
+    passes = Passes(video_run)
+    started = time.perf_counter()
+    status = passes.run()
+    elapsed = time.perf_counter() - started
+    last = [r for (p, _), r in sorted(passes.records.items()) if p == video_run.options.passes]
+    summary = passes.summary()
+    extra = {"passes": summary, "temporal_error": summary[-1]["temporal_error"],
+             "stylize_s": round(sum(row["stylize_s"] for row in summary), 3),
+             "seconds_per_frame": round(sum(row["stylize_s"] for row in summary) / passes.n, 3)}
+    flows = {(r["neighbour"], r["index"]): r["flow_s"] for r in passes.records.values() if r["flow_s"] is not None}
+    extra["flow_s"] = round(sum(flows.values()), 3)  # each pair's flows once, however many passes used them
+    if video_run.net is None and passes.records:  # the frames were made on workers
+        any_record = next(iter(passes.records.values()))
+        extra |= {"backend": any_record["backend"], "weights_sha256": any_record["weights_sha256"]}
+    return video_run._finish(status, last, elapsed, extra)
