@@ -516,16 +516,21 @@ def test_a_multipass_batch_job_runs_its_passes_on_its_worker():
 MULTI = [*TINY, "--passes", "3"]
 
 
-def test_passes_alternate_their_neighbour_and_the_start_blends_by_the_mask():
-    assert [multipass.neighbour(1, k, 4) for k in range(4)] == [None] * 4  # pass 1: every frame on its own
-    assert [multipass.neighbour(2, k, 4) for k in range(4)] == [1, 2, 3, None]  # even passes look ahead
-    assert [multipass.neighbour(3, k, 4) for k in range(4)] == [None, 0, 1, 2]  # odd ones back
-    own, warped = np.full((2, 3, 3), 100, np.uint8), np.full((2, 3, 3), 200, np.uint8)
-    mask = np.array([[0, 1, 0.5], [1, 0, 0.25]], np.float32)
-    # (100 + δ·c·200) / (1 + δ·c), by hand: δ = 1 gives 100, 150, 133.3, 150, 100, 120
-    assert multipass.blend(own, warped, mask, 1.0)[..., 0].tolist() == [[100, 150, 133], [150, 100, 120]]
-    assert multipass.blend(own, warped, mask, 3.0)[0, 2].tolist() == [160] * 3  # (100 + 1.5·200) / 2.5
-    assert (multipass.blend(own, warped, mask, 0.0) == own).all()
+def test_a_frame_starts_from_its_neighbours_blended_by_their_masks():
+    assert [multipass.neighbours(1, k, 4) for k in range(4)] == [()] * 4  # pass 1: every frame on its own
+    assert [multipass.neighbours(2, k, 4) for k in range(4)] == [(1,), (0, 2), (1, 3), (2,)]
+    own, a, b = (np.full((2, 3, 3), v, np.uint8) for v in (100, 200, 50))
+    ca = np.array([[0, 1, 0.5], [1, 0, 0.25]], np.float32)
+    # one neighbour, (100 + δ·c·200) / (1 + δ·c) by hand: δ = 1 gives 100, 150, 133.3, 150, 100, 120
+    assert multipass.blend(own, [a], [ca], 1.0)[..., 0].tolist() == [[100, 150, 133], [150, 100, 120]]
+    assert multipass.blend(own, [a], [ca], 3.0)[0, 2].tolist() == [160] * 3  # (100 + 1.5·200) / 2.5
+    assert (multipass.blend(own, [a], [ca], 0.0) == own).all()
+    cb = np.full((2, 3), 0.5, np.float32)
+    assert multipass.blend(own, [a, b], [ca, cb], 1.0)[0, 1, 0] == 130  # (100 + 200 + 0.5·50) / 2.5
+    target, mask = multipass.temporal_target([a, b], [ca, cb])
+    # c_a = 1, c_b = 0.5: m = (200 + 25) / 1.5 = 150, c̄ = 0.75; c_a = 0: m = b, c̄ = 0.25
+    assert target[0, 1].tolist() == [150] * 3 and mask[0, 1] == 0.75
+    assert target[0, 0].tolist() == [50] * 3 and mask[0, 0] == 0.25
 
 
 @pytest.fixture(scope="module")
@@ -541,11 +546,10 @@ def multipass_here(tmp_path_factory, clip, style, vgg_weights_path):
 def test_each_pass_lowers_the_flicker_of_independent_frames(multipass_here):
     frames, m = multipass_here
     assert m["status"] == "done" and m["frames_done"] == FRAMES and len(frames) == FRAMES
-    assert [(p["pass"], p["looks_at"], p["frames_done"]) for p in m["passes"]] == [(1, "none", 7), (2, "next", 7), (3, "previous", 7)]
-    assert [(f["pass"], f["index"], f["neighbour"], f["iterations"]) for f in m["frames"]] == [
-        (3, k, k - 1 if k else None, 3) for k in range(FRAMES)]
-    assert m["frames"][0]["temporal"] is None  # no frame before the first: no temporal term
-    for f in m["frames"][1:]:
+    assert [(p["pass"], p["frames_done"]) for p in m["passes"]] == [(1, 7), (2, 7), (3, 7)]
+    assert [(f["pass"], f["index"], f["neighbours"], f["iterations"]) for f in m["frames"]] == [
+        (3, k, [n for n in (k - 1, k + 1) if 0 <= n < FRAMES], 3) for k in range(FRAMES)]
+    for f in m["frames"]:
         total = sum(m["args"][f"{k}_weight"] * f[k] for k in ("content", "style", "tv")) + m["video"]["temporal_weight"] * f["temporal"]
         assert f["loss"] == pytest.approx(total, rel=1e-4) and 0.8 < f["reliable"] <= 1
     errors = [p["temporal_error"] for p in m["passes"]]

@@ -87,7 +87,7 @@ def bench(args) -> None:
                      np.mean([f["style"] for f in later]), np.mean([f["content"] for f in later]), time.perf_counter() - started))
         Path(f"{out}.frames.json").write_text(json.dumps(m["frames"], indent=1))
         for p in m.get("passes", []):
-            print(f"multipass, pass {p['pass']} (looks at {p['looks_at']}): temporal error {p['temporal_error']:.2f}, "
+            print(f"multipass, pass {p['pass']}: temporal error {p['temporal_error']:.2f}, "
                   f"{p['stylize_s']:.0f} s of stylization")
     print(f"{'run':12s} {'temporal error':>14s} {'(true flow)':>11s} {'s/frame':>8s} {'flow s':>7s} {'style':>10s} {'content':>10s} {'wall s':>7s}")
     for name, err, known, spf, fl, st, co, wall in rows:

@@ -2,17 +2,19 @@
 independent Dask task, so one video keeps many workers busy.
 
 Pass 1 stylizes every frame on its own (the stylize schedule with --first-iterations, from --init).
-Each later pass runs --iterations more at full size on every frame, in alternating directions as in
-Ruder et al.: an odd pass looks back (neighbour n = k − 1), an even one ahead (n = k + 1). Frame k
-starts from its own result of the pass before, blended with the neighbour's result of the pass
-before warped to frame k, where the motion is reliable (c, flow.consistency_mask):
+Each later pass runs --iterations more at full size on every frame. Frame k starts from its own
+result of the pass before, blended with its neighbours' (n = k − 1 and k + 1) results of the pass
+before warped to frame k, where the motion is reliable (c_n, flow.consistency_mask):
 
-    x₀ = (x_k + δ c ⊙ ω(x_n)) / (1 + δ c)          δ = --blend
+    x₀ = (x_k + δ Σ_n c_n ⊙ ω(x_n)) / (1 + δ Σ_n c_n)          δ = --blend
 
-and the temporal term keeps it close to ω(x_n) under c. Ruder et al. take the neighbour's result of
-this pass (frame k − 1 is finished before frame k starts). Taking the pass before's instead (Jacobi
-rather than Gauss–Seidel) is what makes the frames of a pass independent: agreement spreads one
-frame per pass, both ways as the passes alternate.
+and the temporal term keeps it close to the ω(x_n) under the c_n. Ruder et al. sweep the clip in
+alternating directions with one neighbour, this pass's: frame k − 1 is finished before frame k
+starts (Gauss–Seidel). Taking the pass before's results (Jacobi) is what makes the frames of a pass
+independent tasks; with one neighbour per pass, alternating, it left more flicker than with both
+at once (docs/benchmarks.md, "Multi-pass"), so both it is. Measured there too: agreement spreads
+slowly this way, and frame by frame (video.py) flickers far less; this mode is for when a cluster's
+workers matter more.
 
 Dask runs the whole graph at once: frame (p, k) after (p − 1, k) and (p − 1, n), so workers start
 on pass p + 1 while pass p finishes elsewhere; the flows are tasks too, each computed once and kept
@@ -37,26 +39,41 @@ from scratchnst.app import images as im
 from scratchnst.app.settings import Settings
 from scratchnst.core.backend import backend_name
 
-DEFAULT_BLEND = 1.0  # δ: Ruder et al.'s blendWeight (the in-direction neighbour; the other gets 0)
+DEFAULT_BLEND = 1.0  # δ: Ruder et al.'s blendWeight (3 gave the same flicker: docs/benchmarks.md, "Multi-pass")
 
 
-def neighbour(pass_: int, k: int, frames: int) -> int | None:
-    """The frame whose warped result joins frame k's start in pass `pass_` (None in pass 1, and at
-    the end a pass's direction leaves without a neighbour)."""
+def neighbours(pass_: int, k: int, frames: int) -> tuple[int, ...]:
+    """The frames whose warped results join frame k's start in pass `pass_`: none in pass 1, then
+    the previous and the next frame (those the clip has)."""
     if pass_ == 1:
-        return None
-    n = k - 1 if pass_ % 2 else k + 1
-    return n if 0 <= n < frames else None
+        return ()
+    return tuple(n for n in (k - 1, k + 1) if 0 <= n < frames)
 
 
-def blend(own: np.ndarray, warped: np.ndarray, mask: np.ndarray, weight: float) -> np.ndarray:
-    """A frame's start: (own + δ c ⊙ warped) / (1 + δ c), rounded to uint8.
+def blend(own: np.ndarray, warped, masks, weight: float) -> np.ndarray:
+    """A frame's start: (own + δ Σ c_n ⊙ ω(x_n)) / (1 + δ Σ c_n), rounded to uint8.
 
-    own, warped: (H, W, 3) uint8; mask: (H, W) weights c in [0, 1]; weight: δ ≥ 0.
+    own: (H, W, 3) uint8; warped: its neighbours' results warped to it, each (H, W, 3) uint8; masks:
+    their (H, W) weights c_n in [0, 1]; weight: δ ≥ 0.
     """
-    w = weight * mask.astype(np.float64)[..., None]
-    start = (own.astype(np.float64) + w * warped) / (1.0 + w)
-    return np.clip(np.rint(start), 0, 255).astype(np.uint8)
+    num, den = own.astype(np.float64), np.ones(own.shape[:2] + (1,))
+    for w, c in zip(warped, masks):
+        wc = weight * c.astype(np.float64)[..., None]
+        num, den = num + wc * w, den + wc
+    return np.clip(np.rint(num / den), 0, 255).astype(np.uint8)
+
+
+def temporal_target(warped, masks):
+    """One temporal term for the neighbours' (the mean of theirs, up to a constant):
+    (1/N) Σ_n c_n (x − ω_n)² = c̄ (x − m)² + const, with c̄ = (1/N) Σ_n c_n and m = Σ_n c_n ω_n / Σ_n c_n.
+
+    warped: the N neighbours' results warped to the frame, (H, W, 3) uint8; masks: their (H, W)
+    weights c_n. Returns (m as (H, W, 3) uint8, c̄ (H, W) float32): temporal_loss's target and mask.
+    """
+    c = [m.astype(np.float64) for m in masks]
+    total = sum(c)
+    m = sum(ci[..., None] * w for ci, w in zip(c, warped)) / np.maximum(total, 1e-12)[..., None]
+    return np.clip(np.rint(m), 0, 255).astype(np.uint8), (total / len(c)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,7 @@ class FrameJob:
     pass_: int
     index: int
     frame: int  # its number in the input (--frames A:B starts at A)
-    neighbour: int | None
+    neighbours: tuple
     work: str  # OUT.work/
     styles: list | None
     settings: Settings  # the video's
@@ -79,11 +96,11 @@ def _read(png: Path) -> np.ndarray:
     return np.asarray(Image.open(png).convert("RGB"))
 
 
-def run_frame(job: FrameJob, frame: np.ndarray, pair, *, net=None, style_cache=None, on_progress=None):
+def run_frame(job: FrameJob, frame: np.ndarray, pairs, *, net=None, style_cache=None, on_progress=None):
     """Stylize frame job.index ((H, W, 3) uint8) for pass job.pass_ and write it to the work folder.
 
-    pair: flow.pair_flow(frame n, frame k) for the neighbour n (None without one). Returns (the
-    frame's record, the net used); KeyboardInterrupt when stopped before the end.
+    pairs: flow.pair_flow(frame n, frame k) for each neighbour n. Returns (the frame's record, the
+    net used); KeyboardInterrupt when stopped before the end.
     """
     from scratchnst.app.video import frame_png, stylize_frame, temporal_terms, warp_uint8
 
@@ -93,20 +110,21 @@ def run_frame(job: FrameJob, frame: np.ndarray, pair, *, net=None, style_cache=N
         settings = dataclasses.replace(s, iterations=job.first_iterations, quiet=True)
     else:
         start = _read(frame_png(work, k, p - 1))
-        if job.neighbour is not None:
-            warped = warp_uint8(_read(frame_png(work, job.neighbour, p - 1)), pair.backward)
-            start = blend(start, warped, pair.mask, job.blend)
-            terms = temporal_terms(s, job.temporal_weight, warped, pair.mask)
+        if job.neighbours:
+            warped = [warp_uint8(_read(frame_png(work, n, p - 1)), pair.backward) for n, pair in zip(job.neighbours, pairs)]
+            masks = [pair.mask for pair in pairs]
+            start = blend(start, warped, masks, job.blend)
+            terms = temporal_terms(s, job.temporal_weight, *temporal_target(warped, masks))
         init = out_png.with_name(f"start_{k:05d}.png")
         im.save_image(start, init)
         settings = dataclasses.replace(s, scales=(1.0,), init=str(init), quiet=True)
     record, _, net = stylize_frame(frame, job.styles, settings, out_png, terms=terms, net=net, style_cache=style_cache,
                                    on_progress=on_progress)
     record = {
-        "pass": p, "index": k, "frame": job.frame, "neighbour": job.neighbour, **record,
+        "pass": p, "index": k, "frame": job.frame, "neighbours": list(job.neighbours), **record,
         "temporal_error": None,  # set once frame k − 1 of this pass is done too (score)
-        "reliable": None if pair is None else float(pair.mask.mean()),
-        "flow_s": None if pair is None else round(pair.seconds, 3),
+        "reliable": float(np.mean([pair.mask.mean() for pair in pairs])) if pairs else None,
+        "flow_s": round(sum(pair.seconds for pair in pairs), 3) if pairs else None,
         "backend": backend_name(net.xp), "weights_sha256": net.weights_sha256,
     }
     return record, net
@@ -124,7 +142,7 @@ def score(work: str, pass_: int, k: int, pair) -> float:
 # -- the tasks on Dask workers ---------------------------------------------------------------------
 
 
-def _frame_task(job: FrameJob, run_id: str, interrupt_name: str, frame, pair, *after) -> dict | None:
+def _frame_task(job: FrameJob, run_id: str, interrupt_name: str, frame, pairs, *after) -> dict | None:
     """run_frame on a worker with its cached net and style targets; None once interrupted. `after`:
     the frames of the pass before this one starts from (only there to order the tasks)."""
     interrupt = cluster.Interrupt(interrupt_name)
@@ -132,7 +150,7 @@ def _frame_task(job: FrameJob, run_id: str, interrupt_name: str, frame, pair, *a
         return None
     net = cluster.WORKER_CACHE.net(job.settings)
     try:
-        record, _ = run_frame(job, frame, pair, net=net, style_cache=cluster.WORKER_CACHE.style_cache(run_id),
+        record, _ = run_frame(job, frame, pairs, net=net, style_cache=cluster.WORKER_CACHE.style_cache(run_id),
                               on_progress=interrupt.poll)
     except KeyboardInterrupt:
         return None
@@ -157,7 +175,7 @@ class Passes:
 
     def job(self, p: int, k: int) -> FrameJob:
         o = self.v.options
-        return FrameJob(p, k, self.v.clip.first + k, neighbour(p, k, self.n), str(self.v.work), self.v.styles, self.v.settings,
+        return FrameJob(p, k, self.v.clip.first + k, neighbours(p, k, self.n), str(self.v.work), self.v.styles, self.v.settings,
                         o.first_iterations, o.temporal_weight, o.blend)
 
     def todo(self):
@@ -203,14 +221,14 @@ class Passes:
         frames, flows = self.v.clip.frames, {}
 
         def pair(n, k):
-            if n is not None and (n, k) not in flows:
+            if (n, k) not in flows:
                 flows[n, k] = flow.pair_flow(frames[n], frames[k])
-            return flows.get((n, k))
+            return flows[n, k]
 
         for p in range(1, self.v.options.passes + 1):
             for _, k in [t for t in self.todo() if t[0] == p]:
                 job = self.job(p, k)
-                record, self.v.net = run_frame(job, frames[k], pair(job.neighbour, k), net=self.v.net,
+                record, self.v.net = run_frame(job, frames[k], [pair(n, k) for n in job.neighbours], net=self.v.net,
                                                style_cache=self.v.style_cache, on_progress=self.v.on_progress)
                 self.add(record)
             for _, k in [t for t in self.unscored() if t[0] == p]:
@@ -245,17 +263,17 @@ class Passes:
         flows, done, futures = {}, {}, {}
 
         def pair(n, k):
-            if n is not None and (n, k) not in flows:
+            if (n, k) not in flows:
                 flows[n, k] = client.submit(flow.pair_flow, remote[n], remote[k], key=f"scratchnst-flow-{run_id}-{n}-{k}", pure=False)
-            return flows.get((n, k))
+            return flows[n, k]
 
         def frame(p, k):  # the future of frame (p, k), or its record when finished before
             return done.get((p, k), self.records.get((p, k)))
 
         for p, k in self.todo():
             job = self.job(p, k)
-            after = [] if p == 1 else [frame(p - 1, k)] + ([frame(p - 1, job.neighbour)] if job.neighbour is not None else [])
-            f = client.submit(_frame_task, job, run_id, interrupt_name, remote[k], pair(job.neighbour, k), *after,
+            after = [] if p == 1 else [frame(p - 1, n) for n in (k, *job.neighbours)]
+            f = client.submit(_frame_task, job, run_id, interrupt_name, remote[k], [pair(n, k) for n in job.neighbours], *after,
                               key=f"scratchnst-frame-{run_id}-{p}-{k}", pure=False, retries=cluster.RETRIES)
             done[p, k], futures[f] = f, ("frame", p, k)
         for p, k in self.unscored():
@@ -298,13 +316,13 @@ class Passes:
         return estimate_peak_bytes(self.v.settings, (w, h), [(w, h)] * len(self.v.styles or [None]))
 
     def summary(self) -> list[dict]:
-        """Per pass: its direction, frames done, mean temporal error, seconds of stylization."""
+        """Per pass: frames done, mean temporal error, seconds of stylization."""
         rows = []
         for p in range(1, self.v.options.passes + 1):
             mine = [r for (q, _), r in sorted(self.records.items()) if q == p]
             errors = [r["temporal_error"] for r in mine if r["temporal_error"] is not None]
             rows.append({
-                "pass": p, "looks_at": "none" if p == 1 else ("previous" if p % 2 else "next"), "frames_done": len(mine),
+                "pass": p, "frames_done": len(mine),
                 "temporal_error": float(np.mean(errors)) if len(errors) == self.n - 1 else None,
                 "stylize_s": round(sum(r["stylize_s"] for r in mine), 3),
             })
@@ -322,7 +340,7 @@ def run(video_run):
     extra = {"passes": summary, "temporal_error": summary[-1]["temporal_error"],
              "stylize_s": round(sum(row["stylize_s"] for row in summary), 3),
              "seconds_per_frame": round(sum(row["stylize_s"] for row in summary) / passes.n, 3)}
-    flows = {(r["neighbour"], r["index"]): r["flow_s"] for r in passes.records.values() if r["flow_s"] is not None}
+    flows = {(tuple(r["neighbours"]), r["index"]): r["flow_s"] for r in passes.records.values() if r["flow_s"] is not None}
     extra["flow_s"] = round(sum(flows.values()), 3)  # each pair's flows once, however many passes used them
     if video_run.net is None and passes.records:  # the frames were made on workers
         any_record = next(iter(passes.records.values()))
