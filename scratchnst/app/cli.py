@@ -271,9 +271,9 @@ def _add_video_options(g) -> None:
     g.add_argument("--independent", action="store_true", help="the flickering baseline: every frame from --init with --scales, no warp, no temporal term")
     g.add_argument("--fps", type=_number, default=None, help="frame rate of a folder of frames (default: 25; a video keeps its own)")
     g.add_argument("--passes", type=_nonneg_int, default=0, help=(
-        "Ruder et al.'s multi-pass mode: P passes over all frames, each frame of a pass a Dask task (pass 1 every frame on "
-        "its own, then --iterations per frame and pass, alternately blended with the previous and next frame); 0: frame by frame"))
-    g.add_argument("--blend", type=_number, default=DEFAULT_BLEND, help="multi-pass: weight of the warped neighbour in each frame's start")
+        "a multi-pass mode after Ruder et al.: P passes over all frames, each frame of a pass a Dask task (pass 1 every frame "
+        "on its own, then --iterations per frame and pass from its last result blended with its two neighbours'); 0: frame by frame"))
+    g.add_argument("--blend", type=_number, default=DEFAULT_BLEND, help="multi-pass: weight of the warped neighbours in each frame's start")
 
 
 def _video_options(args) -> dict:
@@ -291,8 +291,8 @@ def _add_video(subparsers) -> None:
         description=(
             "Ruder et al. (2016): each frame starts from the previous output warped along the optical flow and a "
             "temporal term keeps it there where the motion is reliable. Finished frames are kept in OUT.work/ "
-            "until the video is complete; --resume continues an interrupted run. --passes P is their multi-pass mode "
-            "instead: every frame of a pass is an independent Dask task, so one video keeps many workers busy."
+            "until the video is complete; --resume continues an interrupted run. --passes P is a multi-pass mode "
+            "after theirs instead: every frame of a pass is an independent Dask task, so one video keeps many workers busy."
         ),
         formatter_class=_DefaultsFormatter,
     )

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from scratchnst.app import cluster, flow
 from scratchnst.app import images as im
@@ -92,26 +91,22 @@ class FrameJob:
     blend: float
 
 
-def _read(png: Path) -> np.ndarray:
-    return np.asarray(Image.open(png).convert("RGB"))
-
-
 def run_frame(job: FrameJob, frame: np.ndarray, pairs, *, net=None, style_cache=None, on_progress=None):
     """Stylize frame job.index ((H, W, 3) uint8) for pass job.pass_ and write it to the work folder.
 
     pairs: flow.pair_flow(frame n, frame k) for each neighbour n. Returns (the frame's record, the
     net used); KeyboardInterrupt when stopped before the end.
     """
-    from scratchnst.app.video import frame_png, stylize_frame, temporal_terms, warp_uint8
+    from scratchnst.app.video import frame_png, read_frame, stylize_frame, temporal_terms, warp_uint8
 
     work, s, p, k = Path(job.work), job.settings, job.pass_, job.index
     out_png, terms = frame_png(work, k, p), None
     if p == 1:
         settings = dataclasses.replace(s, iterations=job.first_iterations, quiet=True)
     else:
-        start = _read(frame_png(work, k, p - 1))
+        start = read_frame(frame_png(work, k, p - 1))
         if job.neighbours:
-            warped = [warp_uint8(_read(frame_png(work, n, p - 1)), pair.backward) for n, pair in zip(job.neighbours, pairs)]
+            warped = [warp_uint8(read_frame(frame_png(work, n, p - 1)), pair.backward) for n, pair in zip(job.neighbours, pairs)]
             masks = [pair.mask for pair in pairs]
             start = blend(start, warped, masks, job.blend)
             terms = temporal_terms(s, job.temporal_weight, *temporal_target(warped, masks))
@@ -133,10 +128,10 @@ def run_frame(job: FrameJob, frame: np.ndarray, pairs, *, net=None, style_cache=
 def score(work: str, pass_: int, k: int, pair) -> float:
     """The temporal error of frame k ≥ 1 of a pass against frame k − 1 of it warped to frame k
     (pair: flow.pair_flow(frame k − 1, frame k)): the flicker measure of frame-by-frame mode."""
-    from scratchnst.app.video import frame_png, warp_uint8
+    from scratchnst.app.video import frame_png, read_frame, warp_uint8
 
-    previous = warp_uint8(_read(frame_png(Path(work), k - 1, pass_)), pair.backward)
-    return flow.temporal_error(_read(frame_png(Path(work), k, pass_)), previous, pair.mask)
+    previous = warp_uint8(read_frame(frame_png(Path(work), k - 1, pass_)), pair.backward)
+    return flow.temporal_error(read_frame(frame_png(Path(work), k, pass_)), previous, pair.mask)
 
 
 # -- the tasks on Dask workers ---------------------------------------------------------------------
@@ -337,9 +332,9 @@ def run(video_run):
     elapsed = time.perf_counter() - started
     last = [r for (p, _), r in sorted(passes.records.items()) if p == video_run.options.passes]
     summary = passes.summary()
+    stylize_s = sum(row["stylize_s"] for row in summary)
     extra = {"passes": summary, "temporal_error": summary[-1]["temporal_error"],
-             "stylize_s": round(sum(row["stylize_s"] for row in summary), 3),
-             "seconds_per_frame": round(sum(row["stylize_s"] for row in summary) / passes.n, 3)}
+             "stylize_s": round(stylize_s, 3), "seconds_per_frame": round(stylize_s / passes.n, 3)}
     flows = {(tuple(r["neighbours"]), r["index"]): r["flow_s"] for r in passes.records.values() if r["flow_s"] is not None}
     extra["flow_s"] = round(sum(flows.values()), 3)  # each pair's flows once, however many passes used them
     if video_run.net is None and passes.records:  # the frames were made on workers

@@ -10,7 +10,7 @@ A stopped run (Ctrl-C, kill, crash) keeps every finished frame in OUT.work/; `--
 at the first unfinished one. Each frame starts from the previous frame's PNG, never from state kept
 in memory, so a resumed run makes the bytes an uninterrupted one makes.
 
-`--passes P` is Ruder et al.'s multi-pass mode instead (multipass.py): every frame of a pass is an
+`--passes P` is a multi-pass mode after Ruder et al.'s instead (multipass.py): every frame of a pass is an
 independent Dask task, so one video uses many workers.
 """
 
@@ -55,7 +55,7 @@ class VideoOptions:
     independent: bool = False  # the baseline: every frame from --init, no warp, no temporal term
     fps: float | None = None  # frame rate of a folder of frames (a video keeps its own)
     passes: int = 0  # 0: frame by frame; P: Ruder et al.'s multi-pass mode, P passes over all frames (multipass.py)
-    blend: float = multipass.DEFAULT_BLEND  # multi-pass: weight of the warped neighbour in a frame's start
+    blend: float = multipass.DEFAULT_BLEND  # multi-pass: weight of the warped neighbours in a frame's start
     workers: int | None = None  # local Dask workers for the flows (None: cluster's default; 0: no Dask)
     scheduler: str | None = None  # an existing Dask scheduler's address
 
@@ -194,8 +194,7 @@ class VideoRun:
         """Stylize frame k (pair: its PairFlow from frame k − 1, None for frame 0); write its PNG."""
         warped, init, terms = None, None, None
         if pair is not None:
-            previous = np.asarray(Image.open(frame_png(self.work, k - 1)).convert("RGB"))
-            warped = warp_uint8(previous, pair.backward)
+            warped = warp_uint8(read_frame(frame_png(self.work, k - 1)), pair.backward)
             if not self.options.independent:
                 init = str(self.work / "warped.png")
                 im.save_image(warped, init)
@@ -341,6 +340,11 @@ def video(source, styles=None, *, out, resume: bool = False, temporal_weight=DEF
 
 
 # -- one frame, either mode ------------------------------------------------------------------------
+
+
+def read_frame(png: Path) -> np.ndarray:
+    """A finished frame of the work folder as (H, W, 3) uint8."""
+    return np.asarray(Image.open(png).convert("RGB"))
 
 
 def warp_uint8(image: np.ndarray, backward: np.ndarray) -> np.ndarray:
