@@ -262,11 +262,20 @@ def _frames_of(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
 
 
-def _stop_after(args, cwd, frame_png, sig):
-    """Start a run, send `sig` once `frame_png` exists in the work folder; the finished process."""
+def _recorded(work: Path, count: int) -> bool:
+    """Whether the work folder's state lists `count` finished frames (a frame's PNG is written
+    before its record, so the PNG alone may belong to a frame a signal then leaves unrecorded)."""
+    try:
+        return len(json.loads((work / "state.json").read_text())["frames"]) >= count
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _stop_after(args, cwd, ready, sig):
+    """Start a run, send `sig` once `ready()`; the finished process."""
     proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "video", *args], cwd=cwd, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 120
-    while not frame_png.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(sig)
     proc.wait(timeout=60)
@@ -283,7 +292,7 @@ def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, clip, s
     (out / "keep.txt").write_text("an existing OUT stays until the new one is complete")
     args = [*base, "-o", f"{out}/"]
     work = tmp_path / "out.work"
-    proc = _stop_after(args, tmp_path, work / "frame_00001.png", signal.SIGINT)
+    proc = _stop_after(args, tmp_path, lambda: _recorded(work, 2), signal.SIGINT)
     assert proc.returncode == 130, proc.stderr
     m = json.loads((tmp_path / "out.json").read_text())
     assert m["status"] == "interrupted" and m["frames_done"] >= 2 and m["work"] == str(work)
@@ -292,7 +301,7 @@ def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, clip, s
     assert again.returncode == 2 and "--resume" in again.stderr
     changed = _run([*args, "--resume", "--iterations", "2"], tmp_path)
     assert changed.returncode == 2 and "other args" in changed.stderr
-    proc = _stop_after([*args, "--resume"], tmp_path, work / "frame_00004.png", signal.SIGKILL)
+    proc = _stop_after([*args, "--resume"], tmp_path, (work / "frame_00004.png").exists, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL and (out / "keep.txt").exists()
     r = _run([*args, "--resume"], tmp_path)
     assert r.returncode == 0, r.stderr
@@ -416,14 +425,14 @@ def test_valid_clips_decode_every_frame(tmp_path, pan, suffix, frames, audio):
 BATCH_TINY = ["--size", "32", "--iterations", "2", "--first-iterations", "2", "--scales", "1", "--quiet"]
 
 
-def _ctrl_c_once(args, cwd, png) -> tuple[int, str]:
-    """Run `scratchnst ARGS` in its own process group and, once `png` exists, send the group SIGINT
+def _ctrl_c_once(args, cwd, ready) -> tuple[int, str]:
+    """Run `scratchnst ARGS` in its own process group and, once `ready()`, send the group SIGINT
     as a terminal's Ctrl-C does (the client gets it; the Dask workers are elsewhere); (exit code, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "scratchnst", *args], cwd=cwd, env=ENV, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not png.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
@@ -488,7 +497,7 @@ def test_a_stopped_video_job_resumes_at_its_first_unfinished_frame(tmp_path, pan
     dask_processes.worker("w1")
     args = ["--jobs", "jobs.jsonl", "-o", "out", "--scheduler", address, *BATCH_TINY]
     out, work = tmp_path / "out", tmp_path / "out" / "a.work"
-    code, err = _ctrl_c_once(["batch", *args], tmp_path, work / "frame_00001.png")
+    code, err = _ctrl_c_once(["batch", *args], tmp_path, lambda: _recorded(work, 2))
     assert code == 130, err
     [stopped_job] = _jobs(out)
     stopped = json.loads(Path(stopped_job["manifest"]).read_text())
@@ -564,7 +573,7 @@ def test_multipass_on_dask_workers_resumes_after_ctrl_c_with_the_frames_made_her
     dask_processes.worker("w2")
     args = [str(clip), str(style), "-o", f"{tmp_path / 'out'}/", *MULTI, "--scheduler", address]
     work = tmp_path / "out.work"
-    code, err = _ctrl_c_once(["video", *args], tmp_path, work / "pass_02" / "frame_00003.png")
+    code, err = _ctrl_c_once(["video", *args], tmp_path, lambda: _recorded(work, FRAMES + 1))  # into pass 2
     assert code == 130, err
     stopped = json.loads((tmp_path / "out.json").read_text())
     state = json.loads((work / "state.json").read_text())["frames"]
