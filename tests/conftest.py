@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from scratchnst.errors import WeightsError
-from scratchnst.app.weights import resolve_weights
+from scratchnst.app.files.weights import resolve_weights
 
 
 @pytest.fixture

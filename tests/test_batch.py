@@ -226,7 +226,7 @@ def test_style_targets_and_net_are_shared_between_jobs(tmp_path, pics, client, m
 
     calls = []
     real = objective.style_grams
-    monkeypatch.setattr("scratchnst.app.stylize.style_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("scratchnst.app.picture.stylize.style_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
     loads = []
     real_load = cluster.WorkerCache.net
     monkeypatch.setattr(cluster.WorkerCache, "net", lambda self, s: loads.append(1) or real_load(self, s))

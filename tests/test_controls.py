@@ -135,11 +135,11 @@ def test_normalize_gradients_gives_each_layer_unit_l1_norm(rng):
 
 from PIL import Image  # noqa: E402
 
-from scratchnst.app import color  # noqa: E402
-from scratchnst.app import stylize as stylize_module  # noqa: E402
+from scratchnst.app.picture import color  # noqa: E402
+from scratchnst.app.picture import stylize as stylize_module  # noqa: E402
 from scratchnst.app.cli import main  # noqa: E402
-from scratchnst.app.masks import load_mask, masks_at  # noqa: E402
-from scratchnst.app.settings import Settings  # noqa: E402
+from scratchnst.app.picture.masks import load_mask, masks_at  # noqa: E402
+from scratchnst.app.picture.settings import Settings  # noqa: E402
 
 
 def _gaussian_image(rng, mean, cov, shape):

@@ -24,7 +24,7 @@ from scratchnst.errors import ScratchnstError
 from scratchnst.gradcheck import CONV_CASES, POOL_CASES, _tie_free, random_vgg, rel_error
 from scratchnst.core.objective import NSTObjective
 from scratchnst.core.optim import make_optimizer
-from scratchnst.app.weights import load_vgg16
+from scratchnst.app.files.weights import load_vgg16
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = {"float32": 1e-5, "float64": 1e-12}

@@ -1,4 +1,4 @@
-"""Tests for scratchnst.app.images: loading odd/broken files, pre/deprocess, atomic saving, colour."""
+"""Tests for scratchnst.app.files.images: loading odd/broken files, pre/deprocess, atomic saving, colour."""
 
 import io
 import os
@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 import scratchnst
-from scratchnst.app import images as im
+from scratchnst.app.files import images as im
 from scratchnst.errors import ScratchnstError
 
 # Independent reference: BT.601 full-range RGB -> (Y, Cb - 128, Cr - 128).

@@ -12,7 +12,7 @@ import pytest
 
 import scratchnst
 from scratchnst.app import cli
-from scratchnst.app import weights as w
+from scratchnst.app.files import weights as w
 
 PACKAGE = Path(scratchnst.__file__).parent
 

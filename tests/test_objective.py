@@ -160,7 +160,7 @@ def test_float32_objective_stays_float32_and_agrees_with_float64(rng):
 @pytest.mark.weights
 def test_objective_gradient_through_the_real_vgg16(rng, vgg_weights_path):
     """The full objective through the real network (float64, 32×32), at sampled pixels."""
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.weights import load_vgg16
 
     net = load_vgg16(vgg_weights_path, backend="numpy", dtype="float64")
     r = objective_check(net, rng, coords=16, eps=1e-4, threshold=THRESHOLDS["float64"], name="objective (VGG-16)")

@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from scratchnst.app import images as im
-from scratchnst.app import memory
+from scratchnst.app.files import images as im
+from scratchnst.app.picture import memory
 from scratchnst.core import ops
 from scratchnst.core import host
-from scratchnst.app import weights as wts
-from scratchnst.app.settings import Settings
-from scratchnst.app.stylize import NOISE_STD
+from scratchnst.app.files import weights as wts
+from scratchnst.app.picture.settings import Settings
+from scratchnst.app.picture.stylize import NOISE_STD
 
 pytestmark = pytest.mark.weights
 
@@ -660,7 +660,7 @@ def test_pool_and_gram_shapes(n, c, h, w, k, stride, kind):
 def test_interrupt_at_an_awkward_moment_still_resumes_identically(tmp_path, reference, monkeypatch, moment):
     """KeyboardInterrupt while scale 1's images are prepared (the optimiser still belongs to scale 0),
     or right after opt.step() returned but before the iteration was recorded."""
-    sty = sys.modules["scratchnst.app.stylize"]  # the package exports a function of the same name
+    sty = sys.modules["scratchnst.app.picture.stylize"]  # the package exports a function of the same name
     calls = {"n": 0}
     if moment == "between-scales":
         original = sty.Stylizer._images_at

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import scratchnst
-from scratchnst.app import images as im
+from scratchnst.app.files import images as im
 pytestmark = pytest.mark.weights
 
 FAST = ["--size", "40", "--iterations", "3", "--scales", "1", "--quiet"]

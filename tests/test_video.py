@@ -18,7 +18,11 @@ import pytest
 from PIL import Image, ImageFilter
 
 from scratchnst import gradcheck
-from scratchnst.app import batch, flow, multipass, video, videoio
+from scratchnst.app import batch
+from scratchnst.app.video import flow
+from scratchnst.app.video import multipass
+from scratchnst.app.video import framewise as video
+from scratchnst.app.video import clip as videoio
 from scratchnst.app.cli import main
 from scratchnst.core.losses import temporal_loss
 from scratchnst.errors import ScratchnstError

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from scratchnst.app import weights as w
+from scratchnst.app.files import weights as w
 from scratchnst.errors import WeightsError
 
 

@@ -92,7 +92,7 @@ def layers(size: int, rounds: int) -> None:
 def whole(size: int, rounds: int, other: dict) -> None:
     """Paired whole-evaluation times: current band constants against `other` (EARLIER by default)."""
     from scratchnst.app.bench import _objective, conv_flops, gemm_peak
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.weights import load_vgg16
 
     blas_threads = host.workers()  # before anything pins BLAS
     current = {name: getattr(host if name == "THREADS" else conv, name) for name in EARLIER}

@@ -51,11 +51,11 @@ def _wall(cmds: list[list[str]], env: dict) -> float:
 
 def _components(style: str, size: int) -> dict:
     """Seconds each job would spend without the worker cache: net load, style targets per scale."""
-    from scratchnst.app import images as im
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files import images as im
+    from scratchnst.app.files.weights import load_vgg16
     from scratchnst.core import host
     from scratchnst.core.objective import style_grams
-    from scratchnst.app.settings import Settings
+    from scratchnst.app.picture.settings import Settings
 
     out = {}
     t = time.perf_counter()

@@ -13,11 +13,11 @@ import json
 
 import numpy as np
 
-from scratchnst.app import images as im
+from scratchnst.app.files import images as im
 from scratchnst import load_vgg16
 from scratchnst.core.objective import NSTObjective
 from scratchnst.core.optim import make_optimizer
-from scratchnst.app.stylize import NOISE_STD
+from scratchnst.app.picture.stylize import NOISE_STD
 
 CHECKPOINTS = (10, 25, 50, 100, 150, 200, 300, 400)
 

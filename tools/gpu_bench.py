@@ -9,7 +9,7 @@ evaluation above what was resident before it:
          is the most it held at once) and the drop in cudaMemGetInfo's free bytes (pool + cuBLAS);
   torch: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), and the same free-bytes drop.
 The PyTorch side is written here from torch ops (no torchvision): VGG-16 features from OUR weights
-file (scratchnst.app.weights.read_vgg16_weights), the same losses, .backward() to the input. Before any
+file (scratchnst.app.files.weights.read_vgg16_weights), the same losses, .backward() to the input. Before any
 timing it checks that torch's loss matches ours to 1e-4 relative at 64 px (float64, and float32 with
 TF32 off).
 
@@ -63,7 +63,7 @@ def _emit(kind: str, **data) -> None:
 
 def _images(size: int, dtype: str):
     """Host (1, 3, S, S) preprocessed content, style, and a start point (content + fixed noise)."""
-    from scratchnst.app.images import default_images, preprocess, resize_to
+    from scratchnst.app.files.images import default_images, preprocess, resize_to
 
     content, style = (preprocess(resize_to(img, size, size), dtype="float64") for img in default_images())
     x = content + np.random.default_rng(0).standard_normal(content.shape) * 10
@@ -92,7 +92,7 @@ class OurEngine:
     def __init__(self, weights: str, dtype: str):
         import cupy
 
-        from scratchnst.app.weights import load_vgg16
+        from scratchnst.app.files.weights import load_vgg16
 
         self.cp = cupy
         self.net = load_vgg16(weights, backend="cupy", dtype=dtype)
@@ -145,7 +145,7 @@ class TorchEngine:
 
         from scratchnst.core.objective import CONTENT_LAYERS, STYLE_LAYERS
         from scratchnst.core.vgg import LAYER_NAMES
-        from scratchnst.app.weights import read_vgg16_weights
+        from scratchnst.app.files.weights import read_vgg16_weights
 
         self.torch = torch
         self.dev = torch.device(device)
@@ -473,7 +473,7 @@ def _markdown(env: dict, rows: list[dict]) -> str:
 def parent(args) -> int:
     from scratchnst.core.backend import _probe_cupy
     from scratchnst.errors import ScratchnstError
-    from scratchnst.app.weights import resolve_weights
+    from scratchnst.app.files.weights import resolve_weights
 
     cupy, why = _probe_cupy()
     if cupy is None:

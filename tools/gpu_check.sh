@@ -70,7 +70,7 @@ if [ -z "${SCRATCHNST_WEIGHTS:-}" ]; then
 fi
 MARKS="gpu"
 # Without either, the cache ($SCRATCHNST_HOME or ~/.cache/scratchnst); never a download.
-if found=$("$PY" -c 'from scratchnst.app.weights import resolve_weights; print(resolve_weights(fetch=False))' 2>>"$LOG"); then
+if found=$("$PY" -c 'from scratchnst.app.files.weights import resolve_weights; print(resolve_weights(fetch=False))' 2>>"$LOG"); then
     export SCRATCHNST_WEIGHTS="$found"
     say "weights: $SCRATCHNST_WEIGHTS (verified)"
 else

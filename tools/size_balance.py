@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import scratchnst  # noqa: E402
-from scratchnst.app import images as im  # noqa: E402
-from scratchnst.app.settings import Settings  # noqa: E402
+from scratchnst.app.files import images as im  # noqa: E402
+from scratchnst.app.picture.settings import Settings  # noqa: E402
 from scratchnst.core.objective import NSTObjective  # noqa: E402
 
 

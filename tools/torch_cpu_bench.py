@@ -34,7 +34,7 @@ CHECK_TOL = {"float64": 1e-10, "float32": 1e-4}
 
 
 def _weights(path: str | None) -> str:
-    from scratchnst.app.weights import resolve_weights
+    from scratchnst.app.files.weights import resolve_weights
 
     return str(path or resolve_weights(fetch=False))
 
@@ -44,7 +44,7 @@ def check(weights: str) -> bool:
     from gpu_bench import TorchEngine, _images, _rel
 
     from scratchnst.core.objective import NSTObjective
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.weights import load_vgg16
 
     ok = True
     for dtype, tol in CHECK_TOL.items():

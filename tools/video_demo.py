@@ -26,10 +26,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scratchnst.app import flow  # noqa: E402
-from scratchnst.app import images as im  # noqa: E402
-from scratchnst.app.video import video  # noqa: E402
-from scratchnst.app.videoio import VIDEO_FORMATS, encode  # noqa: E402
+from scratchnst.app.video import flow  # noqa: E402
+from scratchnst.app.files import images as im  # noqa: E402
+from scratchnst.app.video.framewise import video  # noqa: E402
+from scratchnst.app.video.clip import VIDEO_FORMATS, encode  # noqa: E402
 
 
 def pan_zoom_frames(img: Image.Image, frames: int, size: int, dx: float, zoom: float) -> list[np.ndarray]:
@@ -143,7 +143,7 @@ def main() -> None:
         write_clip(pan_zoom_frames(Image.open(args.image).convert("RGB"), args.frames, args.size, args.dx, args.zoom), args.out)
     elif args.cmd == "bench":
         if args.temporal_weight is None:
-            from scratchnst.app.video import DEFAULT_TEMPORAL_WEIGHT
+            from scratchnst.app.video.framewise import DEFAULT_TEMPORAL_WEIGHT
             args.temporal_weight = DEFAULT_TEMPORAL_WEIGHT
         bench(args)
     else:

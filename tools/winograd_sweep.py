@@ -65,7 +65,7 @@ def conv_shapes(size: int) -> list[tuple[str, int, int, int]]:
 
 
 def real_params(dtype="float32"):
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.weights import load_vgg16
 
     return load_vgg16(backend="numpy", dtype=dtype).params
 
@@ -155,8 +155,8 @@ def cmd_layers(args) -> None:
 
 def _activations(size: int):
     """Float64 inputs of every evaluation conv, from the bundled content image through VGG-16."""
-    from scratchnst.app.images import default_images, preprocess, resize_to
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.images import default_images, preprocess, resize_to
+    from scratchnst.app.files.weights import load_vgg16
 
     net = load_vgg16(backend="numpy", dtype="float64")
     content = resize_to(default_images()[0], size, size)
@@ -263,7 +263,7 @@ def cmd_points(args) -> None:
 
 def _eval_setup(size: int, dtype: str):
     from scratchnst.app.bench import _objective
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.weights import load_vgg16
 
     net = load_vgg16(backend="numpy", dtype=dtype, conv="im2col")  # the baseline: winograd_convs swaps in the rest
     obj, x = _objective(net, size)

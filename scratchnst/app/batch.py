@@ -23,9 +23,10 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from scratchnst.app import cluster, report
-from scratchnst.app.atomic import atomic_write_bytes
-from scratchnst.app.settings import Settings
+from scratchnst.app import cluster
+from scratchnst.app.files import report
+from scratchnst.app.files.atomic import atomic_write_bytes
+from scratchnst.app.picture.settings import Settings
 from scratchnst.errors import ScratchnstError, one_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what a folder expands to
@@ -186,7 +187,7 @@ def _applicable(options: dict, kind: str) -> dict:
     """The batch-wide options that concern a job of `kind`: video's own (video.JOB_OPTIONS) go to
     video jobs only, one picture's extra outputs (--save-every, --checkpoint-every, --plot) to
     picture jobs only, every other option (an unknown name too, which fails the job) to both."""
-    from scratchnst.app.video import JOB_OPTIONS, PICTURE_ONLY
+    from scratchnst.app.video.framewise import JOB_OPTIONS, PICTURE_ONLY
 
     other = PICTURE_ONLY if kind == "video" else JOB_OPTIONS
     return {k: v for k, v in options.items() if k.replace("-", "_") not in other}
@@ -194,7 +195,7 @@ def _applicable(options: dict, kind: str) -> dict:
 
 def _video_suffix(video: str) -> str:
     """A video job's default output suffix: its input's, when we can write that container, else .mp4."""
-    from scratchnst.app.videoio import VIDEO_FORMATS
+    from scratchnst.app.video.clip import VIDEO_FORMATS
 
     suffix = Path(video).suffix.lower()
     return suffix if suffix in VIDEO_FORMATS else ".mp4"
@@ -238,7 +239,8 @@ def video_job_settings(job: Job):
     outputs, and video's own (frames as "A:B" or [A, B]), with video's defaults (size: the input's;
     iterations: for each frame after the first). Its flows are computed in its own process (workers
     0). Every option is checked here, the size once the clip is read; ScratchnstError for a bad one."""
-    from scratchnst.app import video, videoio
+    from scratchnst.app.video import framewise as video
+    from scratchnst.app.video import clip as videoio
 
     names = [n for n in OPTION_NAMES if n not in video.PICTURE_ONLY] + list(video.JOB_OPTIONS)
     options = _named_options(job, names, "a video job takes video's options, see scratchnst video --help")
@@ -323,7 +325,7 @@ def run_job(job: Job, batch_id: str, interrupt_name: str) -> JobResult:
 
 def _run_picture(job: Job, style_cache: dict, on_progress) -> tuple[str, str | None]:
     """stylize (or resume) one picture job; (its status, its manifest)."""
-    from scratchnst.app.stylize import resume, stylize
+    from scratchnst.app.picture.stylize import resume, stylize
 
     options, settings = job_settings(job)
     share = {"net": cluster.WORKER_CACHE.net(settings), "style_cache": style_cache, "on_progress": on_progress}
@@ -336,7 +338,7 @@ def _run_picture(job: Job, style_cache: dict, on_progress) -> tuple[str, str | N
 
 def _run_video(job: Job, style_cache: dict, on_progress) -> tuple[str, str | None]:
     """One video job, its flows computed here; (its status, its manifest)."""
-    from scratchnst.app.video import VideoRun
+    from scratchnst.app.video.framewise import VideoRun
 
     settings, options = video_job_settings(job)
     run = VideoRun(job.content, job.styles, settings, job.output, options, resume="auto", style_cache=style_cache, on_progress=on_progress)
@@ -379,7 +381,7 @@ def _job_bytes(options: dict) -> int | None:
     """The peak memory of one job with the batch's options and square images (the most pixels a
     long side allows): what a local worker must have room for. None for bad options (the jobs
     fail with stylize's message, unless their own options fix them)."""
-    from scratchnst.app.memory import estimate_peak_bytes
+    from scratchnst.app.picture.memory import estimate_peak_bytes
 
     try:
         s = job_settings(Job("", [""], "", _applicable(options, "picture")))[1]
@@ -403,7 +405,7 @@ def _skip(job: Job, previous: dict) -> JobResult | None:
 def _same_job(manifest: dict, job: Job) -> bool:
     try:
         if job.kind == "video":
-            from scratchnst.app.video import same_run
+            from scratchnst.app.video.framewise import same_run
 
             return same_run(manifest, job.content, job.styles, *video_job_settings(job))
         return _same_run(manifest, job, job_settings(job)[1])

@@ -74,7 +74,7 @@ def _peak_rss_mb() -> float:
 
 def _objective(net, size: int):
     """The default objective on the bundled images resized to size×size, and a start image."""
-    from scratchnst.app.images import default_images, preprocess, resize_to
+    from scratchnst.app.files.images import default_images, preprocess, resize_to
     from scratchnst.core.objective import NSTObjective
 
     content, style = (resize_to(im, size, size) for im in default_images())
@@ -94,7 +94,7 @@ def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: 
     from threadpoolctl import threadpool_limits
 
     from scratchnst.core import host
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.weights import load_vgg16
 
     net = load_vgg16(backend=backend, dtype=dtype, conv=conv)
     xp = net.xp

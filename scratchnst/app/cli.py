@@ -15,8 +15,8 @@ from pathlib import Path
 
 from scratchnst.core import host
 from scratchnst.errors import ScratchnstError, one_line
-from scratchnst.app.color import COLORS
-from scratchnst.app.settings import INITS, Settings
+from scratchnst.app.picture.color import COLORS
+from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.core.backend import BACKENDS, DTYPES
 from scratchnst.core.objective import DEFAULT_WEIGHTS, NORMALIZATIONS
 from scratchnst.core.optim import DEFAULT_LEARNING_RATE, OPTIMIZERS
@@ -176,7 +176,7 @@ def _settings_options(args) -> dict:
 
 
 def _run_stylize(args) -> int:
-    from scratchnst.app.stylize import resume, stylize
+    from scratchnst.app.picture.stylize import resume, stylize
 
     if args.resume:
         if args.content is not None:
@@ -193,7 +193,7 @@ def _run_stylize(args) -> int:
 
 
 def _add_batch(subparsers) -> None:
-    from scratchnst.app.video import DEFAULT_ITERATIONS
+    from scratchnst.app.video.framewise import DEFAULT_ITERATIONS
 
     p = subparsers.add_parser(
         "batch",
@@ -252,7 +252,7 @@ def _run_batch(args) -> int:
 
 
 def _frames_range(text: str) -> tuple[int, int | None]:
-    from scratchnst.app.videoio import parse_frames
+    from scratchnst.app.video.clip import parse_frames
 
     try:
         return parse_frames(text)
@@ -262,8 +262,8 @@ def _frames_range(text: str) -> tuple[int, int | None]:
 
 def _add_video_options(g) -> None:
     """video's own options (video.JOB_OPTIONS), on the argument group `g` of video or batch."""
-    from scratchnst.app.multipass import DEFAULT_BLEND
-    from scratchnst.app.video import DEFAULT_TEMPORAL_WEIGHT
+    from scratchnst.app.video.multipass import DEFAULT_BLEND
+    from scratchnst.app.video.framewise import DEFAULT_TEMPORAL_WEIGHT
 
     g.add_argument("--temporal-weight", type=_number, default=DEFAULT_TEMPORAL_WEIGHT, help="weight of the temporal term (0: warped start only)")
     g.add_argument("--first-iterations", type=_positive_int, default=DEFAULTS.iterations, help="optimiser iterations at each scale for the first frame")
@@ -277,13 +277,13 @@ def _add_video_options(g) -> None:
 
 
 def _video_options(args) -> dict:
-    from scratchnst.app.video import JOB_OPTIONS
+    from scratchnst.app.video.framewise import JOB_OPTIONS
 
     return {name: getattr(args, name) for name in JOB_OPTIONS}
 
 
 def _add_video(subparsers) -> None:
-    from scratchnst.app.video import DEFAULT_ITERATIONS
+    from scratchnst.app.video.framewise import DEFAULT_ITERATIONS
 
     p = subparsers.add_parser(
         "video",
@@ -313,7 +313,7 @@ def _add_video(subparsers) -> None:
 
 
 def _run_video(args) -> int:
-    from scratchnst.app.video import video
+    from scratchnst.app.video.framewise import video
 
     settings = _settings_options(args)
     result = video(args.input, args.styles, out=args.output, resume=args.resume, workers=args.workers, scheduler=args.scheduler,
@@ -334,7 +334,7 @@ def _add_weights(subparsers) -> None:
 
 
 def _run_weights(args) -> int:
-    from scratchnst.app import weights
+    from scratchnst.app.files import weights
     if args.action == "fetch":
         path = weights.fetch_weights(force=args.force)
     else:
@@ -381,7 +381,7 @@ def _run_gradcheck(args) -> int:
     import numpy as np
 
     from scratchnst import gradcheck as gc
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.weights import load_vgg16
 
     explained = gc.OPS if args.op == "all" else (args.op,) if args.op in gc.OPS else ()
     layer_by_layer = args.vgg or args.op == "vgg" or (args.op == "all" and not args.no_vgg)
@@ -492,7 +492,7 @@ def _run_inspect(args) -> int:
     if args.content is not None and args.style is None:
         raise ScratchnstError("give a STYLE image after CONTENT")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.weights import load_vgg16
 
     study.check_options(args.size, args.iterations, layers, args.output)  # before the weights are read
     net = load_vgg16(args.weights, backend=args.backend, dtype="float32", conv=args.conv)

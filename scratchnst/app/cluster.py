@@ -54,7 +54,7 @@ def local_layout(workers: int | None = None, *, gpus: int = 0, job_bytes: int | 
 
 
 def _jobs_that_fit(job_bytes: int | None) -> int:
-    from scratchnst.app.memory import available_bytes
+    from scratchnst.app.picture.memory import available_bytes
 
     room = available_bytes()
     return max(1, room // job_bytes) if job_bytes and room else 2**31
@@ -182,7 +182,7 @@ class WorkerCache:
 
     def net(self, s):
         """The VGG16 for Settings `s`, loaded on first use."""
-        from scratchnst.app.weights import load_vgg16
+        from scratchnst.app.files.weights import load_vgg16
         from scratchnst.core.backend import backend_name, get_backend
 
         key = (s.weights, backend_name(get_backend(s.backend)), s.dtype, s.pooling, s.conv)

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scratchnst.app import images as im
-from scratchnst.app.atomic import atomic_open
+from scratchnst.app.files import images as im
+from scratchnst.app.files.atomic import atomic_open
 from scratchnst.core.backend import to_host
 from scratchnst.errors import ScratchnstError
 from scratchnst.core.objective import NSTObjective
-from scratchnst.app.settings import NOISE_STD, Settings
+from scratchnst.app.picture.settings import NOISE_STD, Settings
 from scratchnst.core.vgg import check_layers
 
 DEFAULTS = Settings()
@@ -187,7 +187,7 @@ def inspect(
     The "current image" is seeded noise (what stylize starts from) or, with `iterations`, the L-BFGS
     iterate after them. `net`: a loaded VGG16 (default: load_vgg16()). Returns the index.html path.
     """
-    from scratchnst.app.weights import load_vgg16
+    from scratchnst.app.files.weights import load_vgg16
 
     layers, out = check_options(size, iterations, layers, out_dir)
     content_img, style_img = (im.fit_long_side(im.open_image(src, what)[0], size) for src, what in ((content, "content"), (style, "style")))

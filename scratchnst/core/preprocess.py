@@ -2,7 +2,7 @@
 
 preprocess: RGB (PIL or uint8 (H, W, 3)) -> BGR minus the ImageNet mean, 0..255 scale (the
 Caffe/Keras VGG convention); deprocess is its inverse. File decoding, resizing and saving belong to
-the application (scratchnst.app.images).
+the application (scratchnst.app.files.images).
 """
 
 from __future__ import annotations

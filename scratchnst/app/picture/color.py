@@ -2,7 +2,7 @@
 
     none       the style's colours, as the optimisation makes them
     luminance  luminance-only transfer: optimise on luma, put the content's chroma back
-               (scratchnst.app.images.match_luminance / preserve_colors; --preserve-colors)
+               (scratchnst.app.files.images.match_luminance / preserve_colors; --preserve-colors)
     linear     before the optimisation, the style image's RGB mean and covariance are matched to the
                content's by an affine map (the Cholesky variant), so the strokes arrive in the
                content's palette

@@ -29,11 +29,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scratchnst.app import cluster, flow, multipass, report, videoio
-from scratchnst.app import images as im
-from scratchnst.app.atomic import atomic_write_bytes
-from scratchnst.app.settings import Settings
-from scratchnst.app.stylize import Stylizer
+from scratchnst.app import cluster
+from scratchnst.app.video import flow
+from scratchnst.app.video import multipass
+from scratchnst.app.files import report
+from scratchnst.app.video import clip as videoio
+from scratchnst.app.files import images as im
+from scratchnst.app.files.atomic import atomic_write_bytes
+from scratchnst.app.picture.settings import Settings
+from scratchnst.app.picture.stylize import Stylizer
 from scratchnst.core.backend import backend_name, get_array_module
 from scratchnst.core.losses import temporal_loss
 from scratchnst.core.objective import PixelTerm, check_weight

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchnst.app.atomic import atomic_open, atomic_write_bytes
+from scratchnst.app.files.atomic import atomic_open, atomic_write_bytes
 from scratchnst.errors import ScratchnstError, one_line
 
 

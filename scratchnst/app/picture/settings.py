@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Sequence
 
 from scratchnst.core.backend import BACKENDS, DTYPES
-from scratchnst.app.color import COLORS
+from scratchnst.app.picture.color import COLORS
 from scratchnst.core.objective import (
     CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_mask_count, check_normalize, check_weight,
     check_weights,
@@ -65,7 +65,7 @@ class Settings:
         _positive_int("lbfgs-history", self.lbfgs_history)
         if self.max_memory is not None:
             if isinstance(self.max_memory, str):
-                from scratchnst.app.memory import parse_bytes
+                from scratchnst.app.picture.memory import parse_bytes
 
                 try:
                     self.max_memory = parse_bytes(self.max_memory)
@@ -126,7 +126,7 @@ class Settings:
         args = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: it would deep-copy mask arrays
         args = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
         if self.style_masks is not None:
-            from scratchnst.app.masks import mask_name
+            from scratchnst.app.picture.masks import mask_name
 
             args["style_masks"] = [mask_name(m, k) for k, m in enumerate(self.style_masks)]
         return args

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from scratchnst.app.atomic import atomic_open
+from scratchnst.app.files.atomic import atomic_open
 from scratchnst.core.backend import to_host
 from scratchnst.core.preprocess import ALPHA_MODES, MIN_SIDE, rgb_array, deprocess, preprocess, to_rgb
 from scratchnst.errors import ScratchnstError, one_line

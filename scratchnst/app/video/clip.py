@@ -19,8 +19,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from scratchnst.app import images as im
-from scratchnst.app.flow import video_libs
+from scratchnst.app.files import images as im
+from scratchnst.app.video.flow import video_libs
 from scratchnst.errors import ScratchnstError, one_line
 
 DEFAULT_FPS = Fraction(25)  # for a folder of frames, unless --fps says otherwise

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchnst.app import cluster, flow
-from scratchnst.app import images as im
-from scratchnst.app.settings import Settings
+from scratchnst.app import cluster
+from scratchnst.app.video import flow
+from scratchnst.app.files import images as im
+from scratchnst.app.picture.settings import Settings
 from scratchnst.core.backend import backend_name
 
 DEFAULT_BLEND = 1.0  # δ: Ruder et al.'s blendWeight (3 gave the same flicker: docs/benchmarks.md, "Multi-pass")
@@ -97,7 +98,7 @@ def run_frame(job: FrameJob, frame: np.ndarray, pairs, *, net=None, style_cache=
     pairs: flow.pair_flow(frame n, frame k) for each neighbour n. Returns (the frame's record, the
     net used); KeyboardInterrupt when stopped before the end.
     """
-    from scratchnst.app.video import frame_png, read_frame, stylize_frame, temporal_terms, warp_uint8
+    from scratchnst.app.video.framewise import frame_png, read_frame, stylize_frame, temporal_terms, warp_uint8
 
     work, s, p, k = Path(job.work), job.settings, job.pass_, job.index
     out_png, terms = frame_png(work, k, p), None
@@ -128,7 +129,7 @@ def run_frame(job: FrameJob, frame: np.ndarray, pairs, *, net=None, style_cache=
 def score(work: str, pass_: int, k: int, pair) -> float:
     """The temporal error of frame k ≥ 1 of a pass against frame k − 1 of it warped to frame k
     (pair: flow.pair_flow(frame k − 1, frame k)): the flicker measure of frame-by-frame mode."""
-    from scratchnst.app.video import frame_png, read_frame, warp_uint8
+    from scratchnst.app.video.framewise import frame_png, read_frame, warp_uint8
 
     previous = warp_uint8(read_frame(frame_png(Path(work), k - 1, pass_)), pair.backward)
     return flow.temporal_error(read_frame(frame_png(Path(work), k, pass_)), previous, pair.mask)
@@ -305,7 +306,7 @@ class Passes:
 
     def _frame_bytes(self) -> int:
         """The peak memory of one frame task: what a local worker must have room for."""
-        from scratchnst.app.memory import estimate_peak_bytes
+        from scratchnst.app.picture.memory import estimate_peak_bytes
 
         h, w = self.v.clip.frames[0].shape[:2]
         return estimate_peak_bytes(self.v.settings, (w, h), [(w, h)] * len(self.v.styles or [None]))

@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scratchnst.app import color
-from scratchnst.app import images as im
-from scratchnst.app import report
-from scratchnst.app.masks import check_masks, load_mask, masks_at
-from scratchnst.app.images import DEFAULT
+from scratchnst.app.picture import color
+from scratchnst.app.files import images as im
+from scratchnst.app.files import report
+from scratchnst.app.picture.masks import check_masks, load_mask, masks_at
+from scratchnst.app.files.images import DEFAULT
 from scratchnst.core import host
 from scratchnst.core.backend import backend_name, get_array_module, get_backend, to_host
 from scratchnst.errors import ScratchnstError, one_line
-from scratchnst.app.memory import check_fits
+from scratchnst.app.picture.memory import check_fits
 from scratchnst.core.objective import NSTObjective, style_grams
 from scratchnst.core.vgg import layers_through
 from scratchnst.core.optim import OPTIMIZERS, make_optimizer
-from scratchnst.app.settings import NOISE_STD, Settings
-from scratchnst.app.weights import load_vgg16
+from scratchnst.app.picture.settings import NOISE_STD, Settings
+from scratchnst.app.files.weights import load_vgg16
 
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scratchnst.app.images import load_image
+from scratchnst.app.files.images import load_image
 from scratchnst.errors import ScratchnstError
 
 GREY_TOLERANCE = 8  # levels R, G and B may differ by (JPEG chroma noise) and still count as grey

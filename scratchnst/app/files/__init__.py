@@ -1,0 +1,1 @@
+"""The files a run reads and writes: images, atomic writes, manifests and checkpoints, the weights."""

@@ -1,0 +1,1 @@
+"""One picture (`stylize`): its settings, the coarse-to-fine workflow, colour, masks and the memory budget."""
