@@ -15,6 +15,7 @@ from PIL import Image
 
 import scratchnst
 from scratchnst.app.files import images as im
+from scratchnst.core.preprocess import MIN_SIDE, deprocess, preprocess
 from scratchnst.errors import ScratchnstError
 
 # Independent reference: BT.601 full-range RGB -> (Y, Cb - 128, Cr - 128).
@@ -40,16 +41,16 @@ def rand_rgb(rng, h, w):
 def test_round_trip_exact(rng, h, w):
     a = rand_rgb(rng, h, w)
     for dtype in ("float32", "float64"):
-        x = im.preprocess(a, dtype=dtype)
+        x = preprocess(a, dtype=dtype)
         assert x.shape == (1, 3, h, w) and x.dtype == np.dtype(dtype)
-        np.testing.assert_array_equal(im.deprocess(x), a)
-        np.testing.assert_array_equal(im.deprocess(x[0]), a)
+        np.testing.assert_array_equal(deprocess(x), a)
+        np.testing.assert_array_equal(deprocess(x[0]), a)
 
 
 def test_channel_order_and_mean():
     a = np.zeros((16, 20, 3), np.uint8)
     a[..., 0] = 255  # pure red
-    x = im.preprocess(a, dtype="float64")
+    x = preprocess(a, dtype="float64")
     np.testing.assert_allclose(x[0, 2], 255 - 123.68)  # BGR: red is channel 2
     np.testing.assert_allclose(x[0, 1], -116.779)
     np.testing.assert_allclose(x[0, 0], -103.939)
@@ -57,24 +58,24 @@ def test_channel_order_and_mean():
 
 def test_preprocess_pil_equals_array(rng):
     a = rand_rgb(rng, 21, 34)
-    np.testing.assert_array_equal(im.preprocess(Image.fromarray(a)), im.preprocess(a))
+    np.testing.assert_array_equal(preprocess(Image.fromarray(a)), preprocess(a))
     grey = Image.fromarray(a[..., 0])  # mode L -> RGB
-    np.testing.assert_array_equal(im.deprocess(im.preprocess(grey)), np.repeat(a[..., :1], 3, 2))
+    np.testing.assert_array_equal(deprocess(preprocess(grey)), np.repeat(a[..., :1], 3, 2))
 
 
 @pytest.mark.parametrize("h, w", [(15, 40), (40, 15), (1, 1)])
 def test_preprocess_too_small(h, w):
     with pytest.raises(ScratchnstError, match="smaller than 16"):
-        im.preprocess(np.zeros((h, w, 3), np.uint8))
+        preprocess(np.zeros((h, w, 3), np.uint8))
 
 
 def test_preprocess_rejects_bad_arrays():
     with pytest.raises(ValueError):
-        im.preprocess(np.zeros((20, 20, 3), np.float32))
+        preprocess(np.zeros((20, 20, 3), np.float32))
     with pytest.raises(ValueError):
-        im.preprocess(np.zeros((20, 20), np.uint8))
+        preprocess(np.zeros((20, 20), np.uint8))
     with pytest.raises(ValueError):
-        im.preprocess(np.zeros((20, 20, 3), np.uint8), dtype="int32")
+        preprocess(np.zeros((20, 20, 3), np.uint8), dtype="int32")
 
 
 def test_deprocess_rounds_and_clips():
@@ -83,7 +84,7 @@ def test_deprocess_rounds_and_clips():
     x[0, 1] = -1000.0  # G far below 0
     x[0, 2, 0, 0] = np.nan
     x[0, 2, 0, 1] = 0.6 - 123.68 + 10  # R = 10.6 -> 11
-    out = im.deprocess(x)
+    out = deprocess(x)
     assert out.dtype == np.uint8 and out.shape == (16, 16, 3)
     assert (out[..., 2] == 255).all() and (out[..., 1] == 0).all()
     assert out[0, 0, 0] == 0 and out[0, 1, 0] == 11
@@ -93,9 +94,9 @@ def test_deprocess_rounds_and_clips():
 @given(st.tuples(st.integers(16, 40), st.integers(16, 40)).flatmap(
     lambda hw: arrays(np.uint8, (hw[0], hw[1], 3))))
 def test_round_trip_property(a):
-    x = im.preprocess(a)
+    x = preprocess(a)
     assert x.shape == (1, 3) + a.shape[:2]
-    np.testing.assert_array_equal(im.deprocess(x), a)
+    np.testing.assert_array_equal(deprocess(x), a)
 
 
 @pytest.mark.gpu
@@ -106,10 +107,10 @@ def test_preprocess_cupy_round_trip(rng):
     if cupy is None:
         pytest.skip("needs CuPy and a CUDA device")
     a = rand_rgb(rng, 19, 23)
-    x = im.preprocess(a, xp=cupy)
+    x = preprocess(a, xp=cupy)
     assert isinstance(x, cupy.ndarray) and x.dtype == cupy.float32
-    np.testing.assert_array_equal(cupy.asnumpy(x), im.preprocess(a))
-    np.testing.assert_array_equal(im.deprocess(x), a)
+    np.testing.assert_array_equal(cupy.asnumpy(x), preprocess(a))
+    np.testing.assert_array_equal(deprocess(x), a)
 
 
 # ---------------------------------------------------------------- resize
@@ -493,7 +494,7 @@ def test_match_luminance(rng):
 def test_default_images():
     content, style = im.default_images()
     for img in (content, style):
-        assert img.mode == "RGB" and max(img.size) == 512 and min(img.size) >= im.MIN_SIDE
+        assert img.mode == "RGB" and max(img.size) == 512 and min(img.size) >= MIN_SIDE
     assets = Path(scratchnst.__file__).parent / "assets"
     for name in ("content.jpg", "style.jpg", "ATTRIBUTION.md"):
         assert (assets / name).is_file()

@@ -26,6 +26,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from scratchnst.app.files import images as im
+from scratchnst.core.preprocess import deprocess, preprocess
 from scratchnst.app.picture import memory
 from scratchnst.core import ops
 from scratchnst.core import host
@@ -597,7 +598,7 @@ def test_nonfinite_stops_keeps_the_last_finite_image_exit_1(tmp_path, pics, args
     assert m["status"] == "failed" and "NaN/inf" in m["error"] and m["history"] == []
     # The last finite image is the noise start (seed 0): nothing finite came after it.
     noise = np.random.default_rng(0).normal(0.0, NOISE_STD, (1, 3, 27, 32)).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(Image.open(out)), im.deprocess(noise))
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), deprocess(noise))
     _refused(_cli(["stylize", "--resume", str(out.with_suffix(".json"))], tmp_path), None, "that run failed")
 
 
@@ -608,7 +609,7 @@ def test_nonfinite_stops_keeps_the_last_finite_image_exit_1(tmp_path, pics, args
 @given(arrays(np.float64, st.tuples(st.just(1), st.just(3), st.integers(1, 8), st.integers(1, 8)),
               elements=st.floats(allow_nan=True, allow_infinity=True, width=64)))
 def test_deprocess_of_anything_is_a_valid_image(x):
-    rgb = im.deprocess(x)
+    rgb = deprocess(x)
     assert rgb.dtype == np.uint8 and rgb.shape == (x.shape[2], x.shape[3], 3)
 
 
@@ -616,9 +617,9 @@ def test_deprocess_of_anything_is_a_valid_image(x):
 @given(st.tuples(st.integers(16, 33), st.integers(16, 33)).flatmap(lambda hw: arrays(np.uint8, (hw[0], hw[1], 3))),
        st.sampled_from(["float32", "float64"]))
 def test_preprocess_deprocess_round_trip_any_dtype(a, dtype):
-    x = im.preprocess(a, dtype=dtype)
+    x = preprocess(a, dtype=dtype)
     assert x.dtype == np.dtype(dtype) and x.shape == (1, 3, *a.shape[:2])
-    np.testing.assert_array_equal(im.deprocess(x), a)
+    np.testing.assert_array_equal(deprocess(x), a)
 
 
 @settings(max_examples=40, deadline=None)

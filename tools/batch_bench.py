@@ -52,6 +52,7 @@ def _wall(cmds: list[list[str]], env: dict) -> float:
 def _components(style: str, size: int) -> dict:
     """Seconds each job would spend without the worker cache: net load, style targets per scale."""
     from scratchnst.app.files import images as im
+    from scratchnst.core.preprocess import preprocess
     from scratchnst.app.files.weights import load_vgg16
     from scratchnst.core import host
     from scratchnst.core.objective import style_grams
@@ -64,7 +65,7 @@ def _components(style: str, size: int) -> dict:
     img = im.load_image(style)
     with host.engine_threads():
         for side in (size // 2, size):
-            x = im.preprocess(im.fit_long_side(img, side))
+            x = preprocess(im.fit_long_side(img, side))
             best = min(_timed(lambda: style_grams(net, x, Settings().style_layers)) for _ in range(3))
             out[f"style targets {side} px"] = best
     return out

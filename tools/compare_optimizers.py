@@ -14,6 +14,7 @@ import json
 import numpy as np
 
 from scratchnst.app.files import images as im
+from scratchnst.core.preprocess import preprocess
 from scratchnst import load_vgg16
 from scratchnst.core.objective import NSTObjective
 from scratchnst.core.optim import make_optimizer
@@ -62,8 +63,8 @@ def main() -> None:
     args = p.parse_args()
     net = load_vgg16(backend="numpy")
     content_img, style_img = im.default_images()
-    content = im.preprocess(im.resize_long_side(content_img, args.size))
-    style = im.preprocess(im.resize_long_side(style_img, args.size))
+    content = preprocess(im.resize_long_side(content_img, args.size))
+    style = preprocess(im.resize_long_side(style_img, args.size))
     objective = NSTObjective(net, content, [style])
     x0 = np.random.default_rng(0).normal(0.0, NOISE_STD, content.shape).astype(np.float32)
     runs = {

@@ -63,7 +63,8 @@ def _emit(kind: str, **data) -> None:
 
 def _images(size: int, dtype: str):
     """Host (1, 3, S, S) preprocessed content, style, and a start point (content + fixed noise)."""
-    from scratchnst.app.files.images import default_images, preprocess, resize_to
+    from scratchnst.app.files.images import default_images, resize_to
+    from scratchnst.core.preprocess import preprocess
 
     content, style = (preprocess(resize_to(img, size, size), dtype="float64") for img in default_images())
     x = content + np.random.default_rng(0).standard_normal(content.shape) * 10

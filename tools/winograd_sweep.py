@@ -155,7 +155,8 @@ def cmd_layers(args) -> None:
 
 def _activations(size: int):
     """Float64 inputs of every evaluation conv, from the bundled content image through VGG-16."""
-    from scratchnst.app.files.images import default_images, preprocess, resize_to
+    from scratchnst.app.files.images import default_images, resize_to
+    from scratchnst.core.preprocess import preprocess
     from scratchnst.app.files.weights import load_vgg16
 
     net = load_vgg16(backend="numpy", dtype="float64")

@@ -26,10 +26,10 @@ from pathlib import Path
 from scratchnst.app import cluster
 from scratchnst.app.files import report
 from scratchnst.app.files.atomic import atomic_write_bytes
+from scratchnst.app.files.images import IMAGE_SUFFIXES
 from scratchnst.app.picture.settings import Settings
 from scratchnst.errors import ScratchnstError, one_line
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what a folder expands to
 OPTION_NAMES = tuple(f.name for f in fields(Settings))
 BATCH_FILE = "batch.json"
 

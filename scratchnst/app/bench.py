@@ -74,7 +74,8 @@ def _peak_rss_mb() -> float:
 
 def _objective(net, size: int):
     """The default objective on the bundled images resized to size×size, and a start image."""
-    from scratchnst.app.files.images import default_images, preprocess, resize_to
+    from scratchnst.app.files.images import default_images, resize_to
+    from scratchnst.core.preprocess import preprocess
     from scratchnst.core.objective import NSTObjective
 
     content, style = (resize_to(im, size, size) for im in default_images())

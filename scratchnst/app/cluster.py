@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 
+from scratchnst.app.files.atomic import probe_writable
 from scratchnst.errors import ScratchnstError, one_line
 
 try:
@@ -233,15 +233,13 @@ def worker_address() -> str | None:
 
 def check_paths(readable: list[str], writable: list[str]) -> str | None:
     """On a worker: None, or a line naming the first input it cannot read or output folder it
-    cannot write (a probe file is created and removed, as images.check_output_path does)."""
+    cannot write (atomic.probe_writable)."""
     for p in readable:
         if not os.access(p, os.R_OK):
             return f"cannot read {p}"
     for d in writable:
         try:
-            fd, probe = tempfile.mkstemp(dir=d, prefix=".scratchnst-probe-")
-            os.close(fd)
-            os.unlink(probe)
+            probe_writable(d)
         except OSError as exc:
             return f"cannot write to {d} ({one_line(exc)})"
     return None

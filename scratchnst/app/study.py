@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from scratchnst.app.files import images as im
+from scratchnst.core.preprocess import MIN_SIDE, deprocess, preprocess
 from scratchnst.app.files.atomic import atomic_open
 from scratchnst.core.backend import to_host
 from scratchnst.errors import ScratchnstError
@@ -193,8 +194,8 @@ def inspect(
     content_img, style_img = (im.fit_long_side(im.open_image(src, what)[0], size) for src, what in ((content, "content"), (style, "style")))
     net = net if net is not None else load_vgg16(dtype="float32")
     xp, dtype = net.xp, str(net.dtype)
-    c = im.preprocess(content_img, dtype=dtype, xp=xp)
-    s = im.preprocess(style_img, dtype=dtype, xp=xp)
+    c = preprocess(content_img, dtype=dtype, xp=xp)
+    s = preprocess(style_img, dtype=dtype, xp=xp)
     obj = NSTObjective(net, c, [s], normalize=DEFAULTS.normalize)
     x0 = xp.asarray(np.random.default_rng(seed).normal(0.0, NOISE_STD, c.shape).astype(dtype))
     page = Page(f"scratchnst inspect: {size} px, seed {seed}")
@@ -215,8 +216,8 @@ def inspect(
 
 def check_options(size: int, iterations: int, layers, out_dir) -> tuple[list[str], Path]:
     """(layers, output folder), or ScratchnstError for a bad option (before anything heavy)."""
-    if size < im.MIN_SIDE:
-        raise ScratchnstError(f"--size must be at least {im.MIN_SIDE}, got {size}")
+    if size < MIN_SIDE:
+        raise ScratchnstError(f"--size must be at least {MIN_SIDE}, got {size}")
     if iterations < 0:
         raise ScratchnstError(f"--iterations must be ≥ 0, got {iterations}")
     try:
@@ -245,7 +246,7 @@ def _evolve(obj: NSTObjective, x, iterations: int):
             opt.step()
             done += 1
         x = opt.x if opt is not None else x
-        evolution["image"].append(im.deprocess(x))
+        evolution["image"].append(deprocess(x))
         for term, g in term_gradients(obj, x).items():
             evolution.setdefault(term, []).append(g)
     evolution["x"] = x

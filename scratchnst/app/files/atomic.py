@@ -42,6 +42,14 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         raise
 
 
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create and remove a probe file in `folder`; OSError when that fails. os.access trusts the mode
+    bits; root, read-only mounts and pseudo file systems need a real try."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".scratchnst-probe-")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path) as f:
         f.write(data)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
-import types
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -13,12 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from scratchnst.app.files.atomic import atomic_open
+from scratchnst.app.files.atomic import atomic_open, probe_writable
 from scratchnst.core.backend import to_host
-from scratchnst.core.preprocess import ALPHA_MODES, MIN_SIDE, rgb_array, deprocess, preprocess, to_rgb
+from scratchnst.core.preprocess import ALPHA_MODES, MIN_SIDE, rgb_array, to_rgb
 from scratchnst.errors import ScratchnstError, one_line
 
 MAX_PIXELS = 2**27  # ~134 megapixels: refuse anything larger (decompression bombs)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what a folder of images (or frames) holds
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 ALPHA_FORMATS = ("PNG", "WEBP")  # the SAVE_FORMATS that carry an alpha channel
 
@@ -132,11 +131,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise ScratchnstError(f"{p}: cannot create its directory ({ancestor} is not a directory)")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ScratchnstError(f"{p}: output directory {ancestor} is not writable")
-    # access() trusts the mode bits; root, read-only mounts and pseudo file systems need a real try.
     try:
-        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".scratchnst-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(ancestor)
     except OSError as exc:
         raise ScratchnstError(f"{p}: output directory {ancestor} is not writable ({one_line(exc)})") from None
     return p

@@ -81,7 +81,8 @@ def estimate_peak_bytes(
     import numpy as np
 
     from scratchnst.core import host
-    from scratchnst.app.files.images import MIN_SIDE, long_side_dims
+    from scratchnst.app.files.images import long_side_dims
+    from scratchnst.core.preprocess import MIN_SIDE
     from scratchnst.core.ops import conv
 
     itemsize = 8 if settings.dtype == "float64" else 4
@@ -125,7 +126,7 @@ def largest_size_that_fits(settings, content_size, style_sizes, limit: int, *, g
     """The largest --size (others unchanged) whose estimate is ≤ limit; None if not even the minimum."""
     from dataclasses import replace
 
-    from scratchnst.app.files.images import MIN_SIDE
+    from scratchnst.core.preprocess import MIN_SIDE
 
     fits = lambda size: estimate_peak_bytes(replace(settings, size=size), content_size, style_sizes, gpu=gpu) <= limit
     lo, hi = MIN_SIDE, settings.size

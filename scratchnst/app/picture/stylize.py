@@ -18,6 +18,7 @@ from PIL import Image
 
 from scratchnst.app.picture import color
 from scratchnst.app.files import images as im
+from scratchnst.core.preprocess import MIN_SIDE, deprocess, preprocess
 from scratchnst.app.files import report
 from scratchnst.app.picture.masks import check_masks, load_mask, masks_at
 from scratchnst.app.files.images import DEFAULT
@@ -49,7 +50,7 @@ class Result:
 
 
 def _scale_sizes(size: int, scales) -> list[int]:
-    return [max(im.MIN_SIDE, int(round(size * s))) for s in scales]
+    return [max(MIN_SIDE, int(round(size * s))) for s in scales]
 
 
 def _resize_array(x, height: int, width: int):
@@ -81,11 +82,11 @@ def _check_not_too_elongated(img: Image.Image, long_side: int, src: str) -> None
     """ScratchnstError if resizing to `long_side` leaves a side shorter than the net can take."""
     w, h = img.size
     short = min(im.long_side_dims(w, h, long_side))
-    if short < im.MIN_SIDE:
-        need = math.ceil(im.MIN_SIDE * max(w, h) / min(w, h))
+    if short < MIN_SIDE:
+        need = math.ceil(MIN_SIDE * max(w, h) / min(w, h))
         raise ScratchnstError(
             f"{src}: a {w}x{h} image would be {short} px on its short side at {long_side} px; "
-            f"the network needs at least {im.MIN_SIDE}: use --size ≥ {need} or a less elongated image"
+            f"the network needs at least {MIN_SIDE}: use --size ≥ {need} or a less elongated image"
         )
 
 
@@ -159,7 +160,7 @@ class Stylizer:
             content = im.luma_rgb(content)
         elif s.color == "linear":
             styles = [color.linear_transfer(st, content) for st in styles]
-        prep = lambda img: im.preprocess(img, dtype=s.dtype, xp=self.xp)
+        prep = lambda img: preprocess(img, dtype=s.dtype, xp=self.xp)
         return prep(content), [prep(st) for st in styles]
 
     def _start_point(self, content, styles, previous):
@@ -174,7 +175,7 @@ class Stylizer:
         if s.init == "noise":
             rng = np.random.default_rng(s.seed)
             return self.xp.asarray(rng.normal(0.0, NOISE_STD, (1, 3, h, w)).astype(s.dtype))
-        return im.preprocess(im.resize_to(self.init_image, w, h), dtype=s.dtype, xp=self.xp)
+        return preprocess(im.resize_to(self.init_image, w, h), dtype=s.dtype, xp=self.xp)
 
     def _objective(self, content, styles) -> NSTObjective:
         s = self.settings
@@ -322,7 +323,7 @@ class Stylizer:
     def current_image(self) -> Image.Image:
         """The optimiser's image as RGB, colour-controlled; RGBA with the content's alpha (resized)
         when the content has one."""
-        rgb = im.deprocess(self.opt.x)
+        rgb = deprocess(self.opt.x)
         if self.settings.color == "luminance":
             rgb = im.preserve_colors(np.asarray(self.content), rgb)
         elif self.settings.color == "histogram":

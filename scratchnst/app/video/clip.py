@@ -26,7 +26,6 @@ from scratchnst.errors import ScratchnstError, one_line
 DEFAULT_FPS = Fraction(25)  # for a folder of frames, unless --fps says otherwise
 # Output suffix -> (container format, video codec). H.264 wherever the container takes it.
 VIDEO_FORMATS = {".mp4": ("mp4", "libx264"), ".mov": ("mov", "libx264"), ".mkv": ("matroska", "libx264"), ".webm": ("webm", "libvpx-vp9")}
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 CRF = "18"  # x264 quality: visually lossless for stylized frames
 # A stream that decodes more than this share of its declared frames short (and at least two) is damaged
 # or cut: a count from a duration is approximate (a variable frame rate, a rounded duration).
@@ -83,9 +82,9 @@ def read_clip(source, frames: tuple[int, int | None] = (0, None), size: int | No
 
 
 def _read_folder(p: Path, frames, size, fps: Fraction) -> Clip:
-    files = sorted(f for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES and f.is_file())
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in im.IMAGE_SUFFIXES and f.is_file())
     if not files:
-        raise ScratchnstError(f"{p}: no frames (no {', '.join(FRAME_SUFFIXES)} files in the folder)")
+        raise ScratchnstError(f"{p}: no frames (no {', '.join(im.IMAGE_SUFFIXES)} files in the folder)")
     first_size = None
     for f in files:  # sizes from the headers only: a bad frame later is refused before any work
         try:

@@ -35,6 +35,7 @@ from scratchnst.app.video import multipass
 from scratchnst.app.files import report
 from scratchnst.app.video import clip as videoio
 from scratchnst.app.files import images as im
+from scratchnst.core.preprocess import preprocess
 from scratchnst.app.files.atomic import atomic_write_bytes
 from scratchnst.app.picture.settings import Settings
 from scratchnst.app.picture.stylize import Stylizer
@@ -364,7 +365,7 @@ def temporal_terms(settings: Settings, weight: float, warped: np.ndarray, mask: 
     def terms(content):
         _, _, h, w = content.shape
         xp = get_array_module(content)
-        target = im.preprocess(im.resize_to(target_img, w, h), dtype=settings.dtype, xp=xp)
+        target = preprocess(im.resize_to(target_img, w, h), dtype=settings.dtype, xp=xp)
         c = mask if mask.shape == (h, w) else np.asarray(Image.fromarray(mask, mode="F").resize((w, h), Image.Resampling.BILINEAR))
         c = xp.asarray(c[None, None], dtype=settings.dtype)
         return [PixelTerm("temporal", weight, lambda x: temporal_loss(x, target, c))]
