@@ -18,6 +18,7 @@ from scratchnst.errors import ScratchnstError, one_line
 from scratchnst.app.picture.color import COLORS
 from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.core.backend import BACKENDS, DTYPES
+from scratchnst.core.checks import unknown
 from scratchnst.core.objective import DEFAULT_WEIGHTS, NORMALIZATIONS
 from scratchnst.core.optim import DEFAULT_LEARNING_RATE, OPTIMIZERS
 from scratchnst.core.vgg import CONV_ALGORITHMS, POOLINGS
@@ -458,9 +459,9 @@ def _run_bench(args) -> int:
     from scratchnst.app import bench
 
     sizes = tuple(args.sizes or bench.DEFAULT_SIZES) + ((2048,) if args.include_2048 else ())
-    unknown = [c for c in args.conv if c not in CONV_ALGORITHMS]
-    if unknown or not args.conv:
-        raise ScratchnstError(f"--conv: unknown value {','.join(unknown)!r} (choose from {', '.join(CONV_ALGORITHMS)})")
+    unknown_convs = [c for c in args.conv if c not in CONV_ALGORITHMS]
+    if unknown_convs or not args.conv:
+        raise ScratchnstError(f"--conv: {unknown('value', ','.join(unknown_convs), CONV_ALGORITHMS)}")
     bench.run(sizes, repeats=args.repeats, backend=args.backend, dtype=args.dtype, convs=args.conv, profile=args.profile, as_json=args.json)
     return 0
 

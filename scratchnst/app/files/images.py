@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from scratchnst.app.files.atomic import atomic_open, probe_writable
 from scratchnst.core.backend import to_host
 from scratchnst.core.preprocess import ALPHA_MODES, MIN_SIDE, rgb_array, to_rgb
-from scratchnst.errors import ScratchnstError, one_line
+from scratchnst.errors import ScratchnstError, one_line, user_error
 
 MAX_PIXELS = 2**27  # ~134 megapixels: refuse anything larger (decompression bombs)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what a folder of images (or frames) holds
@@ -52,10 +52,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 _check_size(p, im.size)
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                try:
+                with user_error(str(p)):  # a mode to_rgb cannot convert
                     return to_rgb(im)
-                except ScratchnstError as exc:
-                    raise ScratchnstError(f"{p}: {exc}") from None
     except ScratchnstError:
         raise
     except Image.DecompressionBombError as exc:
@@ -153,7 +151,8 @@ def save_image(image, path: str | os.PathLike, *, quality: int = 95) -> None:
     fmt = SAVE_FORMATS[p.suffix.lower()]
     if isinstance(image, Image.Image):
         keep = ("RGB", "L", "RGBA") if fmt in ALPHA_FORMATS else ("RGB", "L")  # RGBA into JPEG: over white
-        img = image if image.mode in keep else to_rgb(image)
+        with user_error():
+            img = image if image.mode in keep else to_rgb(image)
     else:
         a = to_host(image)
         if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
@@ -233,8 +232,11 @@ def open_image(source, what: str) -> tuple[Image.Image, str]:
     if isinstance(source, (str, os.PathLike)):
         return load_image(source), str(Path(source).resolve())
     if isinstance(source, Image.Image):
-        return to_rgb(source), f"<{what} image>"
-    return to_rgb(Image.fromarray(np.asarray(source, dtype=np.uint8))), f"<{what} array>"
+        image, name = source, f"<{what} image>"
+    else:
+        image, name = Image.fromarray(np.asarray(source, dtype=np.uint8)), f"<{what} array>"
+    with user_error():  # a mode to_rgb cannot convert
+        return to_rgb(image), name
 
 
 def content_alpha(source) -> Image.Image | None:

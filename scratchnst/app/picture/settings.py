@@ -5,18 +5,19 @@ Validation raises ScratchnstError with the option's command-line name, before an
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, fields
 from typing import Sequence
 
-from scratchnst.core.backend import BACKENDS, DTYPES
+from scratchnst.core.backend import BACKENDS, DTYPES, BackendUnavailable, get_backend
 from scratchnst.app.picture.color import COLORS
+from scratchnst.core.checks import check_choice
 from scratchnst.core.objective import (
-    CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_mask_count, check_normalize, check_weight,
-    check_weights,
+    CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_mask_count, check_weight, check_weights,
 )
 from scratchnst.core.optim import DEFAULT_LEARNING_RATE, LBFGS_HISTORY, OPTIMIZERS
-from scratchnst.core.vgg import CONV_ALGORITHMS, LAYER_NAMES, POOLINGS
-from scratchnst.errors import ScratchnstError
+from scratchnst.core.vgg import CONV_ALGORITHMS, POOLINGS, check_layers
+from scratchnst.errors import ScratchnstError, user_error
 
 INITS = ("noise", "content", "style")
 NOISE_STD = 24.0  # the white-noise start, in preprocessed 0..255 units
@@ -74,10 +75,10 @@ class Settings:
             _positive_int("max-memory", self.max_memory)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ScratchnstError(f"--seed must be a whole number ≥ 0 (got {self.seed!r})")
-        self.normalize = check_normalize(self.normalize)
+        _choice("normalize", self.normalize, NORMALIZATIONS)
         for name, default in zip(("content_weight", "style_weight", "tv_weight"), DEFAULT_WEIGHTS[self.normalize]):
             value = getattr(self, name)
-            setattr(self, name, default if value is None else check_weight(name.replace("_", "-"), value))
+            setattr(self, name, default if value is None else weight_option(name.replace("_", "-"), value))
         _positive_float("style-scale", self.style_scale)
         self.scales = tuple(float(s) for s in self.scales)
         if not self.scales:
@@ -90,8 +91,9 @@ class Settings:
         self.style_layers = _layers("style-layers", self.style_layers)
         if not self.content_layers and not self.style_layers:
             raise ScratchnstError("--content-layers and --style-layers are both empty: nothing to optimise")
-        self.style_layer_weights = check_weights("style-layer-weights", self.style_layer_weights, len(self.style_layers), "style layers")
-        self.style_blend = check_weights("style-blend", self.style_blend, n_styles, "style images", nonzero_sum=True)
+        with user_error():
+            self.style_layer_weights = check_weights("--style-layer-weights", self.style_layer_weights, len(self.style_layers), "style layers")
+            self.style_blend = check_weights("--style-blend", self.style_blend, n_styles, "style images", nonzero_sum=True)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("pooling", self.pooling, POOLINGS)
         _choice("conv", self.conv, CONV_ALGORITHMS)
@@ -115,7 +117,8 @@ class Settings:
             if isinstance(self.style_masks, (str, bytes)) or not hasattr(self.style_masks, "__len__"):
                 raise ScratchnstError("style_masks must be a list with one mask per style image")
             self.style_masks = tuple(self.style_masks)
-            check_mask_count(len(self.style_masks), n_styles, self.style_blend)
+            with user_error():
+                check_mask_count(len(self.style_masks), n_styles, self.style_blend, "--style-masks", "--style-blend")
         if self.normalize_gradients and self.optimizer != "adam":
             raise ScratchnstError(
                 "--normalize-gradients needs --optimizer adam: the normalised gradient is not the loss's, and L-BFGS's line search needs the true one"
@@ -148,21 +151,35 @@ def _nonneg_int(name: str, value) -> None:
         raise ScratchnstError(f"--{name} must be a whole number ≥ 0 (got {value!r})")
 
 
+def weight_option(flag: str, value) -> float:
+    """value as a float, finite and ≥ 0 (objective.check_weight); ScratchnstError naming --flag otherwise."""
+    with user_error():
+        return check_weight(f"--{flag}", value)
+
+
+def array_module(backend: str) -> types.ModuleType:
+    """The array module of --backend (core.backend.get_backend); ScratchnstError for an unknown name,
+    or for "cupy" where CuPy or a CUDA device is missing (the message says which)."""
+    try:
+        return get_backend(backend)
+    except (ValueError, BackendUnavailable) as exc:
+        raise ScratchnstError(str(exc)) from None
+
+
 def _positive_float(name: str, value) -> None:
-    if check_weight(name, value) <= 0:
+    if weight_option(name, value) <= 0:
         raise ScratchnstError(f"--{name} must be > 0 (got {value!r})")
 
 
 def _choice(name: str, value, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ScratchnstError(f"--{name}: unknown value {value!r} (choose from {', '.join(choices)})")
+    with user_error(f"--{name}"):
+        check_choice("value", value, choices)
 
 
 def _layers(name: str, layers) -> tuple[str, ...]:
     layers = tuple(layers)
-    for layer in layers:
-        if layer not in LAYER_NAMES:
-            raise ScratchnstError(f"--{name}: unknown layer {layer!r} (layers are conv1_1, relu1_1, ..., relu5_3, pool5)")
+    with user_error(f"--{name}"):
+        check_layers(layers)
     if len(set(layers)) != len(layers):
         raise ScratchnstError(f"--{name}: a layer is listed twice ({','.join(layers)})")
     return layers
