@@ -1,7 +1,9 @@
 """Command line: `python -m scratchnst {stylize,batch,video,weights,gradcheck,bench,inspect}`.
 
 One `_add_<cmd>(subparsers)` per subcommand; every user error is a ScratchnstError (or an argparse
-error), printed as one line to stderr with exit code 2. `--debug` shows the traceback instead.
+error), printed as one line to stderr with exit code 2. Running out of memory (MemoryError, also a
+GPU's) is no mistake of the user's, so it is one line with exit code 1; any other exception is a bug
+and shows its traceback. `--debug` adds the traceback to those two one-line errors as well.
 """
 
 from __future__ import annotations
@@ -542,8 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + _received_signal[0]
-    except MemoryError:
+    except MemoryError as exc:  # NumPy's, CuPy's (a subclass) or images' (decoding): the run failed, the input was fine
         if debug:
             traceback.print_exc()
-        print(f"{PROG}: error: out of memory; try a smaller --size (or fewer/smaller style images)", file=sys.stderr)
+        detail = f" ({one_line(exc)})" if str(exc) else ""
+        print(f"{PROG}: error: out of memory{detail}; try a smaller --size (or fewer/smaller style images)", file=sys.stderr)
         return 1

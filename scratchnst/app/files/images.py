@@ -35,7 +35,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     are composited over WHITE. 16-bit grey is scaled by 255/65535; 32-bit int ("I") and float
     ("F") images are mapped as described in `scratchnst.core.preprocess.to_rgb`. Raises ScratchnstError (one line naming
     the path) for a missing/empty/unreadable/corrupt/non-image file, more than MAX_PIXELS pixels,
-    or a side shorter than MIN_SIDE.
+    or a side shorter than MIN_SIDE. Running out of memory is no fault of the file: MemoryError
+    (naming the path) goes on to the caller.
     """
     p = Path(path)
     if not p.exists():
@@ -66,8 +67,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ScratchnstError(f"{p}: not an image, or an unsupported image format") from None
     except PermissionError:
         raise ScratchnstError(f"{p}: permission denied") from None
-    except MemoryError:
-        raise ScratchnstError(f"{p}: out of memory while decoding the image") from None
+    except MemoryError:  # not the file's fault, so not ScratchnstError (the CLI: exit 1)
+        raise MemoryError(f"while decoding {p}") from None
     except Exception as exc:  # bad data: PIL raises OSError, SyntaxError, ValueError, EOFError...
         raise ScratchnstError(f"{p}: corrupt or truncated image ({one_line(exc)})") from None
 
