@@ -1,4 +1,19 @@
-"""The one domain error: what the user got wrong, printed as one line by the CLI."""
+"""The one domain error: what the user got wrong, printed as one line by the CLI.
+
+The core (scratchnst.core) raises ValueError naming its own parameters and knows nothing of this
+module; the application checks its input once, at its edge, and raises ScratchnstError naming the
+command-line flag. Where it leans on a check only the core makes, `user_error` turns that check's
+ValueError into a ScratchnstError.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from scratchnst.core.checks import one_line  # its home is the core's (which cannot import this module)
+
+__all__ = ["ScratchnstError", "WeightsError", "one_line", "user_error"]
 
 
 class ScratchnstError(Exception):
@@ -11,7 +26,11 @@ class WeightsError(ScratchnstError):
     """Weights missing, unreadable or failing verification; the message names the file."""
 
 
-def one_line(value: object) -> str:
-    """Text of an exception (or anything) on one line; an exception without text gives its type name."""
-    text = " ".join(str(value).split())
-    return text or (type(value).__name__ if isinstance(value, BaseException) else "")
+@contextmanager
+def user_error(flag: str = "") -> Iterator[None]:
+    """A ValueError raised inside (a core check of the user's value) becomes a ScratchnstError with
+    the same text, after "FLAG: " when `flag` is given."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ScratchnstError(f"{flag}: {exc}" if flag else str(exc)) from None

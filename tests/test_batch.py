@@ -152,7 +152,7 @@ def test_video_jobs_names_and_options(tmp_path, rng):
     assert b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", {}, kind="video"))[0].size is None  # the input's size
     for opts, needle in [({"save_every": 1}, "unknown option 'save_every' \\(a video job takes video's options"), ({"frames": "4:2"}, "A:B"),
                          ({"frames": 3}, '"frames" takes "A:B" or \\[A, B\\]'), ({"independent": "yes"}, '"independent" takes true or false'),
-                         ({"temporal_weight": -1}, "--temporal-weight must be a finite number"), ({"scales": "x"}, "bad option value")]:
+                         ({"temporal_weight": -1}, "--temporal-weight must be a finite number"), ({"scales": "x"}, "--scales takes a list of numbers \\(got 'x'\\)")]:
         with pytest.raises(ScratchnstError, match=needle):
             b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", opts, kind="video"))
 

@@ -148,8 +148,10 @@ def test_inspect_writes_every_picture_the_page_shows(page):
     "argv, message",
     [
         (["inspect", "nope.png", "nope2.png"], "nope.png: no such file"),
-        (["inspect", "--layers", "relu9_9"], "unknown layer 'relu9_9'"),
-        (["inspect", "--size", "4"], "--size must be at least 16"),
+        (["inspect", "--layers", "relu9_9"], "error: --layers: unknown layer 'relu9_9'"),
+        (["inspect", "--size", "4"], "--size must be a whole number ≥ 16 (got 4)"),
+        (["inspect", "--iterations", "-1"], "--iterations must be a whole number ≥ 0 (got -1)"),
+        (["inspect", "--seed", "-1"], "--seed must be a whole number ≥ 0 (got -1)"),
         (["inspect", "only_content.png"], "give a STYLE image after CONTENT"),
     ],
 )

@@ -1,7 +1,12 @@
 """Command line: `python -m scratchnst {stylize,batch,video,weights,gradcheck,bench,inspect}`.
 
 One `_add_<cmd>(subparsers)` per subcommand; every user error is a ScratchnstError (or an argparse
-error), printed as one line to stderr with exit code 2. `--debug` shows the traceback instead.
+error), printed as one line to stderr with exit code 2. Running out of memory (MemoryError, also a
+GPU's) is no mistake of the user's, so it is one line with exit code 1; any other exception is a bug
+and shows its traceback. `--debug` adds the traceback to those two one-line errors as well.
+
+Lazy imports: the batch and video modules (they pull in Dask, PyAV and OpenCV) are imported inside
+the functions of those two commands only.
 """
 
 from __future__ import annotations
@@ -13,14 +18,21 @@ import sys
 import traceback
 from pathlib import Path
 
-from scratchnst.core import host
-from scratchnst.errors import ScratchnstError, one_line
+import numpy as np
+
+from scratchnst import gradcheck as gc
+from scratchnst.app import bench, study
+from scratchnst.app.files import weights
 from scratchnst.app.picture.color import COLORS
 from scratchnst.app.picture.settings import INITS, Settings
+from scratchnst.app.picture.stylize import resume, stylize
+from scratchnst.core import host
 from scratchnst.core.backend import BACKENDS, DTYPES
+from scratchnst.core.checks import unknown
 from scratchnst.core.objective import DEFAULT_WEIGHTS, NORMALIZATIONS
 from scratchnst.core.optim import DEFAULT_LEARNING_RATE, OPTIMIZERS
 from scratchnst.core.vgg import CONV_ALGORITHMS, POOLINGS
+from scratchnst.errors import ScratchnstError, one_line
 
 PROG = "scratchnst"
 DEFAULTS = Settings()
@@ -129,12 +141,12 @@ def _add_stylize_options(p, *, size_default=DEFAULTS.size, size_help="long side 
     g.add_argument("--scales", type=_float_list, default=DEFAULTS.scales, help="coarse-to-fine fractions of --size, each optimised in turn")
     g.add_argument("--seed", type=_integer, default=DEFAULTS.seed, help="random seed (noise init)")
     g = p.add_argument_group("objective")
-    weights = lambda k: " / ".join(f"{DEFAULT_WEIGHTS[n][k]:g} with {n}" for n in NORMALIZATIONS)  # noqa: E731
+    default_weight = lambda k: " / ".join(f"{DEFAULT_WEIGHTS[n][k]:g} with {n}" for n in NORMALIZATIONS)  # noqa: E731
     g.add_argument("--normalize", choices=NORMALIZATIONS, default=DEFAULTS.normalize,
                    help="size: content and TV terms as means, so the weights look the same at any --size; none: the seed article's sums")
-    g.add_argument("--content-weight", type=_number, default=None, help="alpha (default: " + weights(0) + ")")
-    g.add_argument("--style-weight", type=_number, default=None, help="beta (default: " + weights(1) + ")")
-    g.add_argument("--tv-weight", type=_number, default=None, help="gamma, total variation (default: " + weights(2) + ")")
+    g.add_argument("--content-weight", type=_number, default=None, help="alpha (default: " + default_weight(0) + ")")
+    g.add_argument("--style-weight", type=_number, default=None, help="beta (default: " + default_weight(1) + ")")
+    g.add_argument("--tv-weight", type=_number, default=None, help="gamma, total variation (default: " + default_weight(2) + ")")
     g.add_argument("--content-layers", type=_name_list, default=DEFAULTS.content_layers, help="comma list of layer names")
     g.add_argument("--style-layers", type=_name_list, default=DEFAULTS.style_layers, help="comma list of layer names")
     g.add_argument("--style-layer-weights", type=_float_list, default=None, help="one weight per style layer (default: equal)")
@@ -176,8 +188,6 @@ def _settings_options(args) -> dict:
 
 
 def _run_stylize(args) -> int:
-    from scratchnst.app.picture.stylize import resume, stylize
-
     if args.resume:
         if args.content is not None:
             raise ScratchnstError("--resume takes no CONTENT/STYLE: the run's manifest names them")
@@ -334,7 +344,6 @@ def _add_weights(subparsers) -> None:
 
 
 def _run_weights(args) -> int:
-    from scratchnst.app.files import weights
     if args.action == "fetch":
         path = weights.fetch_weights(force=args.force)
     else:
@@ -347,8 +356,6 @@ def _run_weights(args) -> int:
 
 
 def _add_gradcheck(subparsers) -> None:
-    from scratchnst.gradcheck import OPS
-
     def _int_list(text: str) -> tuple[int, ...]:
         return tuple(_positive_int(part) for part in _split(text.replace("x", ",")))
 
@@ -361,28 +368,23 @@ def _add_gradcheck(subparsers) -> None:
             "--vgg walks the real VGG-16 layer by layer and names a broken backward."
         ),
     )
-    p.add_argument("--op", choices=(*OPS, "vgg", "all"), default=None, help="explain one op's check (all: every op, then --vgg)")
+    p.add_argument("--op", choices=(*gc.OPS, "vgg", "all"), default=None, help="explain one op's check (all: every op, then --vgg)")
     p.add_argument("--vgg", action="store_true", help="layer-by-layer check of the objective's gradient through the real VGG-16")
     p.add_argument("--shape", type=_int_list, default=None, help="input N,C,H,W of --op (vgg: H,W of the image, default 32,32)")
     p.add_argument("--kernel", type=_positive_int, default=None, help="kernel size of conv2d (3) or the pools (2)")
     p.add_argument("--stride", type=_positive_int, default=None, help="stride of conv2d (1) or the pools (the kernel size)")
     p.add_argument("--pad", type=_nonneg_int, default=None, help="zero padding of conv2d (1)")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    p.add_argument("--dtype", choices=DTYPES, default="float64")
     p.add_argument("--eps", type=_finite_float, default=None, help="finite-difference step (default 1e-5 float64, 1e-2 float32; vgg: relative to each stage's rms, 1e-4)")
     p.add_argument("--samples", type=_positive_int, default=5, help="coordinates shown per op / checked per VGG stage")
     p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--pooling", choices=("max", "avg"), default="max", help="VGG pooling for --vgg")
+    p.add_argument("--pooling", choices=POOLINGS, default=DEFAULTS.pooling, help="VGG pooling for --vgg")
     p.add_argument("--no-vgg", action="store_true", help="skip the checks through the real VGG-16 (needs the weights)")
     p.add_argument("--weights", metavar="PATH", default=None)
     p.set_defaults(func=_run_gradcheck)
 
 
 def _run_gradcheck(args) -> int:
-    import numpy as np
-
-    from scratchnst import gradcheck as gc
-    from scratchnst.app.files.weights import load_vgg16
-
     explained = gc.OPS if args.op == "all" else (args.op,) if args.op in gc.OPS else ()
     layer_by_layer = args.vgg or args.op == "vgg" or (args.op == "all" and not args.no_vgg)
     if args.no_vgg and (args.vgg or args.op == "vgg"):
@@ -390,7 +392,7 @@ def _run_gradcheck(args) -> int:
     if not explained and not layer_by_layer:  # the plain table of every check
         if any(getattr(args, a) is not None for a in ("shape", "kernel", "stride", "pad", "eps")):
             raise ScratchnstError("--shape/--kernel/--stride/--pad/--eps need --op")
-        net = None if args.no_vgg else load_vgg16(args.weights, backend="numpy", dtype="float64")
+        net = None if args.no_vgg else weights.load_vgg16(args.weights, backend="numpy", dtype="float64")
         results = gc.run_checks(seed=args.seed, dtype=args.dtype, real_net=net)
         print(f"{'op':34s} {'shapes':44s} {'max rel error':>13s}  result")
         for r in results:
@@ -416,7 +418,7 @@ def _run_gradcheck(args) -> int:
             size = size[2:]
         if len(size) != 2:
             raise ScratchnstError(f"--shape for vgg is H,W (or 1,3,H,W), got {','.join(map(str, size))}")
-        net = load_vgg16(args.weights, backend="numpy", dtype="float64", pooling=args.pooling)
+        net = weights.load_vgg16(args.weights, backend="numpy", dtype="float64", pooling=args.pooling)
         options = {} if args.eps is None else {"rel_eps": args.eps}
         rows = gc.vgg_layer_check(net, np.random.default_rng(args.seed), size=size, coords=args.samples, **options)
         print(gc.format_layer_report(rows))
@@ -446,8 +448,9 @@ def _add_bench(subparsers) -> None:
     p.add_argument("--sizes", type=_sizes, default=None, help="comma-separated square sizes (default 128,256,512,1024)")
     p.add_argument("--include-2048", action="store_true", help="also run 2048×2048 (minutes, ~several GB)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed evaluations per size (min is reported)")
-    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    # Not "auto": a measurement names the backend it ran on.
+    p.add_argument("--backend", choices=tuple(b for b in BACKENDS if b != "auto"), default="numpy")
+    p.add_argument("--dtype", choices=DTYPES, default=DEFAULTS.dtype)
     p.add_argument("--conv", type=_name_list, default=("auto", "im2col"), help="comma list of convolution algorithms, each timed in its own process")
     p.add_argument("--profile", action="store_true", help="also break one evaluation down by layer and op")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
@@ -455,19 +458,15 @@ def _add_bench(subparsers) -> None:
 
 
 def _run_bench(args) -> int:
-    from scratchnst.app import bench
-
     sizes = tuple(args.sizes or bench.DEFAULT_SIZES) + ((2048,) if args.include_2048 else ())
-    unknown = [c for c in args.conv if c not in CONV_ALGORITHMS]
-    if unknown or not args.conv:
-        raise ScratchnstError(f"--conv: unknown value {','.join(unknown)!r} (choose from {', '.join(CONV_ALGORITHMS)})")
+    unknown_convs = [c for c in args.conv if c not in CONV_ALGORITHMS]
+    if unknown_convs or not args.conv:
+        raise ScratchnstError(f"--conv: {unknown('value', ','.join(unknown_convs), CONV_ALGORITHMS)}")
     bench.run(sizes, repeats=args.repeats, backend=args.backend, dtype=args.dtype, convs=args.conv, profile=args.profile, as_json=args.json)
     return 0
 
 
 def _add_inspect(subparsers) -> None:
-    from scratchnst.app.study import FEATURE_LAYERS
-
     p = subparsers.add_parser(
         "inspect",
         help="write pictures of features, Gram matrices and each loss term's gradient, with an index.html",
@@ -476,26 +475,22 @@ def _add_inspect(subparsers) -> None:
     p.add_argument("content", nargs="?", help="content image (default: the embedded photo)")
     p.add_argument("style", nargs="?", help="style image (default: the embedded painting)")
     p.add_argument("-o", "--output", metavar="DIR", default="inspect", help="output directory")
-    p.add_argument("--size", type=int, default=128, help="long side in px")
-    p.add_argument("--layers", default=",".join(FEATURE_LAYERS), help="comma list of layers whose feature maps to show")
-    p.add_argument("--iterations", type=int, default=0, help="also run N L-BFGS iterations and show the evolution")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise start")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--conv", choices=CONV_ALGORITHMS, default="auto", help="convolution algorithm")
+    p.add_argument("--size", type=_integer, default=study.SIZE, help="long side in px")
+    p.add_argument("--layers", default=",".join(study.FEATURE_LAYERS), help="comma list of layers whose feature maps to show")
+    p.add_argument("--iterations", type=_integer, default=0, help="also run N L-BFGS iterations and show the evolution")
+    p.add_argument("--seed", type=_integer, default=0, help="seed of the noise start")
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
+    p.add_argument("--conv", choices=CONV_ALGORITHMS, default=DEFAULTS.conv, help="convolution algorithm")
     p.add_argument("--weights", metavar="PATH", default=None)
     p.set_defaults(func=_run_inspect)
 
 
 def _run_inspect(args) -> int:
-    from scratchnst.app import study
-
     if args.content is not None and args.style is None:
         raise ScratchnstError("give a STYLE image after CONTENT")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
-    from scratchnst.app.files.weights import load_vgg16
-
-    study.check_options(args.size, args.iterations, layers, args.output)  # before the weights are read
-    net = load_vgg16(args.weights, backend=args.backend, dtype="float32", conv=args.conv)
+    study.check_options(args.size, args.iterations, layers, args.output, args.seed)  # before the weights are read
+    net = weights.load_vgg16(args.weights, backend=args.backend, dtype=DEFAULTS.dtype, conv=args.conv)
     index = study.inspect(
         args.content, args.style, args.output, size=args.size, layers=layers, iterations=args.iterations,
         seed=args.seed, net=net,
@@ -541,8 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + _received_signal[0]
-    except MemoryError:
+    except MemoryError as exc:  # NumPy's, CuPy's (a subclass) or images' (decoding): the run failed, the input was fine
         if debug:
             traceback.print_exc()
-        print(f"{PROG}: error: out of memory; try a smaller --size (or fewer/smaller style images)", file=sys.stderr)
+        detail = f" ({one_line(exc)})" if str(exc) else ""
+        print(f"{PROG}: error: out of memory{detail}; try a smaller --size (or fewer/smaller style images)", file=sys.stderr)
         return 1

@@ -69,9 +69,10 @@ def gpu_count(backend: str) -> int:
     """CUDA devices a local cluster should give one worker each: 0 unless `backend` runs on CuPy."""
     if backend == "numpy":
         return 0
-    from scratchnst.core.backend import backend_name, get_backend
+    from scratchnst.app.picture.settings import array_module
+    from scratchnst.core.backend import backend_name
 
-    xp = get_backend(backend)
+    xp = array_module(backend)
     return xp.cuda.runtime.getDeviceCount() if backend_name(xp) == "cupy" else 0
 
 
@@ -183,9 +184,10 @@ class WorkerCache:
     def net(self, s):
         """The VGG16 for Settings `s`, loaded on first use."""
         from scratchnst.app.files.weights import load_vgg16
-        from scratchnst.core.backend import backend_name, get_backend
+        from scratchnst.app.picture.settings import array_module
+        from scratchnst.core.backend import backend_name
 
-        key = (s.weights, backend_name(get_backend(s.backend)), s.dtype, s.pooling, s.conv)
+        key = (s.weights, backend_name(array_module(s.backend)), s.dtype, s.pooling, s.conv)
         with self.lock:
             if key not in self.nets:
                 self.nets[key] = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling, conv=s.conv)

@@ -11,7 +11,6 @@ that shows them (open it from disk, no server):
 
 from __future__ import annotations
 
-import argparse
 import html
 import os
 from dataclasses import dataclass, field
@@ -21,16 +20,19 @@ import numpy as np
 from PIL import Image
 
 from scratchnst.app.files import images as im
-from scratchnst.core.preprocess import MIN_SIDE, deprocess, preprocess
 from scratchnst.app.files.atomic import atomic_open
+from scratchnst.app.files.weights import load_vgg16
+from scratchnst.app.picture.settings import NOISE_STD, Settings, int_option, layers_option
 from scratchnst.core.backend import to_host
+from scratchnst.core.objective import STYLE_LAYERS, NSTObjective
+from scratchnst.core.ops import gram_forward
+from scratchnst.core.optim import LBFGS
+from scratchnst.core.preprocess import MIN_SIDE, deprocess, preprocess
 from scratchnst.errors import ScratchnstError
-from scratchnst.core.objective import NSTObjective
-from scratchnst.app.picture.settings import NOISE_STD, Settings
-from scratchnst.core.vgg import check_layers
 
 DEFAULTS = Settings()
-FEATURE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+SIZE = 128  # the long side of the pictures (inspect's --size)
+FEATURE_LAYERS = STYLE_LAYERS  # the layers whose features are shown: the style layers
 CHANNELS = 16  # strongest channels shown per layer, as a 4×4 grid
 MIN_TILE = 64  # feature tiles and Gram heatmaps are enlarged (nearest neighbour) to at least this
 SNAPSHOTS = 6  # frames in the --iterations strips
@@ -101,8 +103,6 @@ def feature_grid(f, count: int = CHANNELS) -> np.ndarray:
 
 def gram_per_position(f) -> np.ndarray:
     """f: (1, C, H, W) → G / M as a host (C, C) array, M = H·W, comparable across image sizes."""
-    from scratchnst.core.ops import gram_forward
-
     g, _ = gram_forward(f)
     return to_host(g)[0].astype(np.float64) / (f.shape[2] * f.shape[3])
 
@@ -177,7 +177,7 @@ def inspect(
     style=None,
     out_dir: str | os.PathLike = "inspect",
     *,
-    size: int = 128,
+    size: int = SIZE,
     layers=FEATURE_LAYERS,
     iterations: int = 0,
     seed: int = 0,
@@ -188,11 +188,9 @@ def inspect(
     The "current image" is seeded noise (what stylize starts from) or, with `iterations`, the L-BFGS
     iterate after them. `net`: a loaded VGG16 (default: load_vgg16()). Returns the index.html path.
     """
-    from scratchnst.app.files.weights import load_vgg16
-
-    layers, out = check_options(size, iterations, layers, out_dir)
+    layers, out = check_options(size, iterations, layers, out_dir, seed)
     content_img, style_img = (im.fit_long_side(im.open_image(src, what)[0], size) for src, what in ((content, "content"), (style, "style")))
-    net = net if net is not None else load_vgg16(dtype="float32")
+    net = net if net is not None else load_vgg16(dtype=DEFAULTS.dtype)
     xp, dtype = net.xp, str(net.dtype)
     c = preprocess(content_img, dtype=dtype, xp=xp)
     s = preprocess(style_img, dtype=dtype, xp=xp)
@@ -214,16 +212,13 @@ def inspect(
     return index
 
 
-def check_options(size: int, iterations: int, layers, out_dir) -> tuple[list[str], Path]:
-    """(layers, output folder), or ScratchnstError for a bad option (before anything heavy)."""
-    if size < MIN_SIDE:
-        raise ScratchnstError(f"--size must be at least {MIN_SIDE}, got {size}")
-    if iterations < 0:
-        raise ScratchnstError(f"--iterations must be ≥ 0, got {iterations}")
-    try:
-        layers = check_layers(layers)
-    except ValueError as e:
-        raise ScratchnstError(str(e)) from None
+def check_options(size: int, iterations: int, layers, out_dir, seed: int = 0) -> tuple[tuple[str, ...], Path]:
+    """(layers, output folder), or ScratchnstError for a bad option (before anything heavy); the
+    checks are stylize's (settings.*_option)."""
+    int_option("size", size, minimum=MIN_SIDE)
+    int_option("iterations", iterations, minimum=0)
+    int_option("seed", seed, minimum=0)
+    layers = layers_option("layers", layers)
     if not layers:
         raise ScratchnstError("--layers needs at least one layer name")
     out = Path(out_dir).expanduser()
@@ -235,8 +230,6 @@ def check_options(size: int, iterations: int, layers, out_dir) -> tuple[list[str
 def _evolve(obj: NSTObjective, x, iterations: int):
     """(the iterations shown, {"image": frames, term: gradients per frame, "x": last x}, iterations done):
     L-BFGS from x, stopping at SNAPSHOTS evenly spaced iterations to take pictures."""
-    from scratchnst.core.optim import LBFGS
-
     evolution = {"image": []}
     frames_at = sorted({round(i * iterations / (SNAPSHOTS - 1)) for i in range(SNAPSHOTS)}) if iterations else [0]
     opt = LBFGS(x, obj.loss_and_grad, history=DEFAULTS.lbfgs_history) if iterations else None

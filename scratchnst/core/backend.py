@@ -9,13 +9,18 @@ import types
 
 import numpy as np
 
-from scratchnst.errors import ScratchnstError, one_line
+from scratchnst.core.checks import check_choice, one_line, unknown
 
 BACKENDS = ("auto", "numpy", "cupy")
 DTYPES = ("float32", "float64")
 GPU_HELP = "pip install 'scratchnst[gpu]' on a machine with an NVIDIA GPU; see docs/gpu.md"
 
 _working: set[int] = set()  # id() of CuPy modules that passed the smoke test in this process
+
+
+class BackendUnavailable(RuntimeError):
+    """Backend "cupy" asked for where CuPy or a CUDA device is missing: the machine's state, not a bad
+    argument (that is a ValueError). The application reports it as the user's error."""
 
 
 def _probe_cupy() -> tuple[types.ModuleType | None, str]:
@@ -56,17 +61,17 @@ def _cupy_or_none() -> types.ModuleType | None:
 def get_backend(name: str = "auto") -> types.ModuleType:
     """Return the array module for `name`: "numpy", "cupy" or "auto" (CuPy when usable, else NumPy).
 
-    "cupy" without a usable CuPy and CUDA device raises ScratchnstError saying which is missing.
+    An unknown name raises ValueError; "cupy" without a usable CuPy and CUDA device raises
+    BackendUnavailable saying which is missing.
     """
-    if name not in BACKENDS:
-        raise ScratchnstError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    check_choice("backend", name, BACKENDS)
     if name == "numpy":
         return np
     cupy, why = _probe_cupy()
     if cupy is not None:
         return cupy
     if name == "cupy":
-        raise ScratchnstError(f"backend 'cupy' needs CuPy and a CUDA device: {why}; {GPU_HELP}")
+        raise BackendUnavailable(f"backend 'cupy' needs CuPy and a CUDA device: {why}; {GPU_HELP}")
     return np
 
 
@@ -90,8 +95,9 @@ def to_host(a) -> np.ndarray:
 
 
 def check_dtype(dtype: str) -> str:
+    """The dtype's name, one of DTYPES; ValueError otherwise."""
     if str(dtype) not in DTYPES:
-        raise ScratchnstError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+        raise ValueError(unknown("dtype", dtype, DTYPES))
     return str(dtype)
 
 

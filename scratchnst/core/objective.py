@@ -29,9 +29,9 @@ import math
 from typing import NamedTuple, Sequence
 
 from scratchnst.core import host, ops
+from scratchnst.core.checks import check_choice
 from scratchnst.core.losses import content_loss, masked_style_loss, style_loss, tv_loss
 from scratchnst.core.vgg import LAYERS, LAYER_NAMES, check_layers
-from scratchnst.errors import ScratchnstError
 
 CONTENT_LAYERS = ("relu4_1",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -77,13 +77,14 @@ class Evaluation(NamedTuple):
 
 
 def check_weight(name: str, value: float) -> float:
-    """value as a float, or ScratchnstError unless it is finite and ≥ 0."""
+    """value as a float, or ValueError naming `name` ("style_weight must be ...") unless it is a
+    finite number ≥ 0."""
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise ScratchnstError(f"--{name} must be a number (got {value!r})") from None
+        raise ValueError(f"{name} must be a number (got {value!r})") from None
     if not math.isfinite(value) or value < 0:
-        raise ScratchnstError(f"--{name} must be a finite number ≥ 0 (got {value!r})")
+        raise ValueError(f"{name} must be a finite number ≥ 0 (got {value!r})")
     return value
 
 
@@ -91,29 +92,29 @@ def check_weights(
     name: str, values: Sequence[float] | None, count: int, what: str, *, nonzero_sum: bool = False
 ) -> tuple[float, ...] | None:
     """One finite weight ≥ 0 per item (None stays None), and with nonzero_sum not all 0;
-    ScratchnstError otherwise."""
+    ValueError naming `name` otherwise."""
     if values is None:
         return None
     values = tuple(check_weight(name, v) for v in values)
     if len(values) != count:
-        raise ScratchnstError(f"--{name} has {len(values)} values for {count} {what}")
+        raise ValueError(f"{name} has {len(values)} values for {count} {what}")
     if nonzero_sum and sum(values) <= 0:
-        raise ScratchnstError(f"--{name} must not sum to 0")
+        raise ValueError(f"{name} must not sum to 0")
     return values
 
 
 def check_normalize(normalize: str) -> str:
-    if normalize not in NORMALIZATIONS:
-        raise ScratchnstError(f"--normalize: unknown value {normalize!r} (choose from {', '.join(NORMALIZATIONS)})")
-    return normalize
+    """normalize, one of NORMALIZATIONS; ValueError otherwise."""
+    return check_choice("normalize", normalize, NORMALIZATIONS)
 
 
-def check_mask_count(n_masks: int, n_styles: int, style_blend) -> None:
-    """ScratchnstError unless there is one mask per style image and no blend (regions replace it)."""
+def check_mask_count(n_masks: int, n_styles: int, style_blend, masks: str = "style_masks", blend: str = "style_blend") -> None:
+    """ValueError unless there is one mask per style image and no blend (regions replace it); `masks`
+    and `blend` are the names the message gives the two."""
     if n_masks != n_styles:
-        raise ScratchnstError(f"--style-masks has {n_masks} masks for {n_styles} style images (one mask per style)")
+        raise ValueError(f"{masks} has {n_masks} masks for {n_styles} style images (one mask per style)")
     if style_blend is not None:
-        raise ScratchnstError("--style-blend mixes the styles everywhere; with --style-masks each style has its own region")
+        raise ValueError(f"{blend} mixes the styles everywhere; with {masks} each style has its own region")
 
 
 def layer_mask(mask, layer: str):
@@ -131,7 +132,7 @@ class NSTObjective:
     Style images may have any size: a style Gram matrix is computed at the style's own size M^k and
     rescaled by M_l / M_l^k to the generated image's size, so that A_l means the same per-position
     statistics (with equal sizes this is exactly A_l = Σ_k b_k G_l(style_k)). Weights left None take
-    DEFAULT_WEIGHTS[normalize]. Bad weights or layers raise ScratchnstError.
+    DEFAULT_WEIGHTS[normalize]. Bad weights or layers raise ValueError naming the parameter.
 
     pixel_terms: more terms on the image, added to L with their weights. grams: style_grams() of
     each style image, when the caller has them already (then `styles` may be None).
@@ -161,23 +162,20 @@ class NSTObjective:
     ):
         self.net = net
         self.normalize = check_normalize(normalize)
-        try:
-            self.content_layers = check_layers(content_layers)
-            self.style_layers = check_layers(style_layers)
-        except ValueError as exc:
-            raise ScratchnstError(str(exc)) from None
+        self.content_layers = check_layers(content_layers)
+        self.style_layers = check_layers(style_layers)
         defaults = DEFAULT_WEIGHTS[self.normalize]
         self.content_weight, self.style_weight, self.tv_weight = (
             check_weight(name, default if value is None else value)
-            for name, value, default in zip(("content-weight", "style-weight", "tv-weight"), (content_weight, style_weight, tv_weight), defaults)
+            for name, value, default in zip(("content_weight", "style_weight", "tv_weight"), (content_weight, style_weight, tv_weight), defaults)
         )
         styles = list(styles) if styles is not None else [None] * len(grams)
         if self.style_layers and not styles:
-            raise ScratchnstError("style layers are set but no style image was given")
-        blend = check_weights("style-blend", style_blend, len(styles), "style images", nonzero_sum=True) or (1.0,) * max(1, len(styles))
+            raise ValueError("style_layers are set but no style image was given")
+        blend = check_weights("style_blend", style_blend, len(styles), "style images", nonzero_sum=True) or (1.0,) * max(1, len(styles))
         self.style_blend = [b / sum(blend) for b in blend]
         self.style_layer_weights = list(
-            check_weights("style-layer-weights", style_layer_weights, len(self.style_layers), "style layers")
+            check_weights("style_layer_weights", style_layer_weights, len(self.style_layers), "style layers")
             or [1.0 / max(1, len(self.style_layers))] * len(self.style_layers)
         )
         self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
@@ -207,7 +205,7 @@ class NSTObjective:
                 self.grams[layer] = self.grams[layer] + (blend * m_x / m_style) * g
 
     def _check_masks(self, masks, n_styles: int, style_blend):
-        """The masks as (1, 1, H, W) arrays on the net's module, or ScratchnstError."""
+        """The masks as (1, 1, H, W) arrays on the net's module, or ValueError."""
         if masks is None:
             return None
         masks = list(masks)
@@ -216,9 +214,9 @@ class NSTObjective:
         for k, m in enumerate(masks):
             m = xp.asarray(m, dtype=self.net.dtype)
             if m.shape != self.shape[2:]:
-                raise ScratchnstError(f"style mask {k + 1} is {tuple(m.shape)}, the content image {self.shape[2:]}")
+                raise ValueError(f"style mask {k + 1} is {tuple(m.shape)}, the content image {self.shape[2:]}")
             if not bool(xp.isfinite(m).all()) or float(m.min()) < 0 or float(m.max()) <= 0:
-                raise ScratchnstError(f"style mask {k + 1} must be finite weights ≥ 0, not all zero")
+                raise ValueError(f"style mask {k + 1} must be finite weights ≥ 0, not all zero")
             out.append(m[None, None])
         return out
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from scratchnst.core.backend import get_array_module, to_host
-from scratchnst.errors import ScratchnstError
+from scratchnst.core.checks import check_choice
 
 Objective = Callable[..., tuple]
 
@@ -42,7 +42,7 @@ class _Optimizer:
     def _start(self, x0, fun: Objective) -> None:
         self.xp = get_array_module(x0)
         if x0.dtype.kind != "f":
-            raise ScratchnstError(f"{self.name}: x0 must be a float array, got {x0.dtype}")
+            raise ValueError(f"{self.name}: x0 must be a float array, got {x0.dtype}")
         self.fun = fun
         self.shape = tuple(x0.shape)
         self._x = x0.reshape(-1).copy()
@@ -92,7 +92,7 @@ class _Optimizer:
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()` onto this optimiser's array module (host or device)."""
         if state["optimizer"] != self.name:
-            raise ScratchnstError(f"state is for {state['optimizer']!r}, not {self.name!r}")
+            raise ValueError(f"state is for {state['optimizer']!r}, not {self.name!r}")
         xp = self.xp
         self.options = dict(state["options"])
         self.shape = tuple(state["x"].shape)
@@ -142,7 +142,7 @@ class LBFGS(_Optimizer):
         tolerance_change: float = 1e-12,
     ) -> None:
         if history < 1 or max_line_search < 1 or not learning_rate > 0:
-            raise ScratchnstError("lbfgs: history and max_line_search must be >= 1, learning_rate > 0")
+            raise ValueError("lbfgs: history and max_line_search must be >= 1, learning_rate > 0")
         self.options = {
             "history": int(history),
             "max_line_search": int(max_line_search),
@@ -421,7 +421,6 @@ OPTIMIZERS = {"lbfgs": LBFGS, "adam": Adam}
 
 
 def make_optimizer(name: str, x0, fun: Objective, **options) -> LBFGS | Adam:
-    """Build the optimiser called `name` ("lbfgs" or "adam") at x0; options go to its constructor."""
-    if name not in OPTIMIZERS:
-        raise ScratchnstError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
-    return OPTIMIZERS[name](x0, fun, **options)
+    """Build the optimiser called `name` ("lbfgs" or "adam") at x0; options go to its constructor.
+    An unknown name raises ValueError."""
+    return OPTIMIZERS[check_choice("optimizer", name, OPTIMIZERS)](x0, fun, **options)

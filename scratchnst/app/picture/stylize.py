@@ -23,13 +23,13 @@ from scratchnst.app.files import report
 from scratchnst.app.picture.masks import check_masks, load_mask, masks_at
 from scratchnst.app.files.images import DEFAULT
 from scratchnst.core import host
-from scratchnst.core.backend import backend_name, get_array_module, get_backend, to_host
+from scratchnst.core.backend import backend_name, get_array_module, to_host
 from scratchnst.errors import ScratchnstError, one_line
 from scratchnst.app.picture.memory import check_fits
 from scratchnst.core.objective import NSTObjective, style_grams
 from scratchnst.core.vgg import layers_through
 from scratchnst.core.optim import OPTIMIZERS, make_optimizer
-from scratchnst.app.picture.settings import NOISE_STD, Settings
+from scratchnst.app.picture.settings import NOISE_STD, Settings, array_module
 from scratchnst.app.files.weights import load_vgg16
 
 
@@ -123,8 +123,8 @@ class Stylizer:
         for st, src in zip(self.styles, self.style_srcs):
             _check_not_too_elongated(st, int(round(self.sizes[-1] * s.style_scale)), src)
         # Cheap checks are done; refuse a run that cannot fit before the net is allocated.
-        self.memory_estimate = check_fits(s, self.content.size, [st.size for st in self.styles], get_backend(s.backend))
-        wanted = (backend_name(get_backend(s.backend)), s.dtype, s.pooling, s.conv)
+        self.memory_estimate = check_fits(s, self.content.size, [st.size for st in self.styles], array_module(s.backend))
+        wanted = (backend_name(array_module(s.backend)), s.dtype, s.pooling, s.conv)
         if net is None or (backend_name(net.xp), str(net.dtype), net.pooling, net.conv) != wanted:
             net = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling, conv=s.conv)
         self.net = net

@@ -37,11 +37,11 @@ from scratchnst.app.video import clip as videoio
 from scratchnst.app.files import images as im
 from scratchnst.core.preprocess import preprocess
 from scratchnst.app.files.atomic import atomic_write_bytes
-from scratchnst.app.picture.settings import Settings
+from scratchnst.app.picture.settings import Settings, weight_option
 from scratchnst.app.picture.stylize import Stylizer
 from scratchnst.core.backend import backend_name, get_array_module
 from scratchnst.core.losses import temporal_loss
-from scratchnst.core.objective import PixelTerm, check_weight
+from scratchnst.core.objective import PixelTerm
 from scratchnst.errors import ScratchnstError, one_line
 
 DEFAULT_TEMPORAL_WEIGHT = 1000.0  # on the "size"-normalised objective; docs/benchmarks.md, "Video"
@@ -65,18 +65,18 @@ class VideoOptions:
     scheduler: str | None = None  # an existing Dask scheduler's address
 
     def validated(self) -> "VideoOptions":
-        self.temporal_weight = check_weight("temporal-weight", self.temporal_weight)
+        self.temporal_weight = weight_option("temporal-weight", self.temporal_weight)
         if self.first_iterations is None:
             self.first_iterations = Settings().iterations
         if not isinstance(self.first_iterations, int) or self.first_iterations < 1:
             raise ScratchnstError(f"--first-iterations must be a whole number > 0 (got {self.first_iterations!r})")
-        if self.fps is not None and not check_weight("fps", self.fps) > 0:
+        if self.fps is not None and not weight_option("fps", self.fps) > 0:
             raise ScratchnstError(f"--fps must be > 0 (got {self.fps!r})")
         if self.workers is not None and self.workers < 0:
             raise ScratchnstError(f"--workers must be a whole number ≥ 0 (got {self.workers})")
         if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 0:
             raise ScratchnstError(f"--passes must be a whole number ≥ 0 (got {self.passes!r})")
-        self.blend = check_weight("blend", self.blend)
+        self.blend = weight_option("blend", self.blend)
         if self.passes and self.independent:
             raise ScratchnstError("--independent is the frame-by-frame baseline: give it without --passes (--passes 1 stylizes every frame independently)")
         self.frames = tuple(self.frames)

@@ -1,0 +1,134 @@
+"""scratchnst.app.picture.settings: every bad value is one ScratchnstError naming its flag, whatever its
+type; validated() returns a new Settings and leaves its own untouched; validating twice changes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from scratchnst.app.picture.settings import Settings, array_module, choice_option, int_option, layers_option
+from scratchnst.errors import ScratchnstError
+
+BAD = [
+    ({"size": 0}, "--size must be a whole number > 0 (got 0)"),
+    ({"size": "big"}, "--size must be a whole number > 0 (got 'big')"),
+    ({"size": 1.5}, "--size must be a whole number > 0 (got 1.5)"),
+    ({"size": True}, "--size must be a whole number > 0 (got True)"),
+    ({"iterations": None}, "--iterations must be a whole number > 0 (got None)"),
+    ({"seed": -1}, "--seed must be a whole number ≥ 0 (got -1)"),
+    ({"save_every": -1}, "--save-every must be a whole number ≥ 0 (got -1)"),
+    ({"checkpoint_every": "5"}, "--checkpoint-every must be a whole number ≥ 0 (got '5')"),
+    ({"lbfgs_history": 0}, "--lbfgs-history must be a whole number > 0 (got 0)"),
+    ({"max_memory": "lots"}, "--max-memory: expected a size like 2G, 500M or a number of bytes, got 'lots'"),
+    ({"max_memory": 0}, "--max-memory must be a whole number > 0 (got 0)"),
+    ({"max_memory": [1]}, "--max-memory must be a whole number > 0 (got [1])"),
+    ({"scales": "x"}, "--scales takes a list of numbers (got 'x')"),
+    ({"scales": 1.0}, "--scales takes a list of numbers (got 1.0)"),
+    ({"scales": ["x"]}, "--scales must be a number (got 'x')"),
+    ({"scales": []}, "--scales needs at least one value"),
+    ({"scales": [0.0]}, "--scales must be > 0 (got 0.0)"),
+    ({"scales": [-1.0]}, "--scales must be a finite number ≥ 0 (got -1.0)"),
+    ({"scales": [10.0]}, "--scales are fractions of --size (got 10.0; use values like 0.5,1)"),
+    ({"style_scale": 0}, "--style-scale must be > 0 (got 0)"),
+    ({"content_weight": "heavy"}, "--content-weight must be a number (got 'heavy')"),
+    ({"style_weight": float("nan")}, "--style-weight must be a finite number ≥ 0 (got nan)"),
+    ({"tv_weight": [1]}, "--tv-weight must be a number (got [1])"),
+    ({"learning_rate": "fast"}, "--learning-rate must be a number (got 'fast')"),
+    ({"learning_rate": 0}, "--learning-rate must be > 0 (got 0)"),
+    ({"normalize": "pixels"}, "--normalize: unknown value 'pixels' (choose from size, none)"),
+    ({"normalize": ["size"]}, "--normalize: unknown value ['size'] (choose from size, none)"),
+    ({"content_layers": "relu4_1"}, "--content-layers takes a list of layer names (got 'relu4_1')"),
+    ({"style_layers": ["relu9_9"]}, "--style-layers: unknown layer 'relu9_9' (layers are conv1_1, relu1_1, ..., relu5_3, pool5)"),
+    ({"style_layers": ["relu1_1", "relu1_1"]}, "--style-layers: a layer is listed twice (relu1_1,relu1_1)"),
+    ({"content_layers": [], "style_layers": []}, "--content-layers and --style-layers are both empty: nothing to optimise"),
+    ({"style_layer_weights": [1, 2]}, "--style-layer-weights has 2 values for 5 style layers"),
+    ({"style_layer_weights": "1,2"}, "--style-layer-weights takes a list of numbers (got '1,2')"),
+    ({"style_blend": [0]}, "--style-blend must not sum to 0"),
+    ({"style_blend": [1, 1]}, "--style-blend has 2 values for 1 style images"),
+    ({"style_blend": 2}, "--style-blend takes a list of numbers (got 2)"),
+    ({"optimizer": "sgd"}, "--optimizer: unknown value 'sgd' (choose from lbfgs, adam)"),
+    ({"pooling": "median"}, "--pooling: unknown value 'median' (choose from max, avg)"),
+    ({"conv": "fft"}, "--conv: unknown value 'fft' (choose from auto, im2col, winograd)"),
+    ({"backend": "tpu"}, "--backend: unknown value 'tpu' (choose from auto, numpy, cupy)"),
+    ({"dtype": "float16"}, "--dtype: unknown value 'float16' (choose from float32, float64)"),
+    ({"color": "sepia"}, "--color: unknown value 'sepia' (choose from none, luminance, linear, histogram)"),
+    ({"preserve_colors": "yes"}, "--preserve-colors takes true or false (got 'yes')"),
+    ({"preserve_colors": True, "color": "histogram"}, "--preserve-colors is --color luminance; it contradicts --color histogram"),
+    ({"quiet": 1}, "--quiet takes true or false (got 1)"),
+    ({"plot": None}, "--plot takes true or false (got None)"),
+    ({"normalize_gradients": True}, "--normalize-gradients needs --optimizer adam"),
+    ({"init": 5}, "--init takes noise, content, style or an image path (got 5)"),
+    ({"weights": 5}, "--weights takes a path (got 5)"),
+    ({"style_masks": "a.png"}, "--style-masks takes a list of masks, one per style image (got 'a.png')"),
+    ({"style_masks": ["a.png", "b.png"]}, "--style-masks has 2 masks for 1 style images (one mask per style)"),
+    ({"style_masks": ["a.png"], "style_blend": [1]}, "--style-blend mixes the styles everywhere; with --style-masks each style has its own region"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD, ids=[str(o) for o, _ in BAD])
+def test_a_bad_value_is_one_error_naming_its_flag(options, message):
+    settings = Settings(**options)
+    before = dataclasses.replace(settings)
+    with pytest.raises(ScratchnstError, match="^" + re.escape(message)) as info:
+        settings.validated(1)
+    assert str(info.value).startswith("--")
+    assert settings == before  # nothing half-validated left behind
+
+
+def test_validated_returns_a_new_settings_and_leaves_its_own_alone():
+    s = Settings(scales=[0.5, 1], style_weight=2, preserve_colors=True, max_memory="1G", style_layers=["relu1_1", "relu2_1"],
+                 style_layer_weights=[1, 3], style_blend=[1, 1])
+    before = dataclasses.replace(s)
+    v = s.validated(2)
+    assert v is not s and s == before
+    assert s.scales == [0.5, 1] and s.style_weight == 2 and s.content_weight is None and s.learning_rate is None
+    assert v.scales == (0.5, 1.0) and v.style_layers == ("relu1_1", "relu2_1")
+    assert v.style_layer_weights == (1.0, 3.0) and v.style_blend == (1.0, 1.0)
+    assert isinstance(v.style_weight, float) and v.style_weight == 2.0
+    assert (v.content_weight, v.tv_weight) == (1.0, 4e-4)  # the "size" defaults
+    assert v.learning_rate == 1.0 and v.max_memory == 2**30 and v.color == "luminance" and v.preserve_colors
+
+
+def test_a_value_is_only_converted_where_it_always_was():
+    """The manifest's "args" keep their bytes: a whole style scale or learning rate stays a whole number."""
+    v = Settings(style_scale=2, learning_rate=3, optimizer="adam").validated(1)
+    assert type(v.style_scale) is int and type(v.learning_rate) is int
+    assert v.as_args() == Settings(style_scale=2, learning_rate=3, optimizer="adam").validated(1).as_args()
+
+
+@pytest.mark.parametrize("options, n_styles", [
+    ({}, 1),
+    ({"scales": (1,), "normalize": "none", "color": "luminance", "max_memory": "500M"}, 1),
+    ({"style_masks": [np.ones((4, 4)), np.ones((4, 4))], "optimizer": "adam", "normalize_gradients": True}, 2),
+    ({"style_blend": [1, 3], "init": "picture.png", "weights": "w.h5", "content_layers": []}, 2),
+])
+def test_validating_twice_changes_nothing(options, n_styles):
+    once = Settings(**options).validated(n_styles)
+    twice = once.validated(n_styles)
+    assert twice.as_args() == once.as_args()
+    assert all(getattr(twice, f.name) is getattr(once, f.name) or getattr(twice, f.name) == getattr(once, f.name)
+               for f in dataclasses.fields(Settings) if f.name != "style_masks")
+
+
+def test_the_option_checks_that_inspect_and_video_share():
+    assert int_option("size", 16, minimum=16) == 16
+    with pytest.raises(ScratchnstError, match=re.escape("--size must be a whole number ≥ 16 (got 8)")):
+        int_option("size", 8, minimum=16)
+    assert layers_option("layers", ["relu1_1", "pool5"]) == ("relu1_1", "pool5")
+    with pytest.raises(ScratchnstError, match=re.escape("--layers: unknown layer 'relu0_1'")):
+        layers_option("layers", ["relu0_1"])
+    assert choice_option("pooling", "avg", ("max", "avg")) == "avg"
+
+
+def test_array_module_makes_a_missing_cupy_the_users_error(monkeypatch):
+    assert array_module("numpy") is np
+    with pytest.raises(ScratchnstError, match=re.escape("unknown backend 'tpu' (choose from auto, numpy, cupy)")):
+        array_module("tpu")
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    with pytest.raises(ScratchnstError, match="^backend 'cupy' needs CuPy and a CUDA device: CuPy is not installed"):
+        array_module("cupy")
+    assert array_module("auto") is np
