@@ -35,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
+from scratchnst.core.backend import is_cupy
+
 # Host threads that run split work; None: as many as BLAS had when first asked (so that
 # OPENBLAS_NUM_THREADS / OMP_NUM_THREADS still decide).
 THREADS: int | None = None
@@ -59,7 +61,7 @@ def _blas_controller():
 def workers(xp: types.ModuleType = np) -> int:
     """Threads that split work uses: 1 on CuPy, else THREADS, else BLAS's own thread count."""
     global _blas_threads
-    if xp.__name__ == "cupy":
+    if is_cupy(xp):
         return 1
     if THREADS is not None:
         return max(1, THREADS)
