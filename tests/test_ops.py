@@ -111,6 +111,18 @@ def test_split_map_covers_every_item_once_and_passes_errors_on(monkeypatch):
         split_map(np, [0, 1], lambda subset: np.float32(1e38) * np.float32(10))
 
 
+def test_split_map_by_worker_tells_each_call_its_worker(monkeypatch):
+    """Worker k of split_count gets items[k::count]: the index a caller keys per-worker buffers by."""
+    from scratchnst.core.host import split_count, split_map_by_worker
+
+    monkeypatch.setattr("scratchnst.core.host.THREADS", 3)
+    assert split_count(np, 10) == 3 and split_count(np, 2) == 2 and split_count(np, 0) == 1
+    parts = split_map_by_worker(np, list(range(10)), lambda worker, subset: (worker, subset))
+    assert parts == [(0, [0, 3, 6, 9]), (1, [1, 4, 7]), (2, [2, 5, 8])]
+    monkeypatch.setattr("scratchnst.core.host.THREADS", 1)
+    assert split_map_by_worker(np, [4, 5], lambda worker, subset: (worker, subset)) == [(0, [4, 5])]
+
+
 @pytest.mark.parametrize("shape,kernel,stride,pad", [((1, 1, 2, 2), (1, 3, 3), 1, 0), ((1, 1, 4, 4), (1, 1, 1), 0, 0), ((1, 1, 4, 4), (1, 3, 3), 1, -1)])
 def test_conv_rejects_shapes_without_output(shape, kernel, stride, pad):
     x = np.zeros(shape)

@@ -172,11 +172,10 @@ def _winograd_conv(x, kernels, b, pad: int):
     geometry = (pad, th, tw, tb)
 
     starts = list(range(0, th, tb))
-    # One set of band buffers per worker, made once per call: split_map's worker i gets
-    # starts[i::workers], whose first band is starts[i].
-    workspaces = [_band_buffers(xp, C, F, tb, tw, x.dtype) for _ in range(min(host.workers(xp), len(starts)))]
+    # One set of band buffers per worker, made once per call and reused for all of its bands.
+    workspaces = [_band_buffers(xp, C, F, tb, tw, x.dtype) for _ in range(host.split_count(xp, len(starts)))]
     for n in range(N):
-        host.split_map(xp, starts, lambda mine: _run_bands(x[n], kernels, bias, y[n], mine, geometry, workspaces[starts.index(mine[0]) % len(workspaces)]))
+        host.split_map_by_worker(xp, starts, lambda worker, mine: _run_bands(x[n], kernels, bias, y[n], mine, geometry, workspaces[worker]))
     return y
 
 
