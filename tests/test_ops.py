@@ -123,6 +123,21 @@ def test_split_map_by_worker_tells_each_call_its_worker(monkeypatch):
     assert split_map_by_worker(np, [4, 5], lambda worker, subset: (worker, subset)) == [(0, [4, 5])]
 
 
+def test_band_bytes_counts_the_larger_pass_up_to_the_tile_bound(monkeypatch):
+    """What a memory estimate counts for one 3×3 conv call: the whole image's band (im2col rows
+    9·C + output rows F, or the input gradient's 9·F + C, +10% for the flat grid), at most the
+    tile bound per worker thread on the host, or the device's one bound."""
+    from scratchnst.core.ops import conv
+
+    assert conv.band_bytes(3, 64, 100, 4) == 1.1 * (9 * 64 + 3) * 100 * 4 == conv.band_bytes(64, 3, 100, 4)
+    assert conv.band_bytes(16, 16, 100.5, 8, workers=4) == 1.1 * (9 * 16 + 16) * 100.5 * 8
+    huge = 1e9  # positions: far over every bound
+    assert conv.band_bytes(64, 64, huge, 4, workers=3) == 3 * conv.TILE_BYTES
+    assert conv.band_bytes(64, 64, huge, 4, on_device=True) == conv.DEVICE_TILE_BYTES
+    monkeypatch.setattr(conv, "TILE_BYTES", 1000)
+    assert conv.band_bytes(64, 64, huge, 4, workers=2) == 2000 and conv.tile_bytes(False) == 1000
+
+
 @pytest.mark.parametrize("shape,kernel,stride,pad", [((1, 1, 2, 2), (1, 3, 3), 1, 0), ((1, 1, 4, 4), (1, 1, 1), 0, 0), ((1, 1, 4, 4), (1, 3, 3), 1, -1)])
 def test_conv_rejects_shapes_without_output(shape, kernel, stride, pad):
     x = np.zeros(shape)
