@@ -125,7 +125,6 @@ def test_vgg_layer_by_layer_on_the_real_net(capsys, vgg_weights_path):
 
 @pytest.mark.weights
 def test_a_broken_pool_backward_is_named(capsys, monkeypatch, vgg_weights_path):
-    # The net binds its pooling functions when it is built, so patch before the CLI loads it.
     monkeypatch.setattr(ops, "maxpool2d_backward", ops.avgpool2d_backward)
     code, out, _ = _run(capsys, "--vgg", "--shape", "16,16", "--samples", "2", "--weights", str(vgg_weights_path))
     assert code == 1
