@@ -99,3 +99,26 @@ def test_engine_threads_hold_blas_at_one_thread_and_restore_it():
     assert proc.returncode == 0, proc.stderr
     before, inside, workers, after = map(int, proc.stdout.split())
     assert (before, inside, workers, after) == (2, 1, 2, 2)
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_profile_times_every_op_call_of_one_evaluation_and_restores_the_ops(rng, pooling):
+    from scratchnst.app.bench import profile_eval
+    from scratchnst.core import ops
+    from scratchnst.core.objective import NSTObjective
+    from scratchnst.gradcheck import random_vgg
+
+    net = random_vgg(rng, pooling=pooling)
+    content, style, x = (rng.uniform(-100, 100, (1, 3, 32, 32)) for _ in range(3))
+    obj = NSTObjective(net, content, [style])
+    before = {n: getattr(ops, n) for n in ops.__all__}
+    prof = profile_eval(obj, x)
+    calls = {}
+    for op, _, count, _ in prof["rows"]:
+        calls[op] = calls.get(op, 0) + count
+    # To relu5_1: 11 convs, 11 ReLUs and 4 pools forward, each crossed again backward; the rest "other".
+    assert calls["conv2d_forward"] == calls["conv2d_backward"] == 11
+    assert calls["relu_forward"] == calls["relu_backward"] == 11
+    assert calls[f"{pooling}pool2d_forward"] == calls[f"{pooling}pool2d_backward"] == 4
+    assert calls["other"] == 1 and prof["total_s"] > 0
+    assert {n: getattr(ops, n) for n in ops.__all__} == before

@@ -20,7 +20,7 @@ from PIL import Image
 import scratchnst
 from scratchnst.core import ops
 from scratchnst.core.backend import BackendUnavailable, _probe_cupy, get_backend, to_host
-from scratchnst.gradcheck import CONV_CASES, POOL_CASES, _tie_free, random_vgg, rel_error
+from scratchnst.gradcheck import CONV_CASES, POOL_CASES, random_vgg, rel_error, tie_free
 from scratchnst.core.objective import NSTObjective
 from scratchnst.core.optim import make_optimizer
 from scratchnst.app.files.weights import load_vgg16
@@ -155,7 +155,7 @@ def test_pool_matches_numpy(rng, dtype, kind, shape, k, stride):
         "max": (ops.maxpool2d_forward, ops.maxpool2d_backward),
         "avg": (ops.avgpool2d_forward, ops.avgpool2d_backward),
     }[kind]
-    x = _tie_free(rng, shape, np, dtype)  # no ties: the winner is the same on both backends
+    x = tie_free(rng, shape, np, dtype)  # no ties: the winner is the same on both backends
     x_d = cp.asarray(x)
     y, cache = fwd(x, k, stride)
     y_d, cache_d = fwd(x_d, k, stride)

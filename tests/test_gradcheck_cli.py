@@ -7,7 +7,7 @@ import pytest
 from scratchnst import gradcheck
 from scratchnst.core import ops
 from scratchnst.app.cli import main
-from scratchnst.gradcheck.layers import _kink_side
+from scratchnst.gradcheck.layers import kink_side
 
 
 def _run(capsys, *argv):
@@ -35,6 +35,8 @@ def test_plain_gradcheck_keeps_the_table(capsys):
         (["--op", "content"], "F(1, 4, 3, 5), P the same"),
         (["--op", "style", "--shape", "1,3,4,4"], "F(1, 3, 4, 4), A(1, 3, 3)"),
         (["--op", "tv"], "x(1, 3, 5, 6)"),
+        (["--op", "winograd"], "x(1, 3, 7, 5) -> (1, 4, 7, 5) w(4, 3, 3, 3) s1 p1"),
+        (["--op", "winograd", "--shape", "2,2,9,6", "--pad", "0"], "x(2, 2, 9, 6) -> (2, 4, 7, 4) w(4, 2, 3, 3) s1 p0"),
     ],
 )
 def test_one_op_shows_its_numbers(capsys, argv, shapes):
@@ -64,9 +66,16 @@ def test_eps_is_used_and_a_huge_one_fails(capsys):
     assert "eps=1)" in out and ": FAIL" in out
 
 
-def test_a_broken_op_fails_with_exit_1(capsys, monkeypatch):
-    monkeypatch.setattr(ops, "maxpool2d_backward", ops.avgpool2d_backward)
-    code, out, _ = _run(capsys, "--op", "maxpool")
+@pytest.mark.parametrize(
+    "op, name, broken",
+    [
+        ("maxpool", "maxpool2d_backward", ops.avgpool2d_backward),
+        ("winograd", "winograd_conv2d_backward", lambda dout, cache, right=ops.winograd_conv2d_backward: 1.01 * right(dout, cache)),
+    ],
+)
+def test_a_broken_op_fails_with_exit_1(capsys, monkeypatch, op, name, broken):
+    monkeypatch.setattr(ops, name, broken)
+    code, out, _ = _run(capsys, "--op", op)
     assert code == 1
     assert ": FAIL" in out
 
@@ -80,7 +89,9 @@ def test_op_all_without_vgg(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--op", "relu", "--pad", "1"], "--pad applies to conv2d only"),
+        (["--op", "relu", "--pad", "1"], "--pad applies to conv2d and winograd only"),
+        (["--op", "winograd", "--kernel", "5"], "--kernel/--stride apply to conv2d and the pools"),
+        (["--op", "winograd", "--pad", "2"], "pad must be 0 or 1"),
         (["--op", "gram", "--stride", "2"], "--kernel/--stride apply to conv2d and the pools"),
         (["--op", "conv2d", "--shape", "1,2,3"], "needs 4 positive sizes"),
         (["--op", "maxpool", "--shape", "1,1,1,1"], "gives no output"),
@@ -125,7 +136,6 @@ def test_vgg_layer_by_layer_on_the_real_net(capsys, vgg_weights_path):
 
 @pytest.mark.weights
 def test_a_broken_pool_backward_is_named(capsys, monkeypatch, vgg_weights_path):
-    # The net binds its pooling functions when it is built, so patch before the CLI loads it.
     monkeypatch.setattr(ops, "maxpool2d_backward", ops.avgpool2d_backward)
     code, out, _ = _run(capsys, "--vgg", "--shape", "16,16", "--samples", "2", "--weights", str(vgg_weights_path))
     assert code == 1
@@ -138,7 +148,7 @@ def test_a_broken_pool_backward_is_named(capsys, monkeypatch, vgg_weights_path):
 
 def test_kink_side_matches_the_op():
     z = np.array([[[[1.0, 3.0, 2.0, 2.0], [0.0, -1.0, 2.0, 2.0], [5.0, 5.0, 0.0, 0.0], [1.0, 4.0, 0.0, 0.0]]]])
-    assert (_kink_side("relu", "max", z) == (z > 0)).all()
+    assert (kink_side("relu", "max", z) == (z > 0)).all()
     _, cache = ops.maxpool2d_forward(z, 2, 2)
-    assert (_kink_side("pool", "max", z) == cache.argmax).all()  # ties: the first maximum
-    assert _kink_side("pool", "avg", z) is None and _kink_side("conv", "max", z) is None
+    assert (kink_side("pool", "max", z) == cache.argmax).all()  # ties: the first maximum
+    assert kink_side("pool", "avg", z) is None and kink_side("conv", "max", z) is None

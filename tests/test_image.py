@@ -101,10 +101,10 @@ def test_round_trip_property(a):
 
 @pytest.mark.gpu
 def test_preprocess_cupy_round_trip(rng):
-    from scratchnst.core.backend import _cupy_or_none
+    from scratchnst.core.backend import get_backend, is_cupy
 
-    cupy = _cupy_or_none()
-    if cupy is None:
+    cupy = get_backend("auto")
+    if not is_cupy(cupy):
         pytest.skip("needs CuPy and a CUDA device")
     a = rand_rgb(rng, 19, 23)
     x = preprocess(a, xp=cupy)

@@ -1,5 +1,7 @@
-"""The layout's promises: the core imports nothing from the application, one evaluation never leaves
-the core, the weights are read once per load, and only the user-error type becomes exit 2."""
+"""The layout's promises: the core imports nothing from the application, no two modules import each
+other (at any depth), imports sit at the top of a module unless they load an optional dependency, no
+module reaches into another's private names, one evaluation never leaves the core, the weights are
+read once per load, and only the user-error type becomes exit 2."""
 
 from __future__ import annotations
 
@@ -27,6 +29,142 @@ def _imports(path: Path) -> set[str]:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+# What may be imported inside a function: the optional dependencies (and Dask, which the CLI loads only
+# for the commands that use it), or a module of ours whose own top-level imports load one of them.
+OPTIONAL = ("av", "cv2", "cupy", "cupyx", "matplotlib", "distributed", "dask", "torch")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _target(name: str) -> str | None:
+    """The module of ours that an imported name lives in (a module, or the module holding the name)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _import_nodes(path: Path):
+    """(node, at top level?) for every import statement of a file; imports under `if TYPE_CHECKING` skipped."""
+    tree = ast.parse(path.read_text())
+    top = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node, id(node) in top or _in_module_level_try(tree, node)
+
+
+def _in_module_level_try(tree: ast.Module, node) -> bool:
+    """An import in a top-level try/except (an optional dependency probed at import time) counts as top level."""
+    return any(isinstance(stmt, ast.Try) and any(node is n for n in ast.walk(stmt)) for stmt in tree.body)
+
+
+def _names(node) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if node.level or not node.module:
+        return []
+    return [f"{node.module}.{alias.name}" for alias in node.names] or [node.module]
+
+
+def _graph(top_only: bool) -> dict[str, set[str]]:
+    """module -> the modules of ours it imports (at any depth of the file, or at its top level only)."""
+    graph = {}
+    for name, path in MODULES.items():
+        edges = set()
+        for node, at_top in _import_nodes(path):
+            if top_only and not at_top:
+                continue
+            edges.update(t for t in map(_target, _names(node)) if t and t != name)
+        graph[name] = edges
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    """No circle in the import graph of the package, counting imports inside functions too."""
+    graph, state, path = _graph(top_only=False), {}, []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def _loads_optional(graph: dict[str, set[str]], module: str, seen=None) -> bool:
+    """Whether importing `module` loads an optional dependency (through its top-level imports)."""
+    seen = set() if seen is None else seen
+    if module in seen:
+        return False
+    seen.add(module)
+    for node, at_top in _import_nodes(MODULES[module]):
+        if at_top and any(n.split(".")[0] in OPTIONAL for n in _names(node)):
+            return True
+    return any(_loads_optional(graph, m, seen) for m in graph[module])
+
+
+def test_imports_sit_at_the_top_unless_they_load_an_optional_dependency():
+    graph, late = _graph(top_only=True), []
+    for name, path in MODULES.items():
+        for node, at_top in _import_nodes(path):
+            if at_top:
+                continue
+            for imported in _names(node):
+                ours = _target(imported)
+                optional = imported.split(".")[0] in OPTIONAL or (ours is not None and _loads_optional(graph, ours))
+                if not optional and imported.split(".")[0] in ("scratchnst", *OPTIONAL):
+                    late.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {imported}")
+    assert not late, "imports inside functions that could be at the top:\n" + "\n".join(late)
+
+
+def test_lazy_imports_are_named_in_a_comment():
+    """A module that imports something inside a function says so, and why, in a comment with "lazy"."""
+    silent = []
+    for name, path in MODULES.items():
+        if name == "scratchnst" or name.endswith("__main__"):
+            continue
+        if any(not at_top for _, at_top in _import_nodes(path)) and "lazy" not in path.read_text().lower():
+            silent.append(str(path.relative_to(PACKAGE)))
+    assert not silent, f"modules with imports inside functions and no comment saying which stay lazy: {silent}"
+
+
+def test_no_module_reaches_another_modules_private_names():
+    reaches = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        aliases = {}  # local name -> a module of ours
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("scratchnst"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and _target(full) != name:
+                        reaches.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {full}")
+                    if full in MODULES:
+                        aliases[alias.asname or alias.name] = full
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in MODULES and alias.asname:
+                        aliases[alias.asname] = alias.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__") and aliases[node.value.id] != name):
+                reaches.append(f"{path.relative_to(PACKAGE)}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    assert not reaches, "\n".join(reaches)
 
 
 def test_the_core_imports_nothing_from_the_application():

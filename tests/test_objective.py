@@ -48,6 +48,26 @@ def test_loss_equals_the_formula(rng):
     assert loss == pytest.approx(2.0 * terms["content"] + 30.0 * terms["style"] + 0.1 * terms["tv"], rel=1e-12)
 
 
+def test_options_as_an_object_or_as_keywords_are_the_same_objective(rng):
+    from scratchnst.core.objective import ObjectiveOptions
+
+    net = random_vgg(rng)
+    content, s1, s2, x = (_image(rng, 24, 28) for _ in range(4))
+    options = ObjectiveOptions(style_layers=("relu1_1", "relu3_1"), style_weight=30.0, style_blend=(3, 1), normalize="size")
+    by_object = NSTObjective(net, content, [s1, s2], options)
+    by_keywords = NSTObjective(net, content, [s1, s2], style_layers=("relu1_1", "relu3_1"), style_weight=30.0,
+                               style_blend=(3, 1), normalize="size")
+    a, b = by_object.evaluate(x.copy()), by_keywords.evaluate(x.copy())
+    assert a.loss == b.loss and np.array_equal(a.grad, b.grad) and a.terms == b.terms
+    assert by_object.options == by_keywords.options == options
+    assert (by_object.style_blend, by_object.content_weight) == ([0.75, 0.25], 1.0)  # checked, defaults filled in
+    # keywords set fields of a given options object; a name that is no option is a TypeError
+    tv_off = NSTObjective(net, content, [s1, s2], options, tv_weight=0.0)
+    assert tv_off.tv_weight == 0.0 and tv_off.style_weight == 30.0 and options.tv_weight is None
+    with pytest.raises(TypeError, match="style_wieght"):
+        NSTObjective(net, content, [s1], style_wieght=1.0)
+
+
 def test_size_normalisation_is_the_formula_per_activation(rng):
     net = random_vgg(rng)
     content, s1, x = (_image(rng, 24, 36) for _ in range(3))

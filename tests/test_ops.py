@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scratchnst.core import ops
-from scratchnst.gradcheck import CONV_CASES, POOL_CASES, THRESHOLDS, _tie_free, check_op
+from scratchnst.gradcheck import CONV_CASES, POOL_CASES, THRESHOLDS, check_op, tie_free
 from scratchnst.core.ops.reference import conv2d_naive, gram_naive, pool2d_naive
 
 EPS = 1e-5
@@ -111,6 +111,33 @@ def test_split_map_covers_every_item_once_and_passes_errors_on(monkeypatch):
         split_map(np, [0, 1], lambda subset: np.float32(1e38) * np.float32(10))
 
 
+def test_split_map_by_worker_tells_each_call_its_worker(monkeypatch):
+    """Worker k of split_count gets items[k::count]: the index a caller keys per-worker buffers by."""
+    from scratchnst.core.host import split_count, split_map_by_worker
+
+    monkeypatch.setattr("scratchnst.core.host.THREADS", 3)
+    assert split_count(np, 10) == 3 and split_count(np, 2) == 2 and split_count(np, 0) == 1
+    parts = split_map_by_worker(np, list(range(10)), lambda worker, subset: (worker, subset))
+    assert parts == [(0, [0, 3, 6, 9]), (1, [1, 4, 7]), (2, [2, 5, 8])]
+    monkeypatch.setattr("scratchnst.core.host.THREADS", 1)
+    assert split_map_by_worker(np, [4, 5], lambda worker, subset: (worker, subset)) == [(0, [4, 5])]
+
+
+def test_band_bytes_counts_the_larger_pass_up_to_the_tile_bound(monkeypatch):
+    """What a memory estimate counts for one 3×3 conv call: the whole image's band (im2col rows
+    9·C + output rows F, or the input gradient's 9·F + C, +10% for the flat grid), at most the
+    tile bound per worker thread on the host, or the device's one bound."""
+    from scratchnst.core.ops import conv
+
+    assert conv.band_bytes(3, 64, 100, 4) == 1.1 * (9 * 64 + 3) * 100 * 4 == conv.band_bytes(64, 3, 100, 4)
+    assert conv.band_bytes(16, 16, 100.5, 8, workers=4) == 1.1 * (9 * 16 + 16) * 100.5 * 8
+    huge = 1e9  # positions: far over every bound
+    assert conv.band_bytes(64, 64, huge, 4, workers=3) == 3 * conv.TILE_BYTES
+    assert conv.band_bytes(64, 64, huge, 4, on_device=True) == conv.DEVICE_TILE_BYTES
+    monkeypatch.setattr(conv, "TILE_BYTES", 1000)
+    assert conv.band_bytes(64, 64, huge, 4, workers=2) == 2000 and conv.tile_bytes(False) == 1000
+
+
 @pytest.mark.parametrize("shape,kernel,stride,pad", [((1, 1, 2, 2), (1, 3, 3), 1, 0), ((1, 1, 4, 4), (1, 1, 1), 0, 0), ((1, 1, 4, 4), (1, 3, 3), 1, -1)])
 def test_conv_rejects_shapes_without_output(shape, kernel, stride, pad):
     x = np.zeros(shape)
@@ -142,7 +169,7 @@ def test_pool_forward_matches_naive_and_backward(rng, shape, k, stride, kind):
         "max": (ops.maxpool2d_forward, ops.maxpool2d_backward, np.max),
         "avg": (ops.avgpool2d_forward, ops.avgpool2d_backward, np.mean),
     }[kind]
-    x = _tie_free(rng, shape, np, "float64")
+    x = tie_free(rng, shape, np, "float64")
     y, _ = fwd(x, k, stride)
     np.testing.assert_allclose(y, pool2d_naive(x, k, stride, reduce), rtol=1e-13)
     r = check_op(kind, lambda v: fwd(v, k, stride), bwd, x, rng, eps=EPS, threshold=THR)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scratchnst.core.backend import get_array_module
-from scratchnst.core.optim import LBFGS, Adam, make_optimizer
+from scratchnst.core.optim import C1, C2, LBFGS, Adam, Trial, make_optimizer, strong_wolfe
 
 
 @pytest.fixture
@@ -82,6 +82,35 @@ def test_line_search_accepts_only_strong_wolfe_steps(rng, learning_rate):
         assert opt.loss < f0
     if learning_rate != 1.0:  # a badly scaled trial step must have made the search work
         assert opt.evaluations > opt.iteration + 1
+
+
+def _probe_of(phi, dphi, calls):
+    """probe(t) of a 1-D phi with derivative dphi (x is t, g is phi'), counting its calls."""
+    def probe(t):
+        calls.append(t)
+        f, g = phi(t), dphi(t)
+        ok = np.isfinite(f) and np.isfinite(g)
+        return Trial(t, f, g, t, g, ok)
+    return probe
+
+
+@pytest.mark.parametrize("t0", [1e-3, 1.0, 50.0])
+def test_strong_wolfe_returns_a_step_meeting_both_conditions(t0):
+    phi, dphi = (lambda t: (t - 3.0) ** 4 - 5 * t), (lambda t: 4 * (t - 3.0) ** 3 - 5)
+    calls = []
+    start = Trial(0.0, phi(0.0), dphi(0.0), 0.0, dphi(0.0), True)
+    t, f, x, g, _ = strong_wolfe(_probe_of(phi, dphi, calls), start, t0, budget=20, tiny=1e-12)
+    assert f == phi(t) and f <= start.f + C1 * t * start.gtd  # sufficient decrease
+    assert abs(g) <= C2 * abs(start.gtd)  # strong curvature
+    assert calls[0] == t0 and len(calls) <= 20
+
+
+def test_strong_wolfe_keeps_to_its_budget_and_says_none_without_a_decrease():
+    calls = []
+    rising = _probe_of(lambda t: 1.0 + t, lambda t: 1.0, calls)  # phi'(0) claimed < 0, phi only rises
+    start = Trial(0.0, 1.0, -1.0, 0.0, -1.0, True)
+    assert strong_wolfe(rising, start, 1.0, budget=4, tiny=0.0) is None and len(calls) == 4
+    assert strong_wolfe(rising, start, 1.0, budget=0, tiny=0.0) is None and len(calls) == 4
 
 
 def test_line_search_failure_marks_converged():

@@ -297,9 +297,9 @@ def test_content_without_style(tmp_path, pics):
 
 
 def test_cupy_backend_without_a_gpu(tmp_path, pics, out):
-    from scratchnst.core.backend import _cupy_or_none
+    from scratchnst.core.backend import get_backend, is_cupy
 
-    if _cupy_or_none() is not None:
+    if is_cupy(get_backend("auto")):
         pytest.skip("a CUDA device is present")
     _refused(_cli(["stylize", *map(str, pics), "-o", str(out), *TINY, "--backend", "cupy"], tmp_path), out, "needs CuPy")
 

@@ -150,6 +150,22 @@ def test_one_tile_row_bands_equal_one_band(rng, monkeypatch):
     np.testing.assert_allclose(wg.winograd_conv2d_backward(y, cache1), dx, rtol=1e-13, atol=1e-13)
 
 
+def test_band_and_transform_bytes_follow_the_buffers(monkeypatch, rng):
+    """band_bytes: V and M, 36·(C + F) values per 4×4 tile, x1.5 for the transforms' scratch, at most
+    the band bound per worker thread (the device's one on a GPU); filter_transform_bytes: u's own
+    bytes, and the 18 float64 values per (f, c) held while it is made."""
+    assert wg.band_bytes(8, 16, 64, 4) == int(1.5 * 36 * 24 * 4 * 4)  # 64 positions: 4 tiles
+    assert wg.band_bytes(8, 16, 64, 8, workers=2) == 2 * wg.band_bytes(8, 16, 64, 4)
+    huge = 1e9
+    assert wg.band_bytes(64, 64, huge, 4, workers=2) == int(1.5 * 2 * wg.BAND_BYTES)
+    assert wg.band_bytes(64, 64, huge, 4, on_device=True) == int(1.5 * wg.DEVICE_BAND_BYTES)
+    monkeypatch.setattr(wg, "BAND_BYTES", 1000)
+    assert wg.band_bytes(64, 64, huge, 4, workers=3) == 4500
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    kept, making = wg.filter_transform_bytes(3, 5, 4)
+    assert kept == wg.winograd_filter_transform(w).nbytes and making == 18 * 8 * 5 * 3
+
+
 @pytest.mark.parametrize(
     "x_shape,w_shape,pad",
     [((1, 3, 5, 5), (2, 4, 3, 3), 1), ((1, 3, 5, 5), (2, 3, 5, 5), 1), ((1, 3, 5, 5), (2, 3, 3, 3), 2), ((1, 3, 2, 2), (2, 3, 3, 3), 0)],

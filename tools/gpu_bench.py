@@ -75,12 +75,12 @@ def conv_flops(size: int) -> int:
     """FLOPs of the convs one default evaluation runs at S×S: forward to relu5_1, and again for the
     input gradient (every conv down to the pixels); a 3×3 pad-1 conv costs 2·F·C·9·H·W."""
     from scratchnst.core.objective import CONTENT_LAYERS, STYLE_LAYERS
-    from scratchnst.core.vgg import grid, layers_through
+    from scratchnst.core.vgg import layers_through, spatial_size
 
     total = 0
     for layer in layers_through(CONTENT_LAYERS + STYLE_LAYERS):
         if layer.kind == "conv":
-            h, w = grid(layer, size, size)
+            h, w = spatial_size(layer, size, size)
             total += 2 * layer.channels * layer.c_in * 9 * h * w
     return 2 * total
 

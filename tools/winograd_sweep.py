@@ -170,7 +170,7 @@ def _activations(size: int):
         elif kind == "relu":
             x, _ = ops.relu_forward(x)
         else:
-            x, _ = net._pool(x, 2, 2)
+            x, _ = ops.maxpool2d_forward(x, 2, 2)
     return net, inputs
 
 

@@ -8,16 +8,28 @@ warm-up) at the default layers, the conv FLOPs it performed, GFLOP/s and % of th
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import platform
 import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
+from scratchnst.app.files.images import default_images, resize_to
+from scratchnst.app.files.weights import load_vgg16
+from scratchnst.core import host, ops
+from scratchnst.core.backend import is_cupy
+from scratchnst.core.objective import NSTObjective
+from scratchnst.core.preprocess import preprocess
+from scratchnst.core.vgg import layers_through, spatial_size
 from scratchnst.errors import ScratchnstError
+
+# CuPy is never imported here: a GPU run reaches it through the net's array module (xp.cuda).
 
 DEFAULT_SIZES = (128, 256, 512, 1024)
 GEMM_N = 2048
@@ -25,7 +37,7 @@ GEMM_N = 2048
 
 def _clock(xp, fn) -> float:
     """Seconds for fn(), synchronising the device first and after."""
-    sync = (lambda: xp.cuda.Device().synchronize()) if xp.__name__ == "cupy" else (lambda: None)
+    sync = (lambda: xp.cuda.Device().synchronize()) if is_cupy(xp) else (lambda: None)
     sync()
     t = time.perf_counter()
     fn()
@@ -50,13 +62,11 @@ def conv_flops(params, height: int, width: int, layers) -> dict:
     params: VGG16.params ((F, C, KH, KW) kernels); each 3×3 pad-1 conv costs 2·F·C·KH·KW·H·W.
     Returns {"forward": int, "backward": int, "total": int}.
     """
-    from scratchnst.core.vgg import grid, layers_through
-
     fwd = 0
     for layer in layers_through(layers):
         if layer.kind == "conv":
             F, C, KH, KW = params[layer.conv][0].shape
-            fwd += 2 * F * C * KH * KW * math.prod(grid(layer, height, width))
+            fwd += 2 * F * C * KH * KW * math.prod(spatial_size(layer, height, width))
     return {"forward": fwd, "backward": fwd, "total": 2 * fwd}
 
 
@@ -74,10 +84,6 @@ def _peak_rss_mb() -> float:
 
 def _objective(net, size: int):
     """The default objective on the bundled images resized to size×size, and a start image."""
-    from scratchnst.app.files.images import default_images, resize_to
-    from scratchnst.core.preprocess import preprocess
-    from scratchnst.core.objective import NSTObjective
-
     content, style = (resize_to(im, size, size) for im in default_images())
     xp, dtype = net.xp, str(net.dtype)
     c = preprocess(content, dtype=dtype, xp=xp)
@@ -92,11 +98,6 @@ def _objective(net, size: int):
 def measure_size(size: int, *, repeats: int = 3, backend: str = "numpy", dtype: str = "float32", conv: str = "auto",
                  profile: bool = False) -> dict:
     """Time one size in this process. Returns a dict of the measurements (see `run`)."""
-    from threadpoolctl import threadpool_limits
-
-    from scratchnst.core import host
-    from scratchnst.app.files.weights import load_vgg16
-
     net = load_vgg16(backend=backend, dtype=dtype, conv=conv)
     xp = net.xp
     obj, x = _objective(net, size)
@@ -134,9 +135,9 @@ def profile_eval(obj, x) -> dict:
     """Time every op call of one evaluation (ops wrapped for the duration, then restored).
 
     Returns {"total_s": float, "rows": [(op, input shape, calls, seconds)], largest first}; the time
-    outside the ops (loss arithmetic, gradient sums) is the row "other".
+    outside the ops (loss arithmetic, gradient sums) is the row "other". The net calls every op
+    through the ops module, so wrapping the module's functions times them all.
     """
-    from scratchnst.core import ops
     xp = obj.net.xp
     rows: dict = {}
 
@@ -144,7 +145,7 @@ def profile_eval(obj, x) -> dict:
         def timed(*args, **kwargs):
             t = time.perf_counter()
             out = fn(*args, **kwargs)
-            if xp.__name__ == "cupy":
+            if is_cupy(xp):
                 xp.cuda.Device().synchronize()
             key = (name, "×".join(str(d) for d in args[0].shape[1:]))
             calls, secs = rows.get(key, (0, 0.0))
@@ -155,17 +156,13 @@ def profile_eval(obj, x) -> dict:
 
     names = [n for n in ops.__all__ if n.endswith(("_forward", "_backward"))]
     saved = {n: getattr(ops, n) for n in names}
-    saved_pool = (obj.net._pool, obj.net._unpool)
     try:
         for n in names:
             setattr(ops, n, wrap(n, saved[n]))
-        obj.net._pool = wrap(saved_pool[0].__name__, saved_pool[0])
-        obj.net._unpool = wrap(saved_pool[1].__name__, saved_pool[1])
         total = _clock(xp, lambda: obj.loss_and_grad(x))
     finally:
         for n in names:
             setattr(ops, n, saved[n])
-        obj.net._pool, obj.net._unpool = saved_pool
     table = sorted(((op, shape, c, s) for (op, shape), (c, s) in rows.items()), key=lambda r: -r[3])
     table.append(("other", "", 1, total - sum(r[3] for r in table)))
     return {"total_s": total, "rows": table}
@@ -193,10 +190,6 @@ def _child(size: int, args) -> dict:
 
 
 def _machine(backend: str) -> dict:
-    import platform
-
-    import numpy as np
-
     info = {"python": platform.python_version(), "numpy": np.__version__, "cpu": platform.processor() or "?"}
     try:
         with open("/proc/cpuinfo") as f:
@@ -204,8 +197,6 @@ def _machine(backend: str) -> dict:
         info["cpu"], info["logical_cpus"] = names[0], len(names)
     except (OSError, IndexError):
         pass
-    from threadpoolctl import threadpool_info
-
     info["blas"] = [
         {k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
         for p in threadpool_info() if p.get("user_api") == "blas"
@@ -245,8 +236,6 @@ def run(sizes=DEFAULT_SIZES, *, repeats: int = 3, backend: str = "numpy", dtype:
 
 
 def _child_main(argv: list[str]) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="scratchnst.app.bench")
     p.add_argument("--child", type=int, required=True)
     p.add_argument("--repeats", type=int, default=3)
@@ -255,8 +244,6 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--conv", default="auto")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args(argv)
-    from scratchnst.core import host
-
     with host.engine_threads():
         r = measure_size(a.child, repeats=a.repeats, backend=a.backend, dtype=a.dtype, conv=a.conv, profile=a.profile)
     print(json.dumps(r))

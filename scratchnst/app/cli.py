@@ -373,7 +373,7 @@ def _add_gradcheck(subparsers) -> None:
     p.add_argument("--shape", type=_int_list, default=None, help="input N,C,H,W of --op (vgg: H,W of the image, default 32,32)")
     p.add_argument("--kernel", type=_positive_int, default=None, help="kernel size of conv2d (3) or the pools (2)")
     p.add_argument("--stride", type=_positive_int, default=None, help="stride of conv2d (1) or the pools (the kernel size)")
-    p.add_argument("--pad", type=_nonneg_int, default=None, help="zero padding of conv2d (1)")
+    p.add_argument("--pad", type=_nonneg_int, default=None, help="zero padding of conv2d (1) or winograd (0 or 1)")
     p.add_argument("--dtype", choices=DTYPES, default="float64")
     p.add_argument("--eps", type=_finite_float, default=None, help="finite-difference step (default 1e-5 float64, 1e-2 float32; vgg: relative to each stage's rms, 1e-4)")
     p.add_argument("--samples", type=_positive_int, default=5, help="coordinates shown per op / checked per VGG stage")

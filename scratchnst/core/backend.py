@@ -53,11 +53,6 @@ def _probe_cupy() -> tuple[types.ModuleType | None, str]:
     return cupy, ""
 
 
-def _cupy_or_none() -> types.ModuleType | None:
-    """CuPy when it is usable (see _probe_cupy), else None."""
-    return _probe_cupy()[0]
-
-
 def get_backend(name: str = "auto") -> types.ModuleType:
     """Return the array module for `name`: "numpy", "cupy" or "auto" (CuPy when usable, else NumPy).
 
@@ -75,14 +70,19 @@ def get_backend(name: str = "auto") -> types.ModuleType:
     return np
 
 
-def _is_cupy(a) -> bool:
+def is_cupy(xp: types.ModuleType) -> bool:
+    """Whether the array module xp is CuPy (the one test of the backend; NumPy otherwise)."""
+    return xp.__name__ == "cupy"
+
+
+def _is_cupy_array(a) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
 def get_array_module(*arrays) -> types.ModuleType:
     """The module (numpy or cupy) the arrays live in, like cupy.get_array_module."""
     for a in arrays:
-        if _is_cupy(a):
+        if _is_cupy_array(a):
             import cupy
 
             return cupy
@@ -91,7 +91,7 @@ def get_array_module(*arrays) -> types.ModuleType:
 
 def to_host(a) -> np.ndarray:
     """A NumPy copy of a host or device array (the only device-to-host edge)."""
-    return a.get() if _is_cupy(a) else np.asarray(a)
+    return a.get() if _is_cupy_array(a) else np.asarray(a)
 
 
 def check_dtype(dtype: str) -> str:
@@ -102,4 +102,4 @@ def check_dtype(dtype: str) -> str:
 
 
 def backend_name(xp: types.ModuleType) -> str:
-    return "cupy" if xp.__name__ == "cupy" else "numpy"
+    return "cupy" if is_cupy(xp) else "numpy"

@@ -35,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
+from scratchnst.core.backend import is_cupy
+
 # Host threads that run split work; None: as many as BLAS had when first asked (so that
 # OPENBLAS_NUM_THREADS / OMP_NUM_THREADS still decide).
 THREADS: int | None = None
@@ -59,7 +61,7 @@ def _blas_controller():
 def workers(xp: types.ModuleType = np) -> int:
     """Threads that split work uses: 1 on CuPy, else THREADS, else BLAS's own thread count."""
     global _blas_threads
-    if xp.__name__ == "cupy":
+    if is_cupy(xp):
         return 1
     if THREADS is not None:
         return max(1, THREADS)
@@ -74,26 +76,38 @@ def slices(xp: types.ModuleType, n: int, item_size: int = 1) -> list[slice]:
     return _even(n, max(1, min(workers(xp), n * item_size // MIN_SPLIT_ELEMENTS)))
 
 
+def split_count(xp: types.ModuleType, n: int) -> int:
+    """How many workers split_map hands n items to: min(workers(xp), n), at least one."""
+    return max(1, min(workers(xp), n))
+
+
 def split_map(xp: types.ModuleType, items: list, run) -> list:
     """[run(subset), ...] over disjoint round-robin subsets of `items` that together cover it, one
     per worker thread, with BLAS held at one thread meanwhile (each thread does its own share of the
     copies and GEMMs back to back). `run` must write only what its own items own. On CuPy, or with
     one worker: [run(items)]."""
+    return split_map_by_worker(xp, items, lambda worker, subset: run(subset))
+
+
+def split_map_by_worker(xp: types.ModuleType, items: list, run) -> list:
+    """split_map, with each call also told its worker: [run(worker, subset), ...], worker 0 ..
+    split_count(xp, len(items)) − 1, for buffers that belong to one worker (made once by the caller,
+    reused for every item of that worker)."""
     global _pool, _pool_size
-    count = min(workers(xp), len(items))
+    count = split_count(xp, len(items))
     if count <= 1:
-        return [run(list(items))]
+        return [run(0, list(items))]
     if _pool_size < count:
         _pool, _pool_size = ThreadPoolExecutor(count, thread_name_prefix="scratchnst-split"), count
     errors = np.geterr()  # per thread: the workers take the caller's floating-point error handling
     arena = _lender.arena  # and the caller's arena
 
-    def guarded(subset):
+    def guarded(worker, subset):
         with np.errstate(**errors), lending(arena, renew=False):
-            return run(subset)
+            return run(worker, subset)
 
     with _blas_controller().limit(limits=1):
-        futures = [_pool.submit(guarded, items[i::count]) for i in range(count)]
+        futures = [_pool.submit(guarded, i, items[i::count]) for i in range(count)]
         wait(futures)
     return [future.result() for future in futures]  # re-raises a worker's exception here
 

@@ -77,3 +77,15 @@ def masked_style_loss(f, mask, a_hat):
     diff = g / total - a_hat
     scale = 1.0 / (4.0 * N * N)
     return scale * (diff * diff).sum(), ops.gram_backward((2.0 * scale / total) * diff, cache) * root
+
+
+def regions_style_loss(f, regions):
+    """The style term of one layer over several regions: Σ_k masked_style_loss(f, m_k, Â_k).
+
+    f: (1, N, H, W); regions: [(mask (1, 1, H, W), a_hat (1, N, N)), ...], possibly empty (then 0).
+    Returns (loss, df); where masks overlap their terms add."""
+    value, df = f.sum() * 0, f * 0
+    for m, a_hat in regions:
+        v, d = masked_style_loss(f, m, a_hat)
+        value, df = value + v, df + d
+    return value, df

@@ -26,11 +26,12 @@ on loss and gradient agreeing, so the application allows it with Adam only.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Sequence
 
 from scratchnst.core import host, ops
 from scratchnst.core.checks import check_choice
-from scratchnst.core.losses import content_loss, masked_style_loss, style_loss, tv_loss
+from scratchnst.core.losses import content_loss, regions_style_loss, style_loss, tv_loss
 from scratchnst.core.vgg import LAYERS, LAYER_NAMES, check_layers
 
 CONTENT_LAYERS = ("relu4_1",)
@@ -117,6 +118,30 @@ def check_mask_count(n_masks: int, n_styles: int, style_blend, masks: str = "sty
         raise ValueError(f"{blend} mixes the styles everywhere; with {masks} each style has its own region")
 
 
+def style_targets(grams: Sequence[dict], blend: Sequence[float], positions: dict) -> dict:
+    """{layer: A_l} for the layers of `positions` ({layer: M_l, the generated image's positions}):
+    the style images' Gram matrices (style_grams: (G_l^k, M_l^k)) blended and rescaled to M_l,
+    A_l = Σ_k b_k (M_l / M_l^k) G_l^k."""
+    targets = {layer: 0 for layer in positions}
+    for b, per_layer in zip(blend, grams):
+        for layer, m_x in positions.items():
+            g, m_style = per_layer[layer]
+            targets[layer] = targets[layer] + (b * m_x / m_style) * g
+    return targets
+
+
+def region_targets(masks: Sequence, grams: Sequence[dict], layers: Sequence[str]) -> dict:
+    """{layer: [(mask on the layer's grid, Â = G_style / M_style), ...]}, one pair per style image,
+    for (1, 1, H, W) masks on the image's grid.
+
+    A region floored away on a coarse grid (all its mask in a dropped last row) adds nothing there."""
+    regions = {}
+    for layer in layers:
+        pairs = [(layer_mask(m, layer), per[layer][0] / per[layer][1]) for m, per in zip(masks, grams)]
+        regions[layer] = [(m, a_hat) for m, a_hat in pairs if float(m.sum()) > 0]
+    return regions
+
+
 def layer_mask(mask, layer: str):
     """A (1, 1, H, W) mask on the image's grid -> `layer`'s grid, average-pooled in the net's 2×2 steps
     (each 2×2 pool of VGG floors the halving, so the pooled mask lines up with the activations)."""
@@ -125,20 +150,39 @@ def layer_mask(mask, layer: str):
     return mask
 
 
+@dataclass(frozen=True)
+class ObjectiveOptions:
+    """What shapes L: its layers, the weights of its terms and how they are normalised.
+
+    NSTObjective takes these as an `options` object or as keywords of the same names, and checks
+    them (ValueError naming the parameter). Weights left None take DEFAULT_WEIGHTS[normalize].
+    """
+
+    content_layers: Sequence[str] = CONTENT_LAYERS
+    style_layers: Sequence[str] = STYLE_LAYERS
+    content_weight: float | None = None  # α
+    style_weight: float | None = None  # β
+    tv_weight: float | None = None  # γ
+    style_blend: Sequence[float] | None = None  # b_k, one per style image, scaled to sum 1 (None: equal)
+    style_layer_weights: Sequence[float] | None = None  # w_l, one per style layer (None: 1 / their count)
+    normalize: str = "none"  # NORMALIZATIONS: "size" makes the weights mean the same at any size
+    normalize_gradients: bool = False  # each layer's gradient to L1 norm 1 (then not the gradient of L)
+
+
 class NSTObjective:
     """L(x) and dL/dx for one content image and one or more style images.
 
     content: (1, 3, H, W), styles: list of (1, 3, H_k, W_k), all preprocessed; host or device arrays.
     Style images may have any size: a style Gram matrix is computed at the style's own size M^k and
     rescaled by M_l / M_l^k to the generated image's size, so that A_l means the same per-position
-    statistics (with equal sizes this is exactly A_l = Σ_k b_k G_l(style_k)). Weights left None take
-    DEFAULT_WEIGHTS[normalize]. Bad weights or layers raise ValueError naming the parameter.
+    statistics (with equal sizes this is exactly A_l = Σ_k b_k G_l(style_k)).
 
-    pixel_terms: more terms on the image, added to L with their weights. grams: style_grams() of
-    each style image, when the caller has them already (then `styles` may be None).
-    style_masks: one (H, W) array of weights ≥ 0 per style image, on the content's grid (spatial
-    control, see the module docstring; style_blend must then be None). normalize_gradients: each
-    layer's gradient divided by its L1 norm (then not the gradient of L; see the module docstring).
+    options: ObjectiveOptions (layers, weights, normalisation); `keywords` set its fields by name,
+    NSTObjective(net, content, styles, style_weight=1e3, normalize="size"). Weights left None take
+    DEFAULT_WEIGHTS[normalize]. Bad weights or layers raise ValueError naming the parameter. pixel_terms: more terms on the image, added to L with their weights.
+    grams: style_grams() of each style image, when the caller has them already (then `styles` may be
+    None). style_masks: one (H, W) array of weights ≥ 0 per style image, on the content's grid
+    (spatial control, see the module docstring; style_blend must then be None).
     """
 
     def __init__(
@@ -146,63 +190,61 @@ class NSTObjective:
         net,
         content,
         styles,
+        options: ObjectiveOptions | None = None,
         *,
-        content_layers: Sequence[str] = CONTENT_LAYERS,
-        style_layers: Sequence[str] = STYLE_LAYERS,
-        content_weight: float | None = None,
-        style_weight: float | None = None,
-        tv_weight: float | None = None,
-        style_blend: Sequence[float] | None = None,
-        style_layer_weights: Sequence[float] | None = None,
-        normalize: str = "none",
-        pixel_terms: Sequence[PixelTerm] = (),
         grams: Sequence[dict] | None = None,
         style_masks: Sequence | None = None,
-        normalize_gradients: bool = False,
+        pixel_terms: Sequence[PixelTerm] = (),
+        **keywords,
     ):
+        self.options = replace(options or ObjectiveOptions(), **keywords)
         self.net = net
-        self.normalize = check_normalize(normalize)
-        self.content_layers = check_layers(content_layers)
-        self.style_layers = check_layers(style_layers)
-        defaults = DEFAULT_WEIGHTS[self.normalize]
-        self.content_weight, self.style_weight, self.tv_weight = (
-            check_weight(name, default if value is None else value)
-            for name, value, default in zip(("content_weight", "style_weight", "tv_weight"), (content_weight, style_weight, tv_weight), defaults)
-        )
         styles = list(styles) if styles is not None else [None] * len(grams)
-        if self.style_layers and not styles:
-            raise ValueError("style_layers are set but no style image was given")
-        blend = check_weights("style_blend", style_blend, len(styles), "style images", nonzero_sum=True) or (1.0,) * max(1, len(styles))
-        self.style_blend = [b / sum(blend) for b in blend]
-        self.style_layer_weights = list(
-            check_weights("style_layer_weights", style_layer_weights, len(self.style_layers), "style layers")
-            or [1.0 / max(1, len(self.style_layers))] * len(self.style_layers)
-        )
+        self._check_options(self.options, styles)
         self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
         self.shape = tuple(content.shape)
-        self.normalize_gradients = bool(normalize_gradients)
-        self.style_masks = self._check_masks(style_masks, len(styles), style_blend)
+        self.style_masks = self._check_masks(style_masks, len(styles), self.options.style_blend)
         self._arena = host.Arena()  # the big host arrays, from the targets on reused by each evaluation
         with host.engine_threads(), host.lending(self._arena):  # the targets' bits, like the evaluations', whatever BLAS's threads
             if grams is None:
                 grams = [style_grams(net, style, self.style_layers) for style in styles]
-            self._targets(net, content, styles, grams)
-            if self.style_masks is not None:
-                self._region_targets(net, grams)
+            self._targets(net, content, grams)
         self.pixel_terms = list(pixel_terms)
 
-    def _targets(self, net, content, styles, grams) -> None:
-        """The content activations P_l and the style Gram matrices A_l, rescaled to x's positions."""
+    def _check_options(self, options: ObjectiveOptions, styles: list) -> None:
+        """The options, checked and with their defaults, as attributes: normalize, content_layers,
+        style_layers, content_weight, style_weight, tv_weight, style_blend (summing to 1),
+        style_layer_weights, normalize_gradients."""
+        self.normalize = check_normalize(options.normalize)
+        self.content_layers = check_layers(options.content_layers)
+        self.style_layers = check_layers(options.style_layers)
+        defaults = DEFAULT_WEIGHTS[self.normalize]
+        weights = (options.content_weight, options.style_weight, options.tv_weight)
+        self.content_weight, self.style_weight, self.tv_weight = (
+            check_weight(name, default if value is None else value)
+            for name, value, default in zip(("content_weight", "style_weight", "tv_weight"), weights, defaults)
+        )
+        if self.style_layers and not styles:
+            raise ValueError("style_layers are set but no style image was given")
+        blend = check_weights("style_blend", options.style_blend, len(styles), "style images", nonzero_sum=True) or (1.0,) * max(1, len(styles))
+        self.style_blend = [b / sum(blend) for b in blend]
+        self.style_layer_weights = list(
+            check_weights("style_layer_weights", options.style_layer_weights, len(self.style_layers), "style layers")
+            or [1.0 / max(1, len(self.style_layers))] * len(self.style_layers)
+        )
+        self.normalize_gradients = bool(options.normalize_gradients)
+
+    def _targets(self, net, content, grams) -> None:
+        """The content activations P_l, the style targets A_l at x's positions, and with style masks
+        each region's target."""
         content = net.xp.asarray(content, dtype=net.dtype)
         content_feats = net.extract(content, self.layers)
         # Copies of their own (xp.array): kept for the objective's life, they must not pin arena memory.
         self.targets = {layer: net.xp.array(content_feats[layer]) for layer in self.content_layers}
-        self.grams = {layer: 0 for layer in self.style_layers}
-        for blend, per_layer in zip(self.style_blend, grams):
-            for layer in self.style_layers:
-                g, m_style = per_layer[layer]
-                m_x = content_feats[layer].shape[2] * content_feats[layer].shape[3]
-                self.grams[layer] = self.grams[layer] + (blend * m_x / m_style) * g
+        positions = {layer: content_feats[layer].shape[2] * content_feats[layer].shape[3] for layer in self.style_layers}
+        self.grams = style_targets(grams, self.style_blend, positions)
+        if self.style_masks is not None:
+            self.regions = region_targets(self.style_masks, grams, self.style_layers)
 
     def _check_masks(self, masks, n_styles: int, style_blend):
         """The masks as (1, 1, H, W) arrays on the net's module, or ValueError."""
@@ -220,25 +262,6 @@ class NSTObjective:
             out.append(m[None, None])
         return out
 
-    def _region_targets(self, net, grams) -> None:
-        """{layer: [(mask on the layer's grid, Â = G_style / M_style), ...]}, one pair per style.
-
-        A region floored away on a coarse grid (all its mask in a dropped last row) adds nothing there."""
-        self.regions = {}
-        for layer in self.style_layers:
-            pairs = [(layer_mask(m, layer), per[layer][0] / per[layer][1]) for m, per in zip(self.style_masks, grams)]
-            self.regions[layer] = [(m, a_hat) for m, a_hat in pairs if float(m.sum()) > 0]
-
-    def _style_term(self, layer: str, f):
-        """(value, df) of the style term at one layer: unmasked, or the sum over the regions."""
-        if self.style_masks is None:
-            return style_loss(f, self.grams[layer])
-        value, df = f.sum() * 0, f * 0
-        for m, a_hat in self.regions[layer]:
-            v, d = masked_style_loss(f, m, a_hat)
-            value, df = value + v, df + d
-        return value, df
-
     # -- the terms ----------------------------------------------------------------------------
 
     def feature_terms(self, feats: dict) -> list[Term]:
@@ -255,7 +278,8 @@ class NSTObjective:
                 terms.append(Term("content", layer, self.content_weight, scale * value, scale * df))
         for layer, w in zip(self.style_layers, self.style_layer_weights):
             if layer in feats:
-                value, df = self._style_term(layer, feats[layer])
+                f = feats[layer]  # the style term: unmasked, or the sum over the regions
+                value, df = style_loss(f, self.grams[layer]) if self.style_masks is None else regions_style_loss(f, self.regions[layer])
                 terms.append(Term("style", layer, self.style_weight * w, value, df))
         return terms
 
@@ -291,6 +315,16 @@ class NSTObjective:
 
     def _evaluate(self, x) -> Evaluation:
         terms, caches = self.terms(x)
+        grad = self._input_gradient(x, terms, caches)
+        totals = self._totals(terms)
+        loss = self.content_weight * totals["content"] + self.style_weight * totals["style"] + self.tv_weight * totals["tv"]
+        for pixel in self.pixel_terms:
+            loss += pixel.weight * totals[pixel.name]
+        return Evaluation(loss, grad, totals)
+
+    def _input_gradient(self, x, terms: list[Term], caches: list):
+        """dL/dx: the weighted gradients of the layer terms back through the net (using up `caches`),
+        plus the weighted gradients of the terms on the image itself."""
         dfeats = {}
         for t in terms:
             if t.layer is not None:
@@ -306,17 +340,18 @@ class NSTObjective:
         # A copy of its own (xp.array), not a view of the arena's memory: the caller keeps it for as
         # long as it likes, and the arena is whole again for the next evaluation.
         grad = self.net.xp.array(self.net.backward(dfeats, caches, consume=True)) if dfeats else x * 0
+        for t in terms:
+            if t.layer is None:
+                grad += t.weight * t.grad
+        return grad
+
+    def _totals(self, terms: list[Term]) -> dict:
+        """The unweighted value of each kind of term as a float; style's is Σ_l w_l E_l."""
         layer_weight = dict(zip(self.style_layers, self.style_layer_weights))
         totals = {"content": 0.0, "style": 0.0, "tv": 0.0, **{p.name: 0.0 for p in self.pixel_terms}}
         for t in terms:
             totals[t.name] = totals[t.name] + (layer_weight[t.layer] * t.value if t.name == "style" else t.value)
-            if t.layer is None:
-                grad += t.weight * t.grad
-        totals = {name: float(value) for name, value in totals.items()}  # the only host syncs: a scalar per kind
-        loss = self.content_weight * totals["content"] + self.style_weight * totals["style"] + self.tv_weight * totals["tv"]
-        for pixel in self.pixel_terms:
-            loss += pixel.weight * totals[pixel.name]
-        return Evaluation(loss, grad, totals)
+        return {name: float(value) for name, value in totals.items()}  # the only host syncs: a scalar per kind
 
     def loss_and_grad(self, x):
         """(L(x) as a float, dL/dx shaped like x)."""

@@ -245,56 +245,18 @@ class LBFGS(_Optimizer):
     # -- line search --------------------------------------------------------------------------
 
     def _line_search(self, d, gtd0: float, t: float):
-        """Strong-Wolfe search along d from x; (t, loss, x_new, g_new) or None on failure.
+        """Strong-Wolfe search along d from x (strong_wolfe), starting with step t; (t, loss, x_new,
+        g_new, info) or None on failure."""
+        x = self._x
 
-        phi(t) = f(x + t d). Accept t with phi(t) <= phi(0) + c1 t phi'(0) (sufficient decrease)
-        and |phi'(t)| <= c2 |phi'(0)| (curvature). When the budget runs out the lowest point
-        meeting sufficient decrease is returned instead; None means no such point was seen.
-        """
-        x, f0 = self._x, self.loss
-        budget = self.options["max_line_search"]
-        tiny = self.options["tolerance_change"] / max(_amax(d), 1e-300)
-        best: list[_Trial] = []
-
-        def probe(t: float) -> _Trial:
+        def probe(t: float) -> Trial:
             x_t = x + t * d
             f, g, ok, info = self._evaluate(x_t)
-            trial = _Trial(t, f, _dot(g, d) if ok else math.nan, x_t, g, ok, info)
-            if ok and f <= f0 + C1 * t * gtd0 and (not best or f < best[0].f):
-                best[:] = [trial]
-            return trial
+            return Trial(t, f, _dot(g, d) if ok else math.nan, x_t, g, ok, info)
 
-        # Algorithm 3.5: grow t until the minimiser along d is bracketed by (lo, hi).
-        prev = _Trial(0.0, f0, gtd0, x, self._g, True, self.info)
-        while True:
-            if budget == 0:
-                return best[0].found() if best else None
-            cur = probe(t)
-            budget -= 1
-            if not cur.ok or cur.f > f0 + C1 * t * gtd0 or (prev.t > 0 and cur.f >= prev.f):
-                lo, hi = prev, cur
-                break
-            if abs(cur.gtd) <= -C2 * gtd0:
-                return cur.found()
-            if cur.gtd >= 0:
-                lo, hi = cur, prev
-                break
-            t = _extrapolate(prev, cur)
-            prev = cur
-
-        # Algorithm 3.6: shrink the bracket; lo always has the lowest sufficient-decrease loss.
-        while budget > 0 and abs(hi.t - lo.t) > tiny:
-            cur = probe(_interpolate(lo, hi))
-            budget -= 1
-            if not cur.ok or cur.f > f0 + C1 * cur.t * gtd0 or cur.f >= lo.f:
-                hi = cur
-            else:
-                if abs(cur.gtd) <= -C2 * gtd0:
-                    return cur.found()
-                if cur.gtd * (hi.t - lo.t) >= 0:
-                    hi = lo
-                lo = cur
-        return best[0].found() if best else None
+        start = Trial(0.0, self.loss, gtd0, x, self._g, True, self.info)
+        tiny = self.options["tolerance_change"] / max(_amax(d), 1e-300)
+        return strong_wolfe(probe, start, t, budget=self.options["max_line_search"], tiny=tiny)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -320,7 +282,7 @@ class LBFGS(_Optimizer):
         self.step_length = float(state["step_length"])
 
 
-class _Trial:
+class Trial:
     """One line-search point: step t, phi(t), phi'(t), the x and gradient there, and fun's info."""
 
     __slots__ = ("t", "f", "gtd", "x", "g", "ok", "info")
@@ -332,7 +294,58 @@ class _Trial:
         return self.t, self.f, self.x, self.g, self.info
 
 
-def _cubic_min(p: _Trial, q: _Trial) -> float:
+def strong_wolfe(probe: Callable[[float], Trial], start: Trial, t: float, *, budget: int, tiny: float):
+    """A step along a descent direction meeting the strong Wolfe conditions; (t, loss, x, g, info)
+    of it, or None.
+
+    phi(t) = f(x + t d); probe(t) evaluates it, start is t = 0 (phi'(0) < 0). Accept t with
+    phi(t) <= phi(0) + c1 t phi'(0) (sufficient decrease) and |phi'(t)| <= c2 |phi'(0)| (curvature).
+    At most `budget` probes; the bracket is not shrunk below `tiny`. When the budget runs out the
+    lowest point meeting sufficient decrease is returned instead; None means no such point was seen.
+    """
+    f0, gtd0 = start.f, start.gtd
+    best: list[Trial] = []
+
+    def trial(t: float) -> Trial:
+        cur = probe(t)
+        if cur.ok and cur.f <= f0 + C1 * t * gtd0 and (not best or cur.f < best[0].f):
+            best[:] = [cur]
+        return cur
+
+    # Algorithm 3.5: grow t until the minimiser along d is bracketed by (lo, hi).
+    prev = start
+    while True:
+        if budget == 0:
+            return best[0].found() if best else None
+        cur = trial(t)
+        budget -= 1
+        if not cur.ok or cur.f > f0 + C1 * t * gtd0 or (prev.t > 0 and cur.f >= prev.f):
+            lo, hi = prev, cur
+            break
+        if abs(cur.gtd) <= -C2 * gtd0:
+            return cur.found()
+        if cur.gtd >= 0:
+            lo, hi = cur, prev
+            break
+        t = _extrapolate(prev, cur)
+        prev = cur
+
+    # Algorithm 3.6: shrink the bracket; lo always has the lowest sufficient-decrease loss.
+    while budget > 0 and abs(hi.t - lo.t) > tiny:
+        cur = trial(_interpolate(lo, hi))
+        budget -= 1
+        if not cur.ok or cur.f > f0 + C1 * cur.t * gtd0 or cur.f >= lo.f:
+            hi = cur
+        else:
+            if abs(cur.gtd) <= -C2 * gtd0:
+                return cur.found()
+            if cur.gtd * (hi.t - lo.t) >= 0:
+                hi = lo
+            lo = cur
+    return best[0].found() if best else None
+
+
+def _cubic_min(p: Trial, q: Trial) -> float:
     """Minimiser of the cubic through (t, phi, phi') at p and q (N&W eq. 3.59); nan if none."""
     d1 = p.gtd + q.gtd - 3.0 * (p.f - q.f) / (p.t - q.t)
     disc = d1 * d1 - p.gtd * q.gtd
@@ -345,14 +358,14 @@ def _cubic_min(p: _Trial, q: _Trial) -> float:
     return q.t - (q.t - p.t) * (q.gtd + d2 - d1) / denom
 
 
-def _extrapolate(prev: _Trial, cur: _Trial) -> float:
+def _extrapolate(prev: Trial, cur: Trial) -> float:
     """Next bracketing trial beyond cur.t: the cubic's minimiser, kept within [1.1, 10] x cur.t."""
     lo, hi = 1.1 * cur.t, 10.0 * cur.t
     t = _cubic_min(prev, cur)
     return hi if not math.isfinite(t) else min(max(t, lo), hi)
 
 
-def _interpolate(lo: _Trial, hi: _Trial) -> float:
+def _interpolate(lo: Trial, hi: Trial) -> float:
     """Zoom trial inside the bracket: cubic minimiser kept 10% away from either end.
 
     With a non-finite end there is no cubic; take a step a fifth of the way from lo.

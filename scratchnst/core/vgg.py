@@ -2,7 +2,7 @@
 from there to the input pixels.
 
 LAYERS is the one table of the network: conv1_1, relu1_1, conv1_2, relu1_2, pool1, conv2_1, ...,
-conv5_3, relu5_3, pool5, each with its output channels and grid. The forward and backward passes,
+conv5_3, relu5_3, pool5, each with its output channels and spatial size. The forward and backward passes,
 gradcheck, the memory estimate and the benchmark all walk it. Convs are 3×3, stride 1, pad 1; pools
 2×2, stride 2 (max, or average with pooling="avg").
 """
@@ -76,7 +76,7 @@ def conv_algorithm(conv: str, dtype: str, layer: Layer) -> str:
     return conv
 
 
-def grid(layer: Layer, height: int, width: int) -> tuple[int, int]:
+def spatial_size(layer: Layer, height: int, width: int) -> tuple[int, int]:
     """(h, w) of `layer`'s output for a height × width input: each 2×2 pool floors the halving."""
     for _ in range(layer.pools):
         height, width = height // 2, width // 2
@@ -100,8 +100,6 @@ class VGG16:
     "auto": Winograd for the WINOGRAD_AUTO convs in float32, im2col elsewhere and in float64.
     """
 
-    layer_names = LAYER_NAMES
-
     def __init__(self, params: list[tuple[object, object]], pooling: str = "max", conv: str = "auto"):
         if len(params) != len(CONVS):
             raise ValueError(f"VGG16 needs {len(CONVS)} conv layers, got {len(params)}")
@@ -109,10 +107,6 @@ class VGG16:
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         self.conv = check_choice("conv", conv, CONV_ALGORITHMS)
         self._transforms: dict[int, object] = {}  # Winograd filter transforms, made on first use
-        if pooling == "max":
-            self._pool, self._unpool = ops.maxpool2d_forward, ops.maxpool2d_backward
-        else:
-            self._pool, self._unpool = ops.avgpool2d_forward, ops.avgpool2d_backward
         self.weights_path = self.weights_sha256 = None
 
     @classmethod
@@ -148,7 +142,8 @@ class VGG16:
             return ops.conv2d_forward(x, w, b, stride=1, pad=1)
         if layer.kind == "relu":
             return ops.relu_forward(x)
-        return self._pool(x, 2, 2)
+        pool = ops.maxpool2d_forward if self.pooling == "max" else ops.avgpool2d_forward
+        return pool(x, 2, 2)
 
     def layer_backward(self, layer: Layer, dout, cache):
         """One layer of the table, backward: d(input) from d(output)."""
@@ -157,7 +152,8 @@ class VGG16:
             return backward(dout, cache)
         if layer.kind == "relu":
             return ops.relu_backward(dout, cache)
-        return self._unpool(dout, cache)
+        unpool = ops.maxpool2d_backward if self.pooling == "max" else ops.avgpool2d_backward
+        return unpool(dout, cache)
 
     def forward(self, x, layers: Iterable[str]):
         """Run x: (N, 3, H, W) up to the deepest of `layers`.

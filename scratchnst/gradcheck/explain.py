@@ -10,13 +10,16 @@ import numpy as np
 
 from scratchnst.core import ops
 from scratchnst.core.backend import get_array_module, to_host
-from scratchnst.gradcheck import EPS, THRESHOLDS, _away_from_zero, _tie_free, numeric_gradient, rel_error, soft_mask, temporal_inputs
 from scratchnst.core.losses import content_loss, masked_style_loss, style_loss, temporal_loss, tv_loss
 from scratchnst.errors import ScratchnstError
+from scratchnst.gradcheck.inputs import away_from_zero, soft_mask, temporal_inputs, tie_free
+from scratchnst.gradcheck.numeric import EPS, THRESHOLDS, numeric_gradient, rel_error
 
-OPS = ("conv2d", "relu", "maxpool", "avgpool", "gram", "content", "style", "masked_style", "tv", "temporal")
+OPS = ("conv2d", "winograd", "relu", "maxpool", "avgpool", "gram", "content", "style", "masked_style", "tv", "temporal")
+PADDED = ("conv2d", "winograd")  # the ops --pad applies to
 DEFAULT_SHAPES = {  # x for the layers, the feature map F for the losses, the image for TV
     "conv2d": (1, 3, 6, 6),
+    "winograd": (1, 3, 7, 5),  # not a multiple of the 4×4 output tile
     "relu": (1, 2, 4, 5),
     "maxpool": (1, 2, 6, 6),
     "avgpool": (1, 2, 6, 6),
@@ -81,13 +84,17 @@ def _op_function(op: str, x, rng, *, kernel, stride, pad):
         dout = xp.asarray(rng.standard_normal(y.shape), dtype=dtype)
         return (lambda v: (forward(v)[0] * dout).sum()), backward(dout, cache), f"x{tuple(x.shape)} -> {tuple(y.shape)}{what}"
 
-    if op == "conv2d":
+    if op in PADDED:
         k = 3 if kernel is None else kernel
         F = 4
         w = xp.asarray(rng.standard_normal((F, x.shape[1], k, k)), dtype=dtype)
         b = xp.asarray(rng.standard_normal(F), dtype=dtype)
         s, p = (1 if stride is None else stride), (1 if pad is None else pad)
-        return through(lambda v: ops.conv2d_forward(v, w, b, s, p), ops.conv2d_backward, f" w{tuple(w.shape)} s{s} p{p}")
+        if op == "winograd":  # F(4×4, 3×3): always 3×3 and stride 1 (explain_op refuses --kernel/--stride)
+            forward, backward = (lambda v: ops.winograd_conv2d_forward(v, w, b, p)), ops.winograd_conv2d_backward
+        else:
+            forward, backward = (lambda v: ops.conv2d_forward(v, w, b, s, p)), ops.conv2d_backward
+        return through(forward, backward, f" w{tuple(w.shape)} s{s} p{p}")
     if op == "relu":
         return through(ops.relu_forward, ops.relu_backward, "")
     if op in ("maxpool", "avgpool"):
@@ -133,16 +140,16 @@ def explain_op(
 ) -> OpReport:
     """Check one op's backward with the numbers shown: analytic vs numeric at `samples` coordinates.
 
-    shape: (N, C, H, W) of the op's input (DEFAULT_SHAPES when None); kernel/stride/pad for conv2d and
-    the pools (pad: conv2d only). The max relative error is over every coordinate when the input has at
+    shape: (N, C, H, W) of the op's input (DEFAULT_SHAPES when None); kernel/stride for conv2d and the
+    pools, pad for conv2d and winograd (3×3, stride 1, pad 0 or 1). The max relative error is over every coordinate when the input has at
     most ALL_COORDS_UP_TO entries, else over a random 256 of them.
     """
     if op not in OPS:
         raise ScratchnstError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
     if dtype not in THRESHOLDS:
         raise ScratchnstError(f"unknown dtype {dtype!r} (choose from {', '.join(THRESHOLDS)})")
-    if pad is not None and op != "conv2d":
-        raise ScratchnstError(f"--pad applies to conv2d only, not {op}")
+    if pad is not None and op not in PADDED:
+        raise ScratchnstError(f"--pad applies to {' and '.join(PADDED)} only, not {op}")
     if (kernel is not None or stride is not None) and op not in ("conv2d", "maxpool", "avgpool"):
         raise ScratchnstError(f"--kernel/--stride apply to conv2d and the pools, not {op}")
     eps = EPS[dtype] if eps is None else float(eps)
@@ -151,9 +158,9 @@ def explain_op(
     rng = np.random.default_rng(seed)
     shape = _shape4(DEFAULT_SHAPES[op] if shape is None else shape, op)
     if op == "maxpool":  # well-separated values: no window has a tie within ±eps
-        x = _tie_free(rng, shape, xp, dtype)
+        x = tie_free(rng, shape, xp, dtype)
     elif op == "relu":
-        x = _away_from_zero(rng, shape, xp, dtype)
+        x = away_from_zero(rng, shape, xp, dtype)
     else:
         x = xp.asarray(rng.standard_normal(shape), dtype=dtype)
     try:
@@ -184,8 +191,3 @@ def format_op_report(r: OpReport) -> str:
     )
     lines.append(f"  {DTYPE_MEANING[r.dtype]}")
     return "\n".join(lines)
-
-
-# -- layer by layer through the real network ------------------------------------------------------
-
-

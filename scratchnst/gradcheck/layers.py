@@ -6,13 +6,13 @@ layer is named rather than only detected.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from scratchnst.core.backend import to_host
-from scratchnst.gradcheck import THRESHOLDS, TINY, numeric_gradient
 from scratchnst.core.objective import NSTObjective
+from scratchnst.core.vgg import layers_through
+from scratchnst.gradcheck.numeric import THRESHOLDS, TINY, five_point_gradient, numeric_gradient, numeric_jvp, perturbed
 
 
 @dataclass
@@ -49,7 +49,7 @@ class StageResult:
         return "ok"
 
 
-def _kink_side(kind: str, pooling: str, z):
+def kink_side(kind: str, pooling: str, z):
     """Which side of its kinks a ReLU or max-pool stage is on for input z (None: no kinks).
 
     ReLU: the sign pattern z > 0. Max-pool 2×2/2: the winning offset of every window (first maximum,
@@ -85,16 +85,11 @@ def _kink_free_coords(forward, z, rng, count: int, eps: float, *, linear: bool =
     order = rng.permutation(z.size)
     if linear:
         return sorted(order[:count].tolist())
-    flat = z.reshape(-1)
     y0 = forward(z)
     active, idle = [], []
     for i in order[: 40 * count].tolist():
-        old = flat[i].copy()
-        flat[i] = old + eps
-        up = forward(z) - y0
-        flat[i] = old - eps
-        down = y0 - forward(z)
-        flat[i] = old
+        y_plus, y_minus = perturbed(forward, z, i, (eps, -eps))
+        up, down = y_plus - y0, y0 - y_minus
         moved = float(abs(up).max())
         if float(abs(up - down).max()) > 1e-3 * max(eps, moved):
             continue  # a kink within ±ε
@@ -105,44 +100,6 @@ def _kink_free_coords(forward, z, rng, count: int, eps: float, *, linear: bool =
     picked += idle[: count - len(picked)]
     picked += [i for i in active if i not in picked][: count - len(picked)]
     return sorted(picked)
-
-
-def _numeric_jvp(forward, z, dout, *, eps: float, coords) -> np.ndarray:
-    """Central differences of Σ forward(z) · dout, differencing each output entry BEFORE the sum.
-
-    Summing first would subtract two large, nearly equal totals and keep only rounding noise; taking
-    (forward(z + ε) − forward(z − ε)) entry by entry keeps the digits that matter.
-    """
-    flat = z.reshape(-1)
-    out = np.empty(len(coords))
-    for k, i in enumerate(coords):
-        old = flat[i].copy()
-        flat[i] = old + eps
-        y_plus = forward(z)
-        flat[i] = old - eps
-        y_minus = forward(z)
-        flat[i] = old
-        out[k] = float(((y_plus - y_minus) * dout).sum()) / (2 * eps)
-    return out
-
-
-def _five_point(f: Callable, x, *, eps: float, coords) -> np.ndarray:
-    """(f(x − 2ε) − 8 f(x − ε) + 8 f(x + ε) − f(x + 2ε)) / 12ε at each flat index in `coords`.
-
-    Exact for polynomials of degree ≤ 4, which the loss terms are in the features (the style loss is
-    quartic), so ε can be large and rounding stays small.
-    """
-    flat = x.reshape(-1)
-    out = np.empty(len(coords))
-    for k, i in enumerate(coords):
-        old = flat[i].copy()
-        values = []
-        for step in (-2, -1, 1, 2):
-            flat[i] = old + step * eps
-            values.append(float(f(x)))
-        flat[i] = old
-        out[k] = (values[0] - 8 * values[1] + 8 * values[2] - values[3]) / (12 * eps)
-    return out
 
 
 def vgg_layer_check(
@@ -187,8 +144,6 @@ class _Walk:
     """The state of one layer-by-layer check: the net, a random objective on it, one forward pass."""
 
     def __init__(self, net, rng, size, coords: int, rel_eps: float, threshold: float):
-        from scratchnst.core.vgg import layers_through
-
         xp = net.xp
         h, w = size
         content = xp.asarray(rng.uniform(-100, 100, (1, 3, h, w)), dtype="float64")
@@ -216,23 +171,21 @@ class _Walk:
         total = 0.0
         for j in range(k, len(self.layers)):
             if pattern is not None:
-                pattern.append(_kink_side(self.layers[j].kind, self.net.pooling, z))
+                pattern.append(kink_side(self.layers[j].kind, self.net.pooling, z))
             z = self.stage(j, z)
             total = total + _losses_at(self.obj, self.layers[j].name, z)[0]
         return total
 
+    def tail_and_kinks(self, k: int, z) -> tuple[float, list]:
+        """(tail(k) at z, which side of every kink the forward took)."""
+        pattern = []
+        return float(self.tail(k, z, pattern)), pattern
+
     def tail_differences(self, k: int, z, candidates, eps: float):
         """(coords, central differences of tail(k)) at the first `coords` candidates with no kink."""
-        flat, picked, values = z.reshape(-1), [], []
+        picked, values = [], []
         for i in candidates:
-            old = flat[i].copy()
-            sides = []
-            for sign in (1, -1):
-                flat[i] = old + sign * eps
-                pattern = []
-                sides.append((float(self.tail(k, z, pattern)), pattern))
-            flat[i] = old
-            (f_plus, up), (f_minus, down) = sides
+            (f_plus, up), (f_minus, down) = perturbed(lambda v: self.tail_and_kinks(k, v), z, i, (eps, -eps))
             if all(a is None or bool((a == b).all()) for a, b in zip(up, down)):
                 picked.append(i)
                 values.append((f_plus - f_minus) / (2 * eps))
@@ -251,7 +204,7 @@ class _Walk:
             return None, None
         f = self.feats[name].copy()
         picked = sorted(self.rng.choice(f.size, size=min(self.coords, f.size), replace=False).tolist())
-        numeric = _five_point(lambda v: _losses_at(self.obj, name, v)[0], f, eps=100 * self.eps_for(f), coords=picked)
+        numeric = five_point_gradient(lambda v: _losses_at(self.obj, name, v)[0], f, eps=100 * self.eps_for(f), coords=picked)
         return StageResult(f"losses@{name}", tuple(f.shape), None, _sampled_error(loss_grad, picked, numeric), self.threshold, len(picked)), loss_grad
 
     def check_stage(self, k: int, out_grad):
@@ -262,7 +215,7 @@ class _Walk:
         eps = self.eps_for(z)
         forward = lambda v: self.stage(k, v)  # noqa: E731
         picked = _kink_free_coords(forward, z, self.rng, self.coords, eps, linear=layer.kind == "conv")
-        local = _sampled_error(in_grad, picked, _numeric_jvp(forward, z, out_grad, eps=eps, coords=picked))
+        local = _sampled_error(in_grad, picked, numeric_jvp(forward, z, out_grad, eps=eps, coords=picked))
         # End to end, a kink may also sit downstream: keep the first `coords` candidates free of any.
         candidates = picked + [i for i in self.rng.permutation(z.size)[: 20 * self.coords].tolist() if i not in picked]
         picked, numeric = self.tail_differences(k, z, candidates, eps)

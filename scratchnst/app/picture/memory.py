@@ -3,12 +3,15 @@
 The model (bytes), calibrated against measured peak RSS on the NumPy backend (docs/reliability.md):
 
     BASELINE                              interpreter, NumPy/PIL/h5py, reading + verifying the weights
-  + WEIGHTS_BYTES * itemsize / 4          the 13 conv layers on the backend, in the run's dtype
+  + CANONICAL_SIZE * itemsize / 4         the 13 conv layers on the backend, in the run's dtype (the
+                                          float32 weights file's size: their parameters plus ~30 KB)
   + ACT_FACTOR * E * P * itemsize         activations and backward caches at the largest scale
-  + im2col bands                          one conv's: ops.conv's tile bound, TILE_BYTES per split
-                                          worker thread on the host, DEVICE_TILE_BYTES on a GPU, or the
-                                          whole image's band where that is smaller (one conv runs at a
-                                          time and frees its bands when it returns)
+  + conv bands                            the largest of one conv call's bands, as the op module
+                                          bounds them (ops.conv.band_bytes, ops.winograd.band_bytes:
+                                          per split worker thread on the host, one band on a GPU; one
+                                          conv runs at a time and frees its bands when it returns)
+  + Winograd filter transforms            kept for each conv that runs Winograd
+                                          (ops.winograd.filter_transform_bytes)
   + optimiser vectors                     L-BFGS: 2 * history + 8 vectors of 3 * H * W; Adam: 6
 
 P is the largest pixel count the net sees (the output at the largest scale, or a style image at
@@ -23,10 +26,19 @@ import math
 import os
 import re
 import types
+from dataclasses import replace
 from typing import Sequence
 
+from scratchnst.app.files.images import long_side_dims
+from scratchnst.app.files.weights import CANONICAL_SIZE
+from scratchnst.core import host
+from scratchnst.core.backend import is_cupy
+from scratchnst.core.ops import conv, winograd
+from scratchnst.core.preprocess import MIN_SIDE
+from scratchnst.core.vgg import LAYER_NAMES, conv_algorithm, layers_through
+from scratchnst.errors import ScratchnstError
+
 BASELINE = 120 * 2**20
-WEIGHTS_BYTES = 58_889_256  # float32 size of the 13 conv layers (the Keras notop file)
 ACT_FACTOR = 1.0
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -52,22 +64,13 @@ def format_bytes(n: float) -> str:
 
 def _layers_run(layers: Sequence[str]):
     """The VGG layers a forward pass to `layers` runs (unknown names ignored; at least conv1_1)."""
-    from scratchnst.core.vgg import LAYER_NAMES, layers_through
-
     return layers_through([n for n in layers if n in LAYER_NAMES] or ["conv1_1"])
 
 
-def _per_pixel(layers: Sequence[str]) -> tuple[float, float]:
-    """Per input pixel, over every VGG layer up to the deepest of `layers`: (activation elements of
-    all of them, elements of the largest whole-image conv band: im2col 9·C_in plus the output C_out,
-    forward or, with C_in and C_out swapped, backward)."""
-    total, band = 3.0, 0.0
-    for layer in _layers_run(layers):
-        area = 4.0**-layer.pools
-        if layer.kind == "conv":
-            band = max(band, (9 * layer.c_in + layer.channels) * area, (9 * layer.channels + layer.c_in) * area)
-        total += layer.channels * area
-    return total, band
+def _activations_per_pixel(layers) -> float:
+    """Activation elements per input pixel of the image and every layer of `layers` (a 2×2 pool
+    quarters the pixels)."""
+    return sum((layer.channels * 4.0**-layer.pools for layer in layers), 3.0)
 
 
 def estimate_peak_bytes(
@@ -76,15 +79,8 @@ def estimate_peak_bytes(
     """Upper estimate of the peak memory of a run (bytes), before anything big is allocated.
 
     settings: validated Settings; content_size, style_sizes: (width, height) of the loaded images;
-    gpu: the run is on CuPy (its im2col bands are larger).
+    gpu: the run is on CuPy (its conv bands are larger).
     """
-    import numpy as np
-
-    from scratchnst.core import host
-    from scratchnst.app.files.images import long_side_dims
-    from scratchnst.core.preprocess import MIN_SIDE
-    from scratchnst.core.ops import conv
-
     itemsize = 8 if settings.dtype == "float64" else 4
     top = max(MIN_SIDE, int(round(settings.size * max(settings.scales))))
     cw, ch = long_side_dims(*content_size, top)
@@ -92,42 +88,26 @@ def estimate_peak_bytes(
     for sw, sh in style_sizes:
         w, h = long_side_dims(sw, sh, max(MIN_SIDE, int(round(top * settings.style_scale))))
         pixels = max(pixels, w * h)
-    elems, band = _per_pixel((*settings.content_layers, *settings.style_layers))
-    transforms, whole_band = _winograd_bytes(settings, itemsize, pixels)
-    if transforms:  # and the band buffers (V, M and the transforms' scratch: ~1.5 bands), at most the whole image's
-        from scratchnst.core.ops import winograd
-
-        bound = winograd.DEVICE_BAND_BYTES if gpu else winograd.BAND_BYTES * host.workers()
-        transforms += int(1.5 * min(bound, whole_band))
-    activations = ACT_FACTOR * elems * pixels * itemsize
+    layers = _layers_run((*settings.content_layers, *settings.style_layers))
+    convs = [layer for layer in layers if layer.kind == "conv"]
+    winograds = [layer for layer in convs if conv_algorithm(settings.conv, settings.dtype, layer) == "winograd"]
+    # The bands one conv call holds, im2col's and Winograd's, as each op module bounds them, at the
+    # layer's positions (pixels · 4^-pools: the model's, not floored).
+    bands = {"on_device": gpu, "workers": 1 if gpu else host.workers()}
+    tiles = max(conv.band_bytes(l.c_in, l.channels, pixels * 4.0**-l.pools, itemsize, **bands) for l in convs)
+    transforms = 0
+    if winograds:  # the transforms kept, the largest one being made, and the largest call's band buffers
+        made = [winograd.filter_transform_bytes(l.c_in, l.channels, itemsize) for l in winograds]
+        transforms = sum(kept for kept, _ in made) + max(making for _, making in made)
+        transforms += max(winograd.band_bytes(l.c_in, l.channels, pixels * 4.0**-l.pools, itemsize, **bands) for l in winograds)
+    activations = ACT_FACTOR * _activations_per_pixel(layers) * pixels * itemsize
     vectors = 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
     optimiser = vectors * 3 * cw * ch * itemsize
-    # The bands never hold more than the whole image (+10% for the padded flat grid's extra columns).
-    bound = conv.DEVICE_TILE_BYTES if gpu else conv.TILE_BYTES * host.workers()
-    tiles = min(bound, 1.1 * band * pixels * itemsize)
-    return int(BASELINE + WEIGHTS_BYTES * itemsize / 4 + transforms + activations + tiles + optimiser)
-
-
-def _winograd_bytes(settings, itemsize: int, pixels: int) -> tuple[int, int]:
-    """(bytes of the Winograd filter transforms the run keeps: 36·F·C per conv that runs Winograd,
-    bytes of the largest whole-image Winograd band: V and M, 36·(C + F) per 4×4 tile)."""
-    from scratchnst.core.vgg import conv_algorithm
-
-    layers = _layers_run((*settings.content_layers, *settings.style_layers))
-    winograd = [l for l in layers if l.kind == "conv" and conv_algorithm(settings.conv, settings.dtype, l) == "winograd"]
-    transforms = sum(36 * l.channels * l.c_in * itemsize for l in winograd)
-    # Making a transform holds the kernel, one G row's product and one result row in float64.
-    transforms += max((18 * 8 * l.channels * l.c_in for l in winograd), default=0)
-    band = max((36 * (l.c_in + l.channels) * pixels * 4.0**-l.pools / 16 * itemsize for l in winograd), default=0)
-    return transforms, int(band)
+    return int(BASELINE + CANONICAL_SIZE * itemsize / 4 + transforms + activations + tiles + optimiser)
 
 
 def largest_size_that_fits(settings, content_size, style_sizes, limit: int, *, gpu: bool = False) -> int | None:
     """The largest --size (others unchanged) whose estimate is ≤ limit; None if not even the minimum."""
-    from dataclasses import replace
-
-    from scratchnst.core.preprocess import MIN_SIDE
-
     fits = lambda size: estimate_peak_bytes(replace(settings, size=size), content_size, style_sizes, gpu=gpu) <= limit
     lo, hi = MIN_SIDE, settings.size
     if not fits(lo):
@@ -141,7 +121,7 @@ def largest_size_that_fits(settings, content_size, style_sizes, limit: int, *, g
 def available_bytes(xp: types.ModuleType | None = None) -> int | None:
     """Bytes the run can still allocate: free GPU memory for CuPy, else the host's available memory
     (MemAvailable, capped by a cgroup limit); None when it cannot be told."""
-    if xp is not None and xp.__name__ == "cupy":
+    if xp is not None and is_cupy(xp):
         free, _ = xp.cuda.runtime.memGetInfo()
         return int(free + xp.get_default_memory_pool().free_bytes())
     found = []
@@ -179,9 +159,7 @@ def _cgroup_room() -> list[int]:
 
 def check_fits(settings, content_size, style_sizes, xp=None) -> int:
     """The estimate in bytes; ScratchnstError when it exceeds --max-memory or what is available."""
-    from scratchnst.errors import ScratchnstError
-
-    gpu = xp is not None and xp.__name__ == "cupy"
+    gpu = xp is not None and is_cupy(xp)
     need = estimate_peak_bytes(settings, content_size, style_sizes, gpu=gpu)
     limit = getattr(settings, "max_memory", None)
     where = "allowed by --max-memory"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from scratchnst.core import host
-from scratchnst.core.backend import get_array_module
+from scratchnst.core.backend import get_array_module, is_cupy
 
 # Bound on one band: its im2col rows plus its GEMM output rows, in bytes. The full 9·C × H·W im2col
 # matrix of a 512² image is 600 MB at conv1_2; bands of output rows keep the working set small while
@@ -204,9 +204,23 @@ def _pad(x, pad: int):
     return out
 
 
-def tile_bytes(xp) -> int:
-    """The band bound on this array module: DEVICE_TILE_BYTES on CuPy, else TILE_BYTES."""
-    return DEVICE_TILE_BYTES if xp.__name__ == "cupy" else TILE_BYTES
+def tile_bytes(on_device: bool) -> int:
+    """The bound on one band: DEVICE_TILE_BYTES on a GPU (CuPy), else TILE_BYTES (per worker thread)."""
+    return DEVICE_TILE_BYTES if on_device else TILE_BYTES
+
+
+def band_bytes(c_in: int, c_out: int, positions: float, itemsize: int, *, on_device: bool = False, workers: int = 1) -> float:
+    """The bytes of the bands one 3×3 stride-1 conv call holds at once, forward or input gradient, as
+    a memory estimate counts them; positions: out_h·out_w (a model may pass a fractional one).
+
+    A band holds K im2col rows and F output rows per output position: K = 9·c_in, F = c_out forward;
+    the input gradient's flipped-kernel GEMM swaps the roles (9·c_out + c_in). Each of `workers`
+    host threads (1 on a GPU) holds one band of about tile_bytes, all of them together no more than
+    the whole image's band, +10% for the flat grid's KW − 1 extra columns per row. (A real band
+    can pass tile_bytes: it keeps MIN_BAND_COLS columns and the band count is rounded up.)
+    """
+    per_position = max(9 * c_in + c_out, 9 * c_out + c_in)
+    return min(tile_bytes(on_device) * workers, 1.1 * per_position * positions * itemsize)
 
 
 def _band_rows(xp, K: int, F: int, row_len: int, out_h: int, itemsize: int, per_worker: int = 1) -> int:
@@ -215,8 +229,8 @@ def _band_rows(xp, K: int, F: int, row_len: int, out_h: int, itemsize: int, per_
     The band count is rounded up to a multiple of per_worker × BAND_GROUP (before the rows are
     rounded up again), so that the threads get equal shares, give or take one band.
     """
-    rows = max(1, tile_bytes(xp) // ((K + F) * row_len * itemsize), -(-MIN_BAND_COLS // row_len))
-    parts = per_worker * (BAND_GROUP if xp.__name__ != "cupy" else 1)
+    rows = max(1, tile_bytes(is_cupy(xp)) // ((K + F) * row_len * itemsize), -(-MIN_BAND_COLS // row_len))
+    parts = per_worker * (BAND_GROUP if not is_cupy(xp) else 1)
     bands = -(-out_h // rows)  # -(-a // b) is a ceiling division
     bands = min(out_h, -(-bands // parts) * parts)
     return -(-out_h // bands)

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from scratchnst.core import host
-from scratchnst.core.backend import get_array_module
+from scratchnst.core.backend import get_array_module, is_cupy
 from scratchnst.core.ops.conv import conv_output_size
 
 # Interpolation points, in the order of the rows of G and Bᵀ and the columns of Aᵀ; the sixth is ∞.
@@ -172,19 +172,40 @@ def _winograd_conv(x, kernels, b, pad: int):
     geometry = (pad, th, tw, tb)
 
     starts = list(range(0, th, tb))
-    # One set of band buffers per worker, made once per call: split_map's worker i gets
-    # starts[i::workers], whose first band is starts[i].
-    workspaces = [_band_buffers(xp, C, F, tb, tw, x.dtype) for _ in range(min(host.workers(xp), len(starts)))]
+    # One set of band buffers per worker, made once per call and reused for all of its bands.
+    workspaces = [_band_buffers(xp, C, F, tb, tw, x.dtype) for _ in range(host.split_count(xp, len(starts)))]
     for n in range(N):
-        host.split_map(xp, starts, lambda mine: _run_bands(x[n], kernels, bias, y[n], mine, geometry, workspaces[starts.index(mine[0]) % len(workspaces)]))
+        host.split_map_by_worker(xp, starts, lambda worker, mine: _run_bands(x[n], kernels, bias, y[n], mine, geometry, workspaces[worker]))
     return y
+
+
+def band_bytes(c_in: int, c_out: int, positions: float, itemsize: int, *, on_device: bool = False, workers: int = 1) -> int:
+    """The bytes of the band buffers one Winograd conv call holds at once, as a memory estimate
+    counts them; positions: out_h·out_w (a model may pass a fractional one).
+
+    A band's V and M take 36·(c_in + c_out) values per 4×4 tile; each of `workers` host threads
+    (1 on a GPU) holds one band of about BAND_BYTES (DEVICE_BAND_BYTES on a GPU), all together no
+    more than the whole image's; the transforms' scratch beside them counts as half a band more.
+    """
+    whole = int(36 * (c_in + c_out) * positions / 16 * itemsize)
+    return int(1.5 * min(_band_bound(on_device) * workers, whole))
+
+
+def filter_transform_bytes(c_in: int, c_out: int, itemsize: int) -> tuple[int, int]:
+    """(bytes of the transform u (36, F, C) kept for a 3×3 kernel (F, C, 3, 3), bytes held in float64
+    while making it: the kernel, one G row's product and one result row, 18 values per (f, c))."""
+    return 36 * c_out * c_in * itemsize, 18 * 8 * c_out * c_in
+
+
+def _band_bound(on_device: bool) -> int:
+    return DEVICE_BAND_BYTES if on_device else BAND_BYTES
 
 
 def _band_rows(xp, C: int, F: int, th: int, tw: int, itemsize: int) -> int:
     """Tile rows per band, from the bounds above and the shapes only."""
-    on_device = xp.__name__ == "cupy"
+    on_device = is_cupy(xp)
     per_row = 36 * tw * (C + F) * itemsize
-    tb = max(1, (DEVICE_BAND_BYTES if on_device else BAND_BYTES) // per_row, -(-MIN_BAND_TILES // tw))
+    tb = max(1, _band_bound(on_device) // per_row, -(-MIN_BAND_TILES // tw))
     bands = -(-th // tb)  # -(-a // b) is a ceiling division
     if not on_device:
         bands = min(th, -(-bands // BAND_MULTIPLE) * BAND_MULTIPLE)
