@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 
 import numpy as np
 import pytest
 
-from scratchnst.app.picture.settings import Settings, array_module, choice_option, int_option, layers_option
+from scratchnst.app.picture.settings import Settings, choice_option, int_option, layers_option
 from scratchnst.errors import ScratchnstError
 
 BAD = [
@@ -123,12 +122,3 @@ def test_the_option_checks_that_inspect_and_video_share():
         layers_option("layers", ["relu0_1"])
     assert choice_option("pooling", "avg", ("max", "avg")) == "avg"
 
-
-def test_array_module_makes_a_missing_cupy_the_users_error(monkeypatch):
-    assert array_module("numpy") is np
-    with pytest.raises(ScratchnstError, match=re.escape("unknown backend 'tpu' (choose from auto, numpy, cupy)")):
-        array_module("tpu")
-    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
-    with pytest.raises(ScratchnstError, match="^backend 'cupy' needs CuPy and a CUDA device: CuPy is not installed"):
-        array_module("cupy")
-    assert array_module("auto") is np

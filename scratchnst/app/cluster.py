@@ -69,7 +69,7 @@ def gpu_count(backend: str) -> int:
     """CUDA devices a local cluster should give one worker each: 0 unless `backend` runs on CuPy."""
     if backend == "numpy":
         return 0
-    from scratchnst.app.picture.settings import array_module
+    from scratchnst.app.engine import array_module
     from scratchnst.core.backend import backend_name
 
     xp = array_module(backend)
@@ -184,7 +184,7 @@ class WorkerCache:
     def net(self, s):
         """The VGG16 for Settings `s`, loaded on first use."""
         from scratchnst.app.files.weights import load_vgg16
-        from scratchnst.app.picture.settings import array_module
+        from scratchnst.app.engine import array_module
         from scratchnst.core.backend import backend_name
 
         key = (s.weights, backend_name(array_module(s.backend)), s.dtype, s.pooling, s.conv)

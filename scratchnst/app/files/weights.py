@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from scratchnst.app.picture.settings import array_module
+from scratchnst.app.engine import array_module
 from scratchnst.core.backend import check_dtype
 from scratchnst.core.vgg import CONVS, VGG16
 from scratchnst.errors import WeightsError, one_line, user_error

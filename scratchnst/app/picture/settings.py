@@ -10,14 +10,13 @@ they call the core's check and put the flag in front of its ValueError.
 from __future__ import annotations
 
 import os
-import types
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 
 from scratchnst.app.picture.color import COLORS
 from scratchnst.app.picture.masks import mask_name
 from scratchnst.app.picture.memory import parse_bytes
-from scratchnst.core.backend import BACKENDS, DTYPES, BackendUnavailable, get_backend
+from scratchnst.core.backend import BACKENDS, DTYPES
 from scratchnst.core.checks import check_choice
 from scratchnst.core.objective import (
     CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_mask_count, check_weight, check_weights,
@@ -247,15 +246,6 @@ def path_option(flag: str, value, what: str = "a path") -> str:
     if not isinstance(value, (str, os.PathLike)):
         raise ScratchnstError(f"--{flag} takes {what} (got {value!r})")
     return os.fspath(value)
-
-
-def array_module(backend: str) -> types.ModuleType:
-    """The array module of --backend (core.backend.get_backend); ScratchnstError for an unknown name,
-    or for "cupy" where CuPy or a CUDA device is missing (the message says which)."""
-    try:
-        return get_backend(backend)
-    except (ValueError, BackendUnavailable) as exc:
-        raise ScratchnstError(str(exc)) from None
 
 
 def _items(flag: str, values, what: str) -> tuple:

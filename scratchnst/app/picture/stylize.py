@@ -29,7 +29,8 @@ from scratchnst.app.picture.memory import check_fits
 from scratchnst.core.objective import NSTObjective, style_grams
 from scratchnst.core.vgg import layers_through
 from scratchnst.core.optim import OPTIMIZERS, make_optimizer
-from scratchnst.app.picture.settings import NOISE_STD, Settings, array_module
+from scratchnst.app.engine import array_module
+from scratchnst.app.picture.settings import NOISE_STD, Settings
 from scratchnst.app.files.weights import load_vgg16
 
 
