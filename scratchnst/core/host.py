@@ -34,6 +34,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from scratchnst.core.backend import is_cupy
 
@@ -52,8 +53,6 @@ _pool_size = 0
 def _blas_controller():
     global _blas
     if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
         _blas = ThreadpoolController().select(user_api="blas")
     return _blas
 
