@@ -134,6 +134,20 @@ def test_folder_of_frames_in_and_out(tmp_path, pan):
     assert sorted(p.name for p in out.iterdir()) == ["frame_00000.png", "frame_00001.png"]
 
 
+@pytest.mark.weights
+def test_a_folder_of_frames_becomes_a_video_file_without_sound(tmp_path, pan, style, _weights, capsys, monkeypatch):
+    src = tmp_path / "frames"
+    src.mkdir()
+    for k, f in enumerate(pan[:3]):
+        Image.fromarray(f).save(src / f"f{k}.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["video", str(src), str(style), "-o", "out.mp4", *TINY, "--workers", "0"]) == 0, capsys.readouterr().err
+    decoded = videoio.read_clip(tmp_path / "out.mp4")
+    assert (len(decoded.frames), decoded.fps, decoded.source_size) == (3, videoio.DEFAULT_FPS, (W, H))
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert len(c.streams.video) == 1 and not c.streams.audio
+
+
 # -- warp, flow, mask ----------------------------------------------------------------------------
 
 

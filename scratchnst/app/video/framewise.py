@@ -252,7 +252,7 @@ class VideoRun:
             pngs = [frame_png(self.work, r["index"], r.get("pass")) for r in records]
             fps, n = self.clip.fps, len(records)
             span = (self.clip.start_s, self.clip.start_s + n / fps)
-            audio = None if self.folder_output else self.source
+            audio = None if Path(self.source).is_dir() else self.source  # a folder of frames has no sound
             note = videoio.write_output(pngs, self.out, self.folder_output, fps, audio, span)
             paths = {"output": str(self.out)}
         manifest = {**self._manifest(status, records, elapsed, note), **(extra or {})}
