@@ -280,29 +280,59 @@ def test_unreachable_scheduler_is_one_line(tmp_path, pics):
     assert line.startswith(f"scratchnst: error: cannot connect to the Dask scheduler at {address} ("), line
 
 
-def test_ctrl_c_saves_running_jobs_and_rerun_completes(tmp_path, pics):
-    args = ["--contents", pics["c1"], pics["c2"], "--styles", pics["s1"], "-o", "out", "--workers", "1",
-            "--size", "32", "--iterations", "40", "--scales", "1", "--quiet", "--save-every", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(),
+def _ctrl_c_when(args, cwd, ready) -> tuple[int, str]:
+    """Run `scratchnst batch ARGS` in its own process group and, once `ready()`, send the group SIGINT
+    as a terminal's Ctrl-C does (the client and its local workers); (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=cwd, env=_env(),
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for(lambda: list((tmp_path / "out").glob("*_iter0002.png")), proc)
-        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the client and its workers
+        _wait_for(ready, proc)
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=DEADLINE_S)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
-    jobs = _batch_file(tmp_path / "out")["jobs"]
+    return proc.returncode, err
+
+
+def _manifest_says(path: Path, status: str, iterations: int = 1) -> bool:
+    """Whether the manifest at `path` records `status` with at least `iterations` iterations."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return m.get("status") == status and len(m.get("history", [])) >= iterations
+
+
+def test_ctrl_c_saves_running_jobs_and_a_rerun_resumes_them(tmp_path, pics):
+    """The long job (Adam, which never stops early, for ten million iterations) is provably still
+    running when each Ctrl-C lands: its manifest says so, and it cannot finish within the test's
+    bounded waits. The short job waits behind it on the one worker, then runs beside it on two."""
+    long = {"content": pics["c1"], "styles": pics["s1"], "iterations": 10_000_000, "optimizer": "adam", "checkpoint_every": 1}
+    short = {"content": pics["c2"], "styles": pics["s1"], "iterations": 3}
+    (tmp_path / "jobs.jsonl").write_text(json.dumps(long) + "\n" + json.dumps(short) + "\n")
+    args = ["--jobs", "jobs.jsonl", "-o", "out", "--size", "32", "--scales", "1", "--quiet"]
+    out = tmp_path / "out"
+    running = out / "c1__s1.json"
+    code, err = _ctrl_c_when([*args, "--workers", "1"], tmp_path, lambda: _manifest_says(running, "running"))
+    assert code == 130 and "Traceback" not in err, err
+    jobs = _batch_file(out)["jobs"]
     assert [j["status"] for j in jobs] == ["interrupted", "pending"], jobs
-    m = json.loads(Path(jobs[0]["manifest"]).read_text())
-    assert m["status"] == "interrupted" and Path(m["checkpoint"]).is_file() and len(m["history"]) < 40
-    r = _cli(args, tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert [j["status"] for j in _batch_file(tmp_path / "out")["jobs"]] == ["done", "done"]
-    m = json.loads(Path(jobs[0]["manifest"]).read_text())
-    assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 41))
+    first = json.loads(running.read_text())
+    assert first["status"] == "interrupted" and Path(first["checkpoint"]).is_file() and first["history"]
+    n = len(first["history"])
+
+    def resumed_and_short_done():
+        data = json.loads((out / "batch.json").read_text()) if (out / "batch.json").exists() else {"jobs": []}
+        return [j["status"] for j in data["jobs"]][1:] == ["done"] and _manifest_says(running, "running", n + 1)
+
+    code, err = _ctrl_c_when([*args, "--workers", "2"], tmp_path, resumed_and_short_done)
+    assert code == 130 and "Traceback" not in err, err
+    assert [j["status"] for j in _batch_file(out)["jobs"]] == ["interrupted", "done"]
+    again = json.loads(running.read_text())
+    assert again["status"] == "interrupted" and len(again["history"]) > n
+    assert again["history"][:n] == first["history"]  # continued from the checkpoint, not started again
+    assert [h["iteration"] for h in again["history"]] == list(range(1, len(again["history"]) + 1))
 
 
 def test_killed_worker_job_completes_on_another(tmp_path, pics, dask_processes):
