@@ -289,15 +289,31 @@ def _recorded(work: Path, count: int) -> bool:
         return False
 
 
-def _stop_after(args, cwd, ready, sig):
-    """Start a run, send `sig` once `ready()`; the finished process."""
-    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "video", *args], cwd=cwd, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.monotonic() + 120
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    proc.wait(timeout=60)
-    return proc
+# Runs `scratchnst ARGV` in this Python, which sends itself the signal STOP_WITH as its L-BFGS is about
+# to take its STOP_AT_STEP-th step (every frame's iterations counted): a signal that provably lands in
+# the middle of a known frame, whatever the machine's speed.
+STOP_AT_STEP = """
+import os, signal, sys
+from scratchnst.app.cli import main
+from scratchnst.core import optim
+
+real, calls = optim.LBFGS.step, [0]
+
+def step(self):
+    calls[0] += 1
+    if calls[0] == int(os.environ["STOP_AT_STEP"]):
+        os.kill(os.getpid(), getattr(signal, os.environ["STOP_WITH"]))
+    return real(self)
+
+optim.LBFGS.step = step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _stopped_at_step(args, cwd, step: int, sig: str):
+    """`scratchnst video ARGS`, stopped by `sig` at its L-BFGS step `step`; the finished process."""
+    env = {**ENV, "STOP_AT_STEP": str(step), "STOP_WITH": sig}
+    return subprocess.run([sys.executable, "-c", STOP_AT_STEP, "video", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.mark.weights
@@ -310,17 +326,20 @@ def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, clip, s
     (out / "keep.txt").write_text("an existing OUT stays until the new one is complete")
     args = [*base, "-o", f"{out}/"]
     work = tmp_path / "out.work"
-    proc = _stop_after(args, tmp_path, lambda: _recorded(work, 2), signal.SIGINT)
+    # Ctrl-C at frame 3's second step (frame 0 takes 4, every later frame 3): frames 0 to 2 are kept
+    proc = _stopped_at_step(args, tmp_path, 4 + 3 + 3 + 2, "SIGINT")
     assert proc.returncode == 130, proc.stderr
     m = json.loads((tmp_path / "out.json").read_text())
-    assert m["status"] == "interrupted" and m["frames_done"] >= 2 and m["work"] == str(work)
+    assert m["status"] == "interrupted" and m["frames_done"] == 3 and m["work"] == str(work)
     assert (out / "keep.txt").exists()
     again = _run(args, tmp_path)  # without --resume the unfinished run is not overwritten
     assert again.returncode == 2 and "--resume" in again.stderr
     changed = _run([*args, "--resume", "--iterations", "2"], tmp_path)
     assert changed.returncode == 2 and "other args" in changed.stderr
-    proc = _stop_after([*args, "--resume"], tmp_path, (work / "frame_00004.png").exists, signal.SIGKILL)
+    # killed at frame 4's second step: frame 3 is kept, frame 4 is not
+    proc = _stopped_at_step([*args, "--resume"], tmp_path, 3 + 2, "SIGKILL")
     assert proc.returncode == -signal.SIGKILL and (out / "keep.txt").exists()
+    assert _recorded(work, 4) and not _recorded(work, 5) and not (work / "frame_00004.png").exists()
     r = _run([*args, "--resume"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert _frames_of(out) == _frames_of(whole) and len(_frames_of(out)) == FRAMES
