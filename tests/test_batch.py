@@ -1,6 +1,6 @@
 """`scratchnst batch` on Dask: names, jobs files, same bytes as stylize, skip/resume, faults.
 
-Ordinary cases run on an in-process cluster (LocalCluster(processes=False)); the worker kill uses
+Ordinary cases run on an in-process cluster (conftest's `client`); the worker kill uses
 a real `dask scheduler` and `dask worker` processes; Ctrl-C goes to a CLI subprocess's whole process
 group, as a terminal sends it. Tiny generated images, few iterations; every wait is bounded.
 """
@@ -51,16 +51,6 @@ def _picture(path: Path, rng, size=(40, 32)) -> str:
 def pics(tmp_path, rng):
     d = tmp_path / "in"
     return {name: _picture(d / f"{name}.png", rng) for name in ("c1", "c2", "s1", "s2")}
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    # inproc:// comms: nothing but the HTTP endpoint (on 127.0.0.1) opens a socket
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
-                      worker_dashboard_address="127.0.0.1:0") as lc, Client(lc, timeout=30) as c:
-        yield c
 
 
 def _env() -> dict:
@@ -152,7 +142,7 @@ def test_video_jobs_names_and_options(tmp_path, rng):
     assert b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", {}, kind="video"))[0].size is None  # the input's size
     for opts, needle in [({"save_every": 1}, "unknown option 'save_every' \\(a video job takes video's options"), ({"frames": "4:2"}, "A:B"),
                          ({"frames": 3}, '"frames" takes "A:B" or \\[A, B\\]'), ({"independent": "yes"}, '"independent" takes true or false'),
-                         ({"temporal_weight": -1}, "--temporal-weight must be a finite number"), ({"scales": "x"}, "bad option value")]:
+                         ({"temporal_weight": -1}, "--temporal-weight must be a finite number"), ({"scales": "x"}, "scales")]:
         with pytest.raises(ScratchnstError, match=needle):
             b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", opts, kind="video"))
 
@@ -226,7 +216,7 @@ def test_style_targets_and_net_are_shared_between_jobs(tmp_path, pics, client, m
 
     calls = []
     real = objective.style_grams
-    monkeypatch.setattr("scratchnst.app.picture.stylize.style_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("scratchnst.app.picture.targets.style_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
     loads = []
     real_load = cluster.WorkerCache.net
     monkeypatch.setattr(cluster.WorkerCache, "net", lambda self, s: loads.append(1) or real_load(self, s))
@@ -335,14 +325,33 @@ def test_ctrl_c_saves_running_jobs_and_a_rerun_resumes_them(tmp_path, pics):
     assert [h["iteration"] for h in again["history"]] == list(range(1, len(again["history"]) + 1))
 
 
+# Sent to the first worker (conftest's run_on_workers): from its 7th progress poll on, the job's
+# iteration never ends there, so the job is provably unfinished when that worker is killed.
+HOLD_AT_ITERATION_7 = """
+import time
+from scratchnst.app import cluster
+
+real, calls = cluster.Interrupt.poll, [0]
+
+def poll(self, entry=None):
+    calls[0] += 1
+    if calls[0] >= 7:
+        time.sleep(600)
+    return real(self, entry)
+
+cluster.Interrupt.poll = poll
+"""
+
+
 def test_killed_worker_job_completes_on_another(tmp_path, pics, dask_processes):
     address = dask_processes.scheduler()
     first = dask_processes.worker("first")
+    dask_processes.run_on_workers(HOLD_AT_ITERATION_7)
     args = ["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address,
-            "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--save-every", "1", "--checkpoint-every", "5"]
+            "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--checkpoint-every", "5"]
     run = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: (tmp_path / "out" / "c1__s1_iter0007.png").exists(), run)
+        _wait_for(lambda: _manifest_says(tmp_path / "out" / "c1__s1.json", "running", 5), run)  # checkpointed at 5, held at 7
         dask_processes.worker("second")
         first.kill()  # SIGKILL mid-job: Dask moves the task to the other worker
         _, err = run.communicate(timeout=DEADLINE_S)

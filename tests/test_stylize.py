@@ -15,6 +15,8 @@ from PIL import Image
 
 import scratchnst
 from scratchnst.app.files import images as im
+from scratchnst.app.picture.stylize import resume
+
 pytestmark = pytest.mark.weights
 
 FAST = ["--size", "40", "--iterations", "3", "--scales", "1", "--quiet"]
@@ -195,3 +197,19 @@ def test_sigint_saves_image_and_interrupted_manifest(tmp_path, pics):
     assert m["status"] == "interrupted" and len(m["history"]) >= 2
     assert Image.open(out).size == (48, 40)
     assert "Traceback" not in err
+
+
+def test_on_progress_returning_true_stops_the_run_as_ctrl_c_does(tmp_path, pics):
+    """The explicit stop (batch's and video's interrupt): status "interrupted", the image and a
+    checkpoint kept, and a resume continues to the same end as an uninterrupted run."""
+    out = tmp_path / "out.png"
+    seen = []
+    args = dict(size=40, iterations=5, scales=(1.0,), quiet=True)
+    res = scratchnst.stylize(str(pics["content"]), [str(pics["style"])], out=out, on_progress=lambda e: seen.append(e) or len(seen) == 2, **args)
+    assert res.status == "interrupted" and [h["iteration"] for h in res.history] == [1, 2] and len(seen) == 2
+    m = json.loads(out.with_suffix(".json").read_text())
+    assert m["status"] == "interrupted" and os.path.isfile(m["checkpoint"])
+    done = resume(out.with_suffix(".json"), quiet=True)
+    whole = scratchnst.stylize(str(pics["content"]), [str(pics["style"])], out=tmp_path / "whole.png", **args)
+    assert done.status == "done" and [h["loss"] for h in done.history] == [h["loss"] for h in whole.history]
+    assert out.read_bytes() == (tmp_path / "whole.png").read_bytes()
