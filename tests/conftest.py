@@ -1,5 +1,5 @@
-"""Shared fixtures: a seeded `rng`, the real VGG-16 weights for tests marked `weights`, and real Dask
-scheduler and worker processes on 127.0.0.1 for the batch tests."""
+"""Shared fixtures: a seeded `rng`, the real VGG-16 weights for tests marked `weights`, an in-process
+Dask cluster, and real Dask scheduler and worker processes on 127.0.0.1 for the batch tests."""
 
 from __future__ import annotations
 
@@ -36,6 +36,17 @@ def vgg_weights_path() -> Path:
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A distributed.Client on an in-process cluster of one one-thread worker (tasks run one after
+    another); inproc:// comms, so nothing but the HTTP endpoint (on 127.0.0.1) opens a socket."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
+                      worker_dashboard_address="127.0.0.1:0") as lc, Client(lc, timeout=30) as c:
+        yield c
 
 
 class DaskProcesses:
@@ -75,6 +86,14 @@ class DaskProcesses:
                            "--death-timeout", "60", "--scheduler-file", str(self.scheduler_file), "--name", name, log=log)
         self._wait_for(proc, log, lambda: "Registered to:" in (self.folder / log).read_text())
         return proc
+
+    def run_on_workers(self, code: str) -> None:
+        """Run the Python `code` in every worker process started so far, in a namespace of its own (a
+        test patches what the tasks will call there); sent by a client of this scheduler."""
+        from distributed import Client
+
+        with Client(scheduler_file=str(self.scheduler_file), timeout=30) as c:
+            c.run(exec, code, {"__name__": "scratchnst_test_hook"})
 
     def stop(self) -> None:
         """The workers first, each gone before the next (a worker leaving tells the scheduler), then the scheduler."""

@@ -1,6 +1,6 @@
 """`scratchnst batch` on Dask: names, jobs files, same bytes as stylize, skip/resume, faults.
 
-Ordinary cases run on an in-process cluster (LocalCluster(processes=False)); the worker kill uses
+Ordinary cases run on an in-process cluster (conftest's `client`); the worker kill uses
 a real `dask scheduler` and `dask worker` processes; Ctrl-C goes to a CLI subprocess's whole process
 group, as a terminal sends it. Tiny generated images, few iterations; every wait is bounded.
 """
@@ -51,16 +51,6 @@ def _picture(path: Path, rng, size=(40, 32)) -> str:
 def pics(tmp_path, rng):
     d = tmp_path / "in"
     return {name: _picture(d / f"{name}.png", rng) for name in ("c1", "c2", "s1", "s2")}
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    # inproc:// comms: nothing but the HTTP endpoint (on 127.0.0.1) opens a socket
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
-                      worker_dashboard_address="127.0.0.1:0") as lc, Client(lc, timeout=30) as c:
-        yield c
 
 
 def _env() -> dict:
@@ -226,7 +216,7 @@ def test_style_targets_and_net_are_shared_between_jobs(tmp_path, pics, client, m
 
     calls = []
     real = objective.style_grams
-    monkeypatch.setattr("scratchnst.app.picture.stylize.style_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("scratchnst.app.picture.targets.style_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
     loads = []
     real_load = cluster.WorkerCache.net
     monkeypatch.setattr(cluster.WorkerCache, "net", lambda self, s: loads.append(1) or real_load(self, s))
@@ -280,39 +270,88 @@ def test_unreachable_scheduler_is_one_line(tmp_path, pics):
     assert line.startswith(f"scratchnst: error: cannot connect to the Dask scheduler at {address} ("), line
 
 
-def test_ctrl_c_saves_running_jobs_and_rerun_completes(tmp_path, pics):
-    args = ["--contents", pics["c1"], pics["c2"], "--styles", pics["s1"], "-o", "out", "--workers", "1",
-            "--size", "32", "--iterations", "40", "--scales", "1", "--quiet", "--save-every", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(),
+def _ctrl_c_when(args, cwd, ready) -> tuple[int, str]:
+    """Run `scratchnst batch ARGS` in its own process group and, once `ready()`, send the group SIGINT
+    as a terminal's Ctrl-C does (the client and its local workers); (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=cwd, env=_env(),
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for(lambda: list((tmp_path / "out").glob("*_iter0002.png")), proc)
-        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the client and its workers
+        _wait_for(ready, proc)
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=DEADLINE_S)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
-    jobs = _batch_file(tmp_path / "out")["jobs"]
+    return proc.returncode, err
+
+
+def _manifest_says(path: Path, status: str, iterations: int = 1) -> bool:
+    """Whether the manifest at `path` records `status` with at least `iterations` iterations."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return m.get("status") == status and len(m.get("history", [])) >= iterations
+
+
+def test_ctrl_c_saves_running_jobs_and_a_rerun_resumes_them(tmp_path, pics):
+    """The long job (Adam, which never stops early, for ten million iterations) is provably still
+    running when each Ctrl-C lands: its manifest says so, and it cannot finish within the test's
+    bounded waits. The short job waits behind it on the one worker, then runs beside it on two."""
+    long = {"content": pics["c1"], "styles": pics["s1"], "iterations": 10_000_000, "optimizer": "adam", "checkpoint_every": 1}
+    short = {"content": pics["c2"], "styles": pics["s1"], "iterations": 3}
+    (tmp_path / "jobs.jsonl").write_text(json.dumps(long) + "\n" + json.dumps(short) + "\n")
+    args = ["--jobs", "jobs.jsonl", "-o", "out", "--size", "32", "--scales", "1", "--quiet"]
+    out = tmp_path / "out"
+    running = out / "c1__s1.json"
+    code, err = _ctrl_c_when([*args, "--workers", "1"], tmp_path, lambda: _manifest_says(running, "running"))
+    assert code == 130 and "Traceback" not in err, err
+    jobs = _batch_file(out)["jobs"]
     assert [j["status"] for j in jobs] == ["interrupted", "pending"], jobs
-    m = json.loads(Path(jobs[0]["manifest"]).read_text())
-    assert m["status"] == "interrupted" and Path(m["checkpoint"]).is_file() and len(m["history"]) < 40
-    r = _cli(args, tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert [j["status"] for j in _batch_file(tmp_path / "out")["jobs"]] == ["done", "done"]
-    m = json.loads(Path(jobs[0]["manifest"]).read_text())
-    assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 41))
+    first = json.loads(running.read_text())
+    assert first["status"] == "interrupted" and Path(first["checkpoint"]).is_file() and first["history"]
+    n = len(first["history"])
+
+    def resumed_and_short_done():
+        data = json.loads((out / "batch.json").read_text()) if (out / "batch.json").exists() else {"jobs": []}
+        return [j["status"] for j in data["jobs"]][1:] == ["done"] and _manifest_says(running, "running", n + 1)
+
+    code, err = _ctrl_c_when([*args, "--workers", "2"], tmp_path, resumed_and_short_done)
+    assert code == 130 and "Traceback" not in err, err
+    assert [j["status"] for j in _batch_file(out)["jobs"]] == ["interrupted", "done"]
+    again = json.loads(running.read_text())
+    assert again["status"] == "interrupted" and len(again["history"]) > n
+    assert again["history"][:n] == first["history"]  # continued from the checkpoint, not started again
+    assert [h["iteration"] for h in again["history"]] == list(range(1, len(again["history"]) + 1))
+
+
+# Sent to the first worker (conftest's run_on_workers): from its 7th progress poll on, the job's
+# iteration never ends there, so the job is provably unfinished when that worker is killed.
+HOLD_AT_ITERATION_7 = """
+import time
+from scratchnst.app import cluster
+
+real, calls = cluster.Interrupt.poll, [0]
+
+def poll(self, entry=None):
+    calls[0] += 1
+    if calls[0] >= 7:
+        time.sleep(600)
+    return real(self, entry)
+
+cluster.Interrupt.poll = poll
+"""
 
 
 def test_killed_worker_job_completes_on_another(tmp_path, pics, dask_processes):
     address = dask_processes.scheduler()
     first = dask_processes.worker("first")
+    dask_processes.run_on_workers(HOLD_AT_ITERATION_7)
     args = ["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address,
-            "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--save-every", "1", "--checkpoint-every", "5"]
+            "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--checkpoint-every", "5"]
     run = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: (tmp_path / "out" / "c1__s1_iter0007.png").exists(), run)
+        _wait_for(lambda: _manifest_says(tmp_path / "out" / "c1__s1.json", "running", 5), run)  # checkpointed at 5, held at 7
         dask_processes.worker("second")
         first.kill()  # SIGKILL mid-job: Dask moves the task to the other worker
         _, err = run.communicate(timeout=DEADLINE_S)

@@ -138,6 +138,8 @@ def test_normalize_gradients_gives_each_layer_unit_l1_norm(rng):
 from PIL import Image  # noqa: E402
 
 from scratchnst.app.picture import color  # noqa: E402
+from scratchnst.app.files.weights import load_vgg16  # noqa: E402
+from scratchnst.app.picture import inputs  # noqa: E402  (where a run loads its net)
 from scratchnst.app.picture import stylize as stylize_module  # noqa: E402
 from scratchnst.app.cli import main  # noqa: E402
 from scratchnst.app.picture.masks import load_mask, masks_at  # noqa: E402
@@ -230,7 +232,7 @@ def test_bad_masks_are_one_line_exit_2_before_the_net_loads(tmp_path, capsys, mo
     def no_net(*a, **k):
         raise AssertionError("the net was loaded before the masks were checked")
 
-    monkeypatch.setattr(stylize_module, "load_vgg16", no_net)
+    monkeypatch.setattr(inputs, "load_vgg16", no_net)
     content, style = tmp_path / "c.png", tmp_path / "s.png"
     Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(content)
     Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(style)
@@ -299,7 +301,7 @@ def test_regions_normalized_gradients_and_the_manifest(tmp_path, pics, vgg_weigh
 @pytest.mark.weights
 @pytest.mark.parametrize("mode", ["linear", "histogram"])
 def test_colour_modes_bring_the_content_palette(pics, vgg_weights_path, mode):
-    net = stylize_module.load_vgg16(vgg_weights_path)
+    net = load_vgg16(vgg_weights_path)
     res = stylize_module.stylize(str(pics["content"]), [str(pics["red"])], color=mode, net=net, **TINY)
     plain = stylize_module.stylize(str(pics["content"]), [str(pics["red"])], net=net, **TINY)
     assert res.manifest["args"]["color"] == mode
@@ -318,7 +320,7 @@ def test_an_rgba_content_keeps_its_alpha(tmp_path, pics, vgg_weights_path, suffi
     rgba.putalpha(Image.fromarray(alpha))
     rgba.save(tmp_path / "rgba.png")
     out = tmp_path / f"out{suffix}"
-    net = stylize_module.load_vgg16(vgg_weights_path)
+    net = load_vgg16(vgg_weights_path)
     res = stylize_module.stylize(str(tmp_path / "rgba.png"), [str(pics["red"])], out=out, net=net, **TINY)
     err = capsys.readouterr().err
     saved = Image.open(out)

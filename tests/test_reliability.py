@@ -31,8 +31,8 @@ from scratchnst.app.picture import memory
 from scratchnst.core import ops
 from scratchnst.core import host
 from scratchnst.app.files import weights as wts
-from scratchnst.app.picture.settings import Settings
-from scratchnst.app.picture.stylize import NOISE_STD
+from scratchnst.app.picture.coarse_to_fine import CoarseToFine
+from scratchnst.app.picture.settings import NOISE_STD, Settings
 
 pytestmark = pytest.mark.weights
 
@@ -661,19 +661,20 @@ def test_pool_and_gram_shapes(n, c, h, w, k, stride, kind):
 def test_interrupt_at_an_awkward_moment_still_resumes_identically(tmp_path, reference, monkeypatch, moment):
     """KeyboardInterrupt while scale 1's images are prepared (the optimiser still belongs to scale 0),
     or right after opt.step() returned but before the iteration was recorded."""
-    sty = sys.modules["scratchnst.app.picture.stylize"]  # the package exports a function of the same name
+    from scratchnst.app.picture import stylize as sty
+
     calls = {"n": 0}
     if moment == "between-scales":
-        original = sty.Stylizer._images_at
+        original = CoarseToFine._images_at
 
         def images_at(self, long_side):
             if long_side == self.sizes[1]:  # scale 1's images: its optimiser does not exist yet
                 raise KeyboardInterrupt
             return original(self, long_side)
 
-        monkeypatch.setattr(sty.Stylizer, "_images_at", images_at)
+        monkeypatch.setattr(CoarseToFine, "_images_at", images_at)
     else:
-        original = sty.Stylizer._record
+        original = CoarseToFine._record
 
         def record(self):
             calls["n"] += 1
@@ -681,7 +682,7 @@ def test_interrupt_at_an_awkward_moment_still_resumes_identically(tmp_path, refe
                 raise KeyboardInterrupt
             return original(self)
 
-        monkeypatch.setattr(sty.Stylizer, "_record", record)
+        monkeypatch.setattr(CoarseToFine, "_record", record)
     out = tmp_path / "d.png"
     res = sty.stylize(str(reference[0]), [str(reference[1])], out=out, size=40, scales=(0.5, 1.0), iterations=5, seed=1, quiet=True)
     assert res.status == "interrupted"

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,10 @@ from PIL import Image, ImageFilter
 
 from scratchnst import gradcheck
 from scratchnst.app import batch
-from scratchnst.app.video import flow
-from scratchnst.app.video import multipass
-from scratchnst.app.video import framewise as video
-from scratchnst.app.video import clip as videoio
-from scratchnst.app.cli import main
+from scratchnst.app.video import clip, flow, multipass, options
+from scratchnst.app.video import run as video
+from scratchnst.app.cli import build_parser, main
+from scratchnst.app.picture.settings import Settings
 from scratchnst.core.losses import temporal_loss
 from scratchnst.errors import ScratchnstError
 
@@ -76,7 +74,7 @@ def _write_clip(path, frames, fps=12, audio=False) -> None:
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory, pan):
+def pan_mp4(tmp_path_factory, pan):
     path = tmp_path_factory.mktemp("clip") / "pan.mp4"
     _write_clip(path, pan)
     return path
@@ -85,8 +83,8 @@ def clip(tmp_path_factory, pan):
 # -- frames in and out ---------------------------------------------------------------------------
 
 
-def test_decode_encode_round_trip(tmp_path, clip, pan):
-    c = videoio.read_clip(clip)
+def test_decode_encode_round_trip(tmp_path, pan_mp4, pan):
+    c = clip.read_clip(pan_mp4)
     assert (len(c.frames), c.fps, c.source_size, c.first, c.total) == (FRAMES, 12, (W, H), 0, FRAMES)
     assert max(np.abs(a.astype(int) - b).mean() for a, b in zip(c.frames, pan)) < 2.0
     pngs = []
@@ -94,13 +92,13 @@ def test_decode_encode_round_trip(tmp_path, clip, pan):
         pngs.append(tmp_path / f"{k}.png")
         Image.fromarray(f).save(pngs[-1])
     out = tmp_path / "again.mkv"
-    assert videoio.write_output(pngs, out, False, c.fps) is None
-    again = videoio.read_clip(out, frames=(2, 5))
+    assert clip.write_output(pngs, out, False, c.fps) is None
+    again = clip.read_clip(out, frames=(2, 5))
     assert (len(again.frames), again.fps, again.first, again.source_size) == (3, 12, 2, (W, H))
     luma = lambda f: f.astype(float) @ (0.299, 0.587, 0.114)  # noqa: E731  (4:2:0 halves the chroma)
     assert max(np.abs(luma(a) - luma(b)).mean() for a, b in zip(again.frames, c.frames[2:5])) < 2.0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
-    half = videoio.read_clip(clip, size=32)
+    half = clip.read_clip(pan_mp4, size=32)
     assert half.frames[0].shape == (24, 32, 3) and half.source_size == (W, H)
 
 
@@ -112,7 +110,7 @@ def test_audio_is_copied_over_the_frames_span(tmp_path, pan):
         pngs.append(tmp_path / f"{k}.png")
         Image.fromarray(f).save(pngs[-1])
     out = tmp_path / "out.mp4"
-    assert videoio.write_output(pngs[:3], out, False, 12, audio_from=src, span=(0.25, 0.5)) is None
+    assert clip.write_output(pngs[:3], out, False, 12, audio_from=src, span=(0.25, 0.5)) is None
     with av.open(str(out)) as c:
         assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
         times = [float(p.pts * p.time_base) for p in c.demux(c.streams.audio[0]) if p.pts is not None]
@@ -124,14 +122,42 @@ def test_folder_of_frames_in_and_out(tmp_path, pan):
     src.mkdir()
     for k, f in enumerate(pan):
         Image.fromarray(f).save(src / f"f{k:03d}.png")
-    c = videoio.read_clip(src, frames=(1, None), fps=8)
+    c = clip.read_clip(src, frames=(1, None), fps=8)
     assert (len(c.frames), c.fps, c.first) == (FRAMES - 1, 8, 1)
     assert np.array_equal(c.frames[0], pan[1])
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("replaced only once the new frames are complete")
-    videoio.write_output(sorted(src.glob("*.png"))[:2], out, True, c.fps)
+    clip.write_output(sorted(src.glob("*.png"))[:2], out, True, c.fps)
     assert sorted(p.name for p in out.iterdir()) == ["frame_00000.png", "frame_00001.png"]
+
+
+@pytest.mark.weights
+def test_a_folder_of_frames_becomes_a_video_file_without_sound(tmp_path, pan, style, _weights, capsys, monkeypatch):
+    src = tmp_path / "frames"
+    src.mkdir()
+    for k, f in enumerate(pan[:3]):
+        Image.fromarray(f).save(src / f"f{k}.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["video", str(src), str(style), "-o", "out.mp4", *TINY, "--workers", "0"]) == 0, capsys.readouterr().err
+    decoded = clip.read_clip(tmp_path / "out.mp4")
+    assert (len(decoded.frames), decoded.fps, decoded.source_size) == (3, clip.DEFAULT_FPS, (W, H))
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert len(c.streams.video) == 1 and not c.streams.audio
+
+
+def test_video_options_validated_is_a_new_object_and_the_defaults_have_one_home():
+    given = options.VideoOptions(first_iterations=None, frames=[2, None])
+    checked = given.validated()
+    assert checked is not given and (given.first_iterations, given.frames) == (None, [2, None])
+    assert (checked.first_iterations, checked.frames) == (Settings().iterations, (2, None))
+    assert options.JOB_OPTIONS == ("temporal_weight", "first_iterations", "frames", "independent", "fps", "passes", "blend")
+    parser = build_parser()
+    video_args = parser.parse_args(["video", "in.mp4", "s.png", "-o", "o.mp4"])
+    batch_args = parser.parse_args(["batch", "--videos", "in.mp4", "--styles", "s.png", "-o", "out"])
+    for args in (video_args, batch_args):
+        assert {k: getattr(args, k) for k in options.JOB_OPTIONS} == {k: getattr(options.DEFAULTS, k) for k in options.JOB_OPTIONS}
+    assert video_args.iterations == options.ITERATIONS
 
 
 # -- warp, flow, mask ----------------------------------------------------------------------------
@@ -242,15 +268,15 @@ def style(tmp_path_factory):
 
 
 @pytest.mark.weights
-def test_temporal_term_lowers_flicker_and_the_manifest_says_so(tmp_path, clip, style, _weights):
+def test_temporal_term_lowers_flicker_and_the_manifest_says_so(tmp_path, pan_mp4, style, _weights):
     runs = {}
     for name, extra in (("warm", ["--temporal-weight", "0", "--workers", "0"]), ("ours", ["--temporal-weight", "3000"])):
         out = tmp_path / f"{name}.mp4"
-        r = _run([str(clip), str(style), "-o", str(out), *TINY, *extra], tmp_path)  # ours: flows on a Dask worker
+        r = _run([str(pan_mp4), str(style), "-o", str(out), *TINY, *extra], tmp_path)  # ours: flows on a Dask worker
         assert r.returncode == 0, r.stderr
         runs[name] = json.loads(out.with_suffix(".json").read_text())
         assert not (tmp_path / f"{name}.mp4.work").exists()
-        decoded = videoio.read_clip(out)
+        decoded = clip.read_clip(out)
         assert (len(decoded.frames), decoded.fps, decoded.source_size) == (FRAMES, 12, (W, H))
     m = runs["ours"]
     assert m["status"] == "done" and m["frames_done"] == FRAMES and m["size"] == [W, H] and m["fps"] == "12"
@@ -275,20 +301,36 @@ def _recorded(work: Path, count: int) -> bool:
         return False
 
 
-def _stop_after(args, cwd, ready, sig):
-    """Start a run, send `sig` once `ready()`; the finished process."""
-    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "video", *args], cwd=cwd, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.monotonic() + 120
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    proc.wait(timeout=60)
-    return proc
+# Runs `scratchnst ARGV` in this Python, which sends itself the signal STOP_WITH as its L-BFGS is about
+# to take its STOP_AT_STEP-th step (every frame's iterations counted): a signal that provably lands in
+# the middle of a known frame, whatever the machine's speed.
+STOP_AT_STEP = """
+import os, signal, sys
+from scratchnst.app.cli import main
+from scratchnst.core import optim
+
+real, calls = optim.LBFGS.step, [0]
+
+def step(self):
+    calls[0] += 1
+    if calls[0] == int(os.environ["STOP_AT_STEP"]):
+        os.kill(os.getpid(), getattr(signal, os.environ["STOP_WITH"]))
+    return real(self)
+
+optim.LBFGS.step = step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _stopped_at_step(args, cwd, step: int, sig: str):
+    """`scratchnst video ARGS`, stopped by `sig` at its L-BFGS step `step`; the finished process."""
+    env = {**ENV, "STOP_AT_STEP": str(step), "STOP_WITH": sig}
+    return subprocess.run([sys.executable, "-c", STOP_AT_STEP, "video", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.mark.weights
-def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, clip, style, _weights):
-    base = [str(clip), str(style), *TINY, "--workers", "0"]
+def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, pan_mp4, style, _weights):
+    base = [str(pan_mp4), str(style), *TINY, "--workers", "0"]
     whole = tmp_path / "whole"
     assert _run([*base, "-o", f"{whole}/"], tmp_path).returncode == 0
     out = tmp_path / "out"
@@ -296,17 +338,20 @@ def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, clip, s
     (out / "keep.txt").write_text("an existing OUT stays until the new one is complete")
     args = [*base, "-o", f"{out}/"]
     work = tmp_path / "out.work"
-    proc = _stop_after(args, tmp_path, lambda: _recorded(work, 2), signal.SIGINT)
+    # Ctrl-C at frame 3's second step (frame 0 takes 4, every later frame 3): frames 0 to 2 are kept
+    proc = _stopped_at_step(args, tmp_path, 4 + 3 + 3 + 2, "SIGINT")
     assert proc.returncode == 130, proc.stderr
     m = json.loads((tmp_path / "out.json").read_text())
-    assert m["status"] == "interrupted" and m["frames_done"] >= 2 and m["work"] == str(work)
+    assert m["status"] == "interrupted" and m["frames_done"] == 3 and m["work"] == str(work)
     assert (out / "keep.txt").exists()
     again = _run(args, tmp_path)  # without --resume the unfinished run is not overwritten
     assert again.returncode == 2 and "--resume" in again.stderr
     changed = _run([*args, "--resume", "--iterations", "2"], tmp_path)
     assert changed.returncode == 2 and "other args" in changed.stderr
-    proc = _stop_after([*args, "--resume"], tmp_path, (work / "frame_00004.png").exists, signal.SIGKILL)
+    # killed at frame 4's second step: frame 3 is kept, frame 4 is not
+    proc = _stopped_at_step([*args, "--resume"], tmp_path, 3 + 2, "SIGKILL")
     assert proc.returncode == -signal.SIGKILL and (out / "keep.txt").exists()
+    assert _recorded(work, 4) and not _recorded(work, 5) and not (work / "frame_00004.png").exists()
     r = _run([*args, "--resume"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert _frames_of(out) == _frames_of(whole) and len(_frames_of(out)) == FRAMES
@@ -319,14 +364,14 @@ def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, clip, s
 # -- bad input -----------------------------------------------------------------------------------
 
 
-def _bad_inputs(tmp, clip, pan):
+def _bad_inputs(tmp, pan_mp4, pan):
     (tmp / "notes.txt").write_text("not a video")
     with av.open(str(tmp / "empty.mp4"), "w") as c:  # a header and a stream, but not one frame
         s = c.add_stream("libx264", rate=12)
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         c.start_encoding()
     (tmp / "none").mkdir()
-    data = bytearray(clip.read_bytes())
+    data = bytearray(pan_mp4.read_bytes())
     start = data.find(b"mdat") + 8  # the header stays readable; the first packets are garbage
     data[start:start + 2000] = b"\xff" * 2000
     (tmp / "garbled.mp4").write_bytes(bytes(data))
@@ -338,15 +383,15 @@ def _bad_inputs(tmp, clip, pan):
         "zero frames (file)": (["empty.mp4"], "no video"),
         "zero frames (folder)": (["none"], "no frames"),
         "unreadable stream": (["garbled.mp4"], "unreadable video stream"),
-        "--frames out of range": ([str(clip), "--frames", "3:99"], "out of range"),
-        "--frames start past the end": ([str(clip), "--frames", "7:"], "out of range"),
-        "--frames malformed": ([str(clip), "--frames", "4:2"], "A:B"),
+        "--frames out of range": ([str(pan_mp4), "--frames", "3:99"], "out of range"),
+        "--frames start past the end": ([str(pan_mp4), "--frames", "7:"], "out of range"),
+        "--frames malformed": ([str(pan_mp4), "--frames", "4:2"], "A:B"),
         "frames of varying size": (["mixed"], "varying size"),
         "missing input": (["nothing.mp4"], "no such file"),
-        "unknown output suffix": ([str(clip), "-o", "out.gif"], "unknown video suffix"),
-        "output is the input": ([str(clip), "-o", str(clip)], "overwrite the input"),
-        "--passes with --independent": ([str(clip), "--passes", "2", "--independent"], "without --passes"),
-        "--blend negative": ([str(clip), "--passes", "2", "--blend", "-1"], "--blend must be"),
+        "unknown output suffix": ([str(pan_mp4), "-o", "out.gif"], "unknown video suffix"),
+        "output is the input": ([str(pan_mp4), "-o", str(pan_mp4)], "overwrite the input"),
+        "--passes with --independent": ([str(pan_mp4), "--passes", "2", "--independent"], "without --passes"),
+        "--blend negative": ([str(pan_mp4), "--passes", "2", "--blend", "-1"], "--blend must be"),
     }
 
 
@@ -356,9 +401,9 @@ CASES = ["not a video", "zero frames (file)", "zero frames (folder)", "unreadabl
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_line_and_exit_2(tmp_path, clip, pan, style, capsys, monkeypatch, case):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, pan_mp4, pan, style, capsys, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
-    args, needle = _bad_inputs(tmp_path, clip, pan)[case]
+    args, needle = _bad_inputs(tmp_path, pan_mp4, pan)[case]
     src, *rest = args
     if "-o" not in rest:
         rest += ["-o", "out.mp4"]
@@ -406,7 +451,7 @@ def test_damaged_video_is_one_line_and_exit_2(tmp_path, pan, style, capsys, monk
         decoded = int(re.search(r"unreadable video stream, .*: decoded (\d+) of about 14 frames", err).group(1))
         assert decoded < 14 and (decoded == 0 or f"--frames 0:{decoded} takes the frames before the damage" in err), err
         if decoded:  # the hint holds: those frames are read without complaint
-            assert len(videoio.read_clip(bad, frames=(0, decoded)).frames) == decoded
+            assert len(clip.read_clip(bad, frames=(0, decoded)).frames) == decoded
     assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "out.mp4.work").exists()
 
 
@@ -417,11 +462,11 @@ def test_valid_clips_decode_every_frame(tmp_path, pan, suffix, frames, audio):
     outlasts) matches what decodes, whatever the container."""
     path = tmp_path / f"clip{suffix}"
     _write_clip(path, pan[:frames], audio=audio)
-    c = videoio.read_clip(path)
+    c = clip.read_clip(path)
     assert (len(c.frames), c.total) == (frames, frames)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        assert videoio.declared_frames(container, stream, stream.average_rate) == frames
+        assert clip.declared_frames(container, stream, stream.average_rate) == frames
 
 
 # -- several videos as batch jobs, on real Dask scheduler and worker processes --------------------
@@ -429,17 +474,42 @@ def test_valid_clips_decode_every_frame(tmp_path, pan, suffix, frames, audio):
 BATCH_TINY = ["--size", "32", "--iterations", "2", "--first-iterations", "2", "--scales", "1", "--quiet"]
 
 
-def _ctrl_c_once(args, cwd, ready) -> tuple[int, str]:
-    """Run `scratchnst ARGS` in its own process group and, once `ready()`, send the group SIGINT
-    as a terminal's Ctrl-C does (the client gets it; the Dask workers are elsewhere); (exit code, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", *args], cwd=cwd, env=ENV, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+# Sent to the Dask workers before a run (conftest's run_on_workers): at a worker's AFTER-th progress
+# poll (one per iteration of a frame), unless the client was interrupted already, Ctrl-C reaches the
+# client's process group, as a terminal sends it, and that frame waits until the client has set the
+# interrupt Event; every poll asks the Event (no POLL_S between). So the run stops at a known point
+# of its work, whatever the machines' speed.
+CTRL_C_FROM_WORKER = """
+import os, signal, time
+from pathlib import Path
+from scratchnst.app import cluster
+
+calls = [0]
+
+def poll(self, _entry=None):
+    calls[0] += 1
+    if calls[0] == AFTER and not self.event.is_set():
+        os.killpg(int(Path(PGID).read_text()), signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while not self.event.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    self.stopped = self.stopped or self.event.is_set()
+    return self.stopped
+
+cluster.Interrupt.poll = poll
+"""
+
+
+def _ctrl_c_from_worker(dask_processes, args, cwd: Path, after: int) -> tuple[int, str]:
+    """Run `scratchnst ARGS` in its own process group, stopped by Ctrl-C at a worker's `after`-th
+    poll (CTRL_C_FROM_WORKER); (exit code, stderr)."""
+    pgid = cwd / "cli.pgid"
+    dask_processes.run_on_workers(CTRL_C_FROM_WORKER.replace("AFTER", str(after)).replace("PGID", repr(str(pgid))))
+    # the shell writes its pid, the group's id, before it becomes the CLI
+    proc = subprocess.Popen(["sh", "-c", f'echo $$ > "{pgid}"; exec "$@"', "sh", sys.executable, "-m", "scratchnst", *args],
+                            cwd=cwd, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not ready() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -474,7 +544,7 @@ def test_videos_run_as_parallel_batch_jobs_and_a_rerun_skips_them(tmp_path, pan,
     assert jobs[3]["error"] == f"{tmp_path / 'gone.mp4'}: no such file or folder", jobs[3]
     assert jobs[0]["worker"] != jobs[1]["worker"]  # side by side, one worker each
     for j in jobs[:2]:
-        decoded = videoio.read_clip(j["output"])
+        decoded = clip.read_clip(j["output"])
         assert (len(decoded.frames), decoded.fps, decoded.frames[0].shape) == (6, 12, (24, 32, 3))
         m = json.loads(Path(j["manifest"]).read_text())
         assert m["status"] == "done" and m["video"]["workers"] == 0 and [f["iterations"] for f in m["frames"]] == [2] * 6
@@ -501,12 +571,13 @@ def test_a_stopped_video_job_resumes_at_its_first_unfinished_frame(tmp_path, pan
     dask_processes.worker("w1")
     args = ["--jobs", "jobs.jsonl", "-o", "out", "--scheduler", address, *BATCH_TINY]
     out, work = tmp_path / "out", tmp_path / "out" / "a.work"
-    code, err = _ctrl_c_once(["batch", *args], tmp_path, lambda: _recorded(work, 2))
+    # Ctrl-C at frame 3's third iteration (frame 0 takes 2, every later frame 8): frames 0 to 2 are kept
+    code, err = _ctrl_c_from_worker(dask_processes, ["batch", *args], tmp_path, 2 + 8 + 8 + 3)
     assert code == 130, err
     [stopped_job] = _jobs(out)
     stopped = json.loads(Path(stopped_job["manifest"]).read_text())
     assert stopped_job["status"] == "interrupted" and stopped["status"] == "interrupted", err
-    assert 2 <= stopped["frames_done"] < 6 and not (out / "a").exists()
+    assert stopped["frames_done"] == 3 and not (out / "a").exists()
     r = _batch(args, tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "a.json").read_text())
@@ -521,8 +592,8 @@ def test_a_stopped_video_job_resumes_at_its_first_unfinished_frame(tmp_path, pan
 
 def test_a_multipass_batch_job_runs_its_passes_on_its_worker():
     job = batch.Job("a.mp4", ["s.png"], "out.mp4", {"passes": 3, "blend": 0.5}, kind="video")
-    _, options = batch.video_job_settings(job)
-    assert (options.passes, options.blend, options.workers) == (3, 0.5, 0)
+    _, own = batch.video_job_settings(job)
+    assert (own.passes, own.blend, own.workers) == (3, 0.5, 0)
     with pytest.raises(ScratchnstError, match="--passes must be a whole number"):
         batch.video_job_settings(batch.Job("a.mp4", ["s.png"], "out.mp4", {"passes": 1.5}, kind="video"))
 
@@ -547,10 +618,10 @@ def test_a_frame_starts_from_its_neighbours_blended_by_their_masks():
 
 
 @pytest.fixture(scope="module")
-def multipass_here(tmp_path_factory, clip, style, vgg_weights_path):
+def multipass_here(tmp_path_factory, pan_mp4, style, vgg_weights_path):
     """The multi-pass run with every task in this process (--workers 0): (its frames, its manifest)."""
     tmp = tmp_path_factory.mktemp("multipass")
-    r = _run([str(clip), str(style), "-o", f"{tmp / 'out'}/", *MULTI, "--workers", "0"], tmp)
+    r = _run([str(pan_mp4), str(style), "-o", f"{tmp / 'out'}/", *MULTI, "--workers", "0"], tmp)
     assert r.returncode == 0, r.stderr
     return _frames_of(tmp / "out"), json.loads((tmp / "out.json").read_text())
 
@@ -571,13 +642,50 @@ def test_each_pass_lowers_the_flicker_of_independent_frames(multipass_here):
 
 
 @pytest.mark.weights
-def test_multipass_on_dask_workers_resumes_after_ctrl_c_with_the_frames_made_here(tmp_path, clip, style, multipass_here, dask_processes):
+def test_a_multipass_frame_that_raises_fails_alone_and_resume_finishes(tmp_path, pan_mp4, style, multipass_here, _weights,
+                                                                        capsys, monkeypatch):
+    """The failure policy: frame 3 of pass 2 raises; the frames of pass 3 that start from it (2 to 4)
+    cannot run; every other frame is made. The run fails (exit 1) and --resume makes the rest, the
+    bytes of a run that never failed."""
+    real = multipass.run_frame
+
+    def run_frame(job, *args, **kwargs):
+        if (job.pass_, job.index) == (2, 3):
+            raise RuntimeError("a frame task that breaks")
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(multipass, "run_frame", run_frame)
+    monkeypatch.chdir(tmp_path)
+    args = ["video", str(pan_mp4), str(style), "-o", "out/", *MULTI, "--workers", "0"]
+    assert main(args) == 1
+    error = "pass 2, frame 3: RuntimeError: a frame task that breaks"
+    assert f"scratchnst: error: {error}\n" in capsys.readouterr().err
+    m = json.loads((tmp_path / "out.json").read_text())
+    assert m["status"] == "failed" and m["error"] == error and not (tmp_path / "out").exists()
+    assert m["failed"] == [{"pass": 2, "index": 3, "frame": 3, "error": "RuntimeError: a frame task that breaks"}]
+    state = json.loads((tmp_path / "out.work" / "state.json").read_text())
+    assert state["failed"] == m["failed"]
+    assert sorted((r["pass"], r["index"]) for r in state["frames"]) == [
+        (p, k) for p in (1, 2, 3) for k in range(FRAMES) if (p, k) != (2, 3) and not (p == 3 and 2 <= k <= 4)]
+    monkeypatch.setattr(multipass, "run_frame", real)
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+    assert _frames_of(tmp_path / "out") == multipass_here[0]
+    resumed = json.loads((tmp_path / "out.json").read_text())
+    assert resumed["status"] == "done" and "error" not in resumed and "failed" not in resumed
+    assert [p["temporal_error"] for p in resumed["passes"]] == [p["temporal_error"] for p in multipass_here[1]["passes"]]
+
+
+@pytest.mark.weights
+def test_multipass_on_dask_workers_resumes_after_ctrl_c_with_the_frames_made_here(tmp_path, pan_mp4, style, multipass_here, dask_processes):
     address = dask_processes.scheduler()
     dask_processes.worker("w1")
     dask_processes.worker("w2")
-    args = [str(clip), str(style), "-o", f"{tmp_path / 'out'}/", *MULTI, "--scheduler", address]
+    args = [str(pan_mp4), str(style), "-o", f"{tmp_path / 'out'}/", *MULTI, "--scheduler", address]
     work = tmp_path / "out.work"
-    code, err = _ctrl_c_once(["video", *args], tmp_path, lambda: _recorded(work, FRAMES + 1))  # into pass 2
+    # Ctrl-C once a worker polls for the 29th time: it has finished at least 7 frames (4 iterations
+    # at most each), and the 70 iterations of the 21 frames are not all done (the other worker has
+    # polled fewer than 29 times, and this frame stops)
+    code, err = _ctrl_c_from_worker(dask_processes, ["video", *args], tmp_path, 4 * FRAMES + 1)
     assert code == 130, err
     stopped = json.loads((tmp_path / "out.json").read_text())
     state = json.loads((work / "state.json").read_text())["frames"]

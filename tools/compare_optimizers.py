@@ -18,7 +18,7 @@ from scratchnst.core.preprocess import preprocess
 from scratchnst import load_vgg16
 from scratchnst.core.objective import NSTObjective
 from scratchnst.core.optim import make_optimizer
-from scratchnst.app.picture.stylize import NOISE_STD
+from scratchnst.app.picture.settings import NOISE_STD
 
 CHECKPOINTS = (10, 25, 50, 100, 150, 200, 300, 400)
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scratchnst.app.video import flow  # noqa: E402
 from scratchnst.app.files import images as im  # noqa: E402
-from scratchnst.app.video.framewise import video  # noqa: E402
+from scratchnst.app.video.run import video  # noqa: E402
 from scratchnst.app.video.clip import VIDEO_FORMATS, encode  # noqa: E402
 
 
@@ -143,8 +143,8 @@ def main() -> None:
         write_clip(pan_zoom_frames(Image.open(args.image).convert("RGB"), args.frames, args.size, args.dx, args.zoom), args.out)
     elif args.cmd == "bench":
         if args.temporal_weight is None:
-            from scratchnst.app.video.framewise import DEFAULT_TEMPORAL_WEIGHT
-            args.temporal_weight = DEFAULT_TEMPORAL_WEIGHT
+            from scratchnst.app.video.options import DEFAULTS
+            args.temporal_weight = DEFAULTS.temporal_weight
         bench(args)
     else:
         strip(args)

@@ -2,10 +2,11 @@
 sweeps) as Dask tasks.
 
 Dask distributed schedules the tasks, moves them off a dead worker and retries them; this module
-keeps to what is ours: the jobs and their output names, OUTDIR/batch.json, skipping finished jobs
-and resuming checkpointed ones. The per-worker cache (the loaded network, each style's Gram
-targets) and how Ctrl-C in the client reaches the running jobs (a Dask Event they poll) are
-cluster's, shared with video's multi-pass mode.
+keeps to what is ours: the jobs and their output names, their options (checked once, on the
+client), OUTDIR/batch.json, skipping finished jobs and resuming checkpointed ones. The loop over
+the tasks (its failure policy: a job that raises fails alone), the per-worker cache (the loaded
+network, each style's Gram targets) and how Ctrl-C in the client reaches the running jobs (a Dask
+Event they poll) are cluster's, shared with video's multi-pass mode.
 
 Each picture job is `stylize` with the same arguments: the same picture bytes, and its manifest
 beside it. Each video job is `video` on one worker (its flows computed there, as --workers 0): its
@@ -15,19 +16,23 @@ unfinished frame.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
-import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from scratchnst.app import cluster
 from scratchnst.app.files import report
 from scratchnst.app.files.atomic import atomic_write_bytes
 from scratchnst.app.files.images import IMAGE_SUFFIXES
+from scratchnst.app.picture.memory import estimate_peak_bytes
 from scratchnst.app.picture.settings import Settings
+from scratchnst.app.picture.stylize import resume, stylize_settings
+from scratchnst.app.video.clip import VIDEO_FORMATS, parse_frames
+from scratchnst.app.video.frame import Shared
+from scratchnst.app.video.options import JOB_OPTIONS, PICTURE_ONLY, VideoOptions, validated_settings, video_settings
+from scratchnst.app.video.run import VideoRun, same_run
 from scratchnst.errors import ScratchnstError, one_line
 
 OPTION_NAMES = tuple(f.name for f in fields(Settings))
@@ -44,6 +49,8 @@ class Job:
     options: dict = field(default_factory=dict)
     line: int | None = None  # the jobs-file line, for messages
     kind: str = "picture"  # or "video"
+    settings: Settings | None = None  # its options, validated (checked), on the client
+    video: VideoOptions | None = None  # a video job's own options, validated
 
 
 @dataclass
@@ -184,19 +191,16 @@ def plan(jobs, out_dir, options: dict | None = None) -> list[Job]:
 
 
 def _applicable(options: dict, kind: str) -> dict:
-    """The batch-wide options that concern a job of `kind`: video's own (video.JOB_OPTIONS) go to
-    video jobs only, one picture's extra outputs (--save-every, --checkpoint-every, --plot) to
-    picture jobs only, every other option (an unknown name too, which fails the job) to both."""
-    from scratchnst.app.video.framewise import JOB_OPTIONS, PICTURE_ONLY
-
+    """The batch-wide options that concern a job of `kind`: video's own (video.options.JOB_OPTIONS)
+    go to video jobs only, one picture's extra outputs (PICTURE_ONLY: --save-every,
+    --checkpoint-every, --plot) to picture jobs only, every other option (an unknown name too, which
+    fails the job) to both."""
     other = PICTURE_ONLY if kind == "video" else JOB_OPTIONS
     return {k: v for k, v in options.items() if k.replace("-", "_") not in other}
 
 
 def _video_suffix(video: str) -> str:
     """A video job's default output suffix: its input's, when we can write that container, else .mp4."""
-    from scratchnst.app.video.clip import VIDEO_FORMATS
-
     suffix = Path(video).suffix.lower()
     return suffix if suffix in VIDEO_FORMATS else ".mp4"
 
@@ -225,38 +229,41 @@ def _stem_labels(paths) -> dict[str, str]:
     return labels
 
 
-# -- one job, on a worker ----------------------------------------------------------------------------
+# -- one job's options, checked once on the client -----------------------------------------------
 
 
-def job_settings(job: Job) -> tuple[dict, Settings]:
-    """(stylize options, validated Settings) of a picture job; ScratchnstError for an unknown or bad option."""
+def job_settings(job: Job) -> Settings:
+    """The validated Settings of a picture job; ScratchnstError for an unknown or bad option."""
     options = _named_options(job, OPTION_NAMES, "the options are stylize's, see scratchnst stylize --help")
-    return options, _validated(Settings(**options), len(job.styles))
+    return Settings(**options).validated(len(job.styles))
 
 
-def video_job_settings(job: Job):
-    """(Settings, video.VideoOptions) of a video job: stylize's options but one picture's extra
-    outputs, and video's own (frames as "A:B" or [A, B]), with video's defaults (size: the input's;
-    iterations: for each frame after the first). Its flows are computed in its own process (workers
-    0). Every option is checked here, the size once the clip is read; ScratchnstError for a bad one."""
-    from scratchnst.app.video import framewise as video
-    from scratchnst.app.video import clip as videoio
-
-    names = [n for n in OPTION_NAMES if n not in video.PICTURE_ONLY] + list(video.JOB_OPTIONS)
+def video_job_settings(job: Job) -> tuple[Settings, VideoOptions]:
+    """(Settings, VideoOptions) of a video job, validated: stylize's options but one picture's extra
+    outputs, and video's own (frames as "A:B" or [A, B]), with video's defaults (size None: the
+    input's; iterations: for each frame after the first). Its flows are computed in its own process
+    (workers 0). ScratchnstError for a bad option; the size is checked once the clip is read."""
+    names = [n for n in OPTION_NAMES if n not in PICTURE_ONLY] + list(JOB_OPTIONS)
     options = _named_options(job, names, "a video job takes video's options, see scratchnst video --help")
-    own = {k: options.pop(k) for k in video.JOB_OPTIONS if k in options}
+    own = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
     frames = own.get("frames", "0:")
     if isinstance(frames, (list, tuple)) and len(frames) == 2:
         frames = ":".join("" if f is None else str(f) for f in frames)
     if not isinstance(frames, str):
         raise ScratchnstError(f'"frames" takes "A:B" or [A, B] (got {frames!r})')
-    own["frames"] = videoio.parse_frames(frames)
+    own["frames"] = parse_frames(frames)
     if not isinstance(own.get("independent", False), bool):
         raise ScratchnstError(f'"independent" takes true or false (got {own["independent"]!r})')
-    settings = Settings(**{"size": None, "iterations": video.DEFAULT_ITERATIONS, **options})
-    vo = video.VideoOptions(**own, workers=0).validated()
-    _validated(dataclasses.replace(settings, size=settings.size or 1), len(job.styles))
-    return settings, vo
+    video = VideoOptions(**own, workers=0).validated()
+    return validated_settings(video_settings(**options), len(job.styles)), video
+
+
+def checked(job: Job) -> Job:
+    """The job with its options validated (Job.settings, Job.video); ScratchnstError for a bad one."""
+    if job.kind == "video":
+        settings, video = video_job_settings(job)
+        return replace(job, settings=settings, video=video)
+    return replace(job, settings=job_settings(job))
 
 
 def _named_options(job: Job, names, known: str) -> dict:
@@ -267,13 +274,6 @@ def _named_options(job: Job, names, known: str) -> dict:
         if name not in names:
             raise ScratchnstError(f"unknown option {name!r} ({known})")
     return {**options, "quiet": True}
-
-
-def _validated(settings: Settings, n_styles: int) -> Settings:
-    try:
-        return settings.validated(n_styles)
-    except (TypeError, ValueError) as exc:  # a value of the wrong type, e.g. "scales": "x"
-        raise ScratchnstError(f"bad option value ({one_line(exc)})") from None
 
 
 def _same_run(manifest: dict, job: Job, settings: Settings) -> bool:
@@ -303,9 +303,12 @@ def _resumable(job: Job, settings: Settings) -> bool:
     return True
 
 
+# -- one job, on a worker ----------------------------------------------------------------------------
+
+
 def run_job(job: Job, batch_id: str, interrupt_name: str) -> JobResult:
-    """The task: run one job with this worker's cached net and style targets: a picture (resumed
-    when its manifest holds a checkpoint of the same run) or a video (resumed at its first
+    """The task: run one checked job with this worker's cached net and style targets: a picture
+    (resumed when its manifest holds a checkpoint of the same run) or a video (resumed at its first
     unfinished frame when its work folder holds the same run). A user error is a failed result."""
     started = time.perf_counter()
     result = _result(job, worker=cluster.worker_address())
@@ -314,37 +317,37 @@ def run_job(job: Job, batch_id: str, interrupt_name: str) -> JobResult:
         return result
     try:
         run = _run_video if job.kind == "video" else _run_picture
-        result.status, result.manifest = run(job, cluster.WORKER_CACHE.style_cache(batch_id), interrupt.poll)
+        style_cache = cluster.WORKER_CACHE.of_run(batch_id, "grams", lambda: cluster.LRU(64))
+        result.status, result.manifest, result.error = run(job, style_cache, interrupt.poll)
     except ScratchnstError as exc:
         result.status, result.error = "failed", one_line(exc)
-        manifest = report.manifest_path(Path(job.output))
-        result.manifest = str(manifest) if manifest.is_file() else None
+        result.manifest = _manifest_if_any(job)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 
 
-def _run_picture(job: Job, style_cache: dict, on_progress) -> tuple[str, str | None]:
-    """stylize (or resume) one picture job; (its status, its manifest)."""
-    from scratchnst.app.picture.stylize import resume, stylize
+def _manifest_if_any(job: Job) -> str | None:
+    manifest = report.manifest_path(Path(job.output))
+    return str(manifest) if manifest.is_file() else None
 
-    options, settings = job_settings(job)
-    share = {"net": cluster.WORKER_CACHE.net(settings), "style_cache": style_cache, "on_progress": on_progress}
-    if _resumable(job, settings):
+
+def _run_picture(job: Job, style_cache: dict, on_progress) -> tuple[str, str | None, None]:
+    """stylize (or resume) one picture job; (its status, its manifest, None)."""
+    share = {"net": cluster.WORKER_CACHE.net(job.settings), "style_cache": style_cache, "on_progress": on_progress}
+    if _resumable(job, job.settings):
         done = resume(report.manifest_path(Path(job.output)), quiet=True, **share)
     else:
-        done = stylize(job.content, job.styles, out=job.output, **share, **options)
-    return done.status, done.paths.get("manifest")
+        done = stylize_settings(job.content, job.styles, job.settings, out=job.output, **share)
+    return done.status, done.paths.get("manifest"), None
 
 
-def _run_video(job: Job, style_cache: dict, on_progress) -> tuple[str, str | None]:
-    """One video job, its flows computed here; (its status, its manifest)."""
-    from scratchnst.app.video.framewise import VideoRun
-
-    settings, options = video_job_settings(job)
-    run = VideoRun(job.content, job.styles, settings, job.output, options, resume="auto", style_cache=style_cache, on_progress=on_progress)
-    run.net = cluster.WORKER_CACHE.net(run.settings)
+def _run_video(job: Job, style_cache: dict, on_progress) -> tuple[str, str | None, str | None]:
+    """One video job, its flows computed here; (its status, its manifest, its error: a multi-pass
+    video whose frame failed)."""
+    shared = Shared(net=cluster.WORKER_CACHE.net(job.settings), style_cache=style_cache)
+    run = VideoRun(job.content, job.styles, job.settings, job.output, job.video, resume="auto", shared=shared, on_progress=on_progress)
     done = run.run()
-    return done.status, done.paths.get("manifest")
+    return done.status, done.paths.get("manifest"), done.manifest.get("error")
 
 
 # -- the batch, from the client ----------------------------------------------------------------------
@@ -358,37 +361,40 @@ def batch(jobs, client=None, *, out_dir, scheduler: str | None = None, workers: 
 
     client: a distributed.Client to use; else one on `scheduler`, else a local cluster (`workers`
     processes; default: cluster.local_layout). Writes each job's picture (or video) and manifest
-    (as stylize and video do) and out_dir/batch.json. Jobs whose manifest says done with the same
-    inputs and options are skipped; interrupted or checkpointed ones resume (a video at its first
-    unfinished frame). Ctrl-C: running jobs save a checkpoint (a video its finished frames), and
-    the results say "interrupted"/"pending". Returns one JobResult per job, in job order.
+    (as stylize and video do) and out_dir/batch.json. A job with a bad option fails at once, with
+    the message stylize or video gives. Jobs whose manifest says done with the same inputs and
+    options are skipped; interrupted or checkpointed ones resume (a video at its first unfinished
+    frame). Ctrl-C: running jobs save a checkpoint (a video its finished frames), and the results
+    say "interrupted"/"pending". Returns one JobResult per job, in job order.
     """
-    planned = plan(jobs, out_dir, options)
+    planned = [_check(job) for job in plan(jobs, out_dir, options)]
     out_dir = Path(out_dir).expanduser().resolve()
     previous = _previous_results(out_dir)
-    results = [_skip(job, previous) or _result(job) for job in planned]
-    if all(r.skipped for r in results):  # nothing to do: no cluster needed
+    results = [job if isinstance(job, JobResult) else _skip(job, previous) or _result(job) for job in planned]
+    todo = {i: job for i, (job, r) in enumerate(zip(planned, results)) if r.status == "pending"}
+    if not todo:  # nothing to run: no cluster needed
         write_batch_file(out_dir, results, [])
         return results
     if client is not None:
-        return _run(planned, results, client, out_dir, quiet)
+        return _run(todo, results, client, out_dir, quiet)
     gpus = 0 if scheduler else cluster.gpu_count(options.get("backend", "auto"))
-    with cluster.client(scheduler, workers=workers, gpus=gpus, quiet=True, job_bytes=_job_bytes(options)) as c:
-        return _run(planned, results, c, out_dir, quiet)
+    with cluster.client(scheduler, workers=workers, gpus=gpus, quiet=True, job_bytes=_job_bytes(todo.values())) as c:
+        return _run(todo, results, c, out_dir, quiet)
 
 
-def _job_bytes(options: dict) -> int | None:
-    """The peak memory of one job with the batch's options and square images (the most pixels a
-    long side allows): what a local worker must have room for. None for bad options (the jobs
-    fail with stylize's message, unless their own options fix them)."""
-    from scratchnst.app.picture.memory import estimate_peak_bytes
-
+def _check(job: Job) -> Job | JobResult:
+    """The job, its options validated (checked); its failed result for a bad option."""
     try:
-        s = job_settings(Job("", [""], "", _applicable(options, "picture")))[1]
-    except ScratchnstError:
-        return None
-    side = s.size, s.size
-    return estimate_peak_bytes(s, side, [side])
+        return checked(job)
+    except ScratchnstError as exc:
+        return _result(job, status="failed", error=one_line(exc), manifest=_manifest_if_any(job))
+
+
+def _job_bytes(jobs) -> int | None:
+    """The peak memory of the largest job, with square images (the most pixels a long side allows;
+    a video of unknown size at the picture default): what a local worker must have room for."""
+    sizes = [(job.settings, job.settings.size or Settings.size) for job in jobs]
+    return max(estimate_peak_bytes(replace(s, size=side), (side, side), [(side, side)]) for s, side in sizes)
 
 
 def _skip(job: Job, previous: dict) -> JobResult | None:
@@ -403,14 +409,9 @@ def _skip(job: Job, previous: dict) -> JobResult | None:
 
 
 def _same_job(manifest: dict, job: Job) -> bool:
-    try:
-        if job.kind == "video":
-            from scratchnst.app.video.framewise import same_run
-
-            return same_run(manifest, job.content, job.styles, *video_job_settings(job))
-        return _same_run(manifest, job, job_settings(job)[1])
-    except ScratchnstError:  # a bad option: the job runs, and fails with its message
-        return False
+    if job.kind == "video":
+        return same_run(manifest, job.content, job.styles, job.settings, job.video)
+    return _same_run(manifest, job, job.settings)
 
 
 def _previous_results(out_dir: Path) -> dict:
@@ -429,67 +430,41 @@ def write_batch_file(out_dir: Path, results: list[JobResult], workers: list[str]
     return path
 
 
-def _check_workers(client, planned: list[Job]) -> list[str]:
+def _check_workers(client, jobs) -> list[str]:
     """The workers' addresses, once each has shown it can read the inputs the client sees and write
     every output folder; ScratchnstError naming the worker and path otherwise."""
-    readable = sorted({p for job in planned for p in (job.content, *job.styles) if os.path.exists(p)})
-    folders = sorted({str(Path(job.output).parent) for job in planned})
+    readable = sorted({p for job in jobs for p in (job.content, *job.styles) if os.path.exists(p)})
+    folders = sorted({str(Path(job.output).parent) for job in jobs})
     return cluster.check_workers(client, readable, folders, "batch")
 
 
-def _run(planned: list[Job], results: list[JobResult], client, out_dir: Path, quiet: bool) -> list[JobResult]:
-    """Submit the jobs not yet done, one Dask task each, and collect them into `results`."""
-    from distributed import Event, as_completed
-
-    workers = _check_workers(client, planned)
+def _run(todo: dict, results: list[JobResult], client, out_dir: Path, quiet: bool) -> list[JobResult]:
+    """Run the jobs of `todo` ({index: checked Job}), one Dask task each (cluster.run_tasks), and
+    put their results in `results`: a task that raised is a failed job; after Ctrl-C, one still
+    running when the wait ends is "interrupted"."""
+    workers = _check_workers(client, todo.values())
     write_batch_file(out_dir, results, workers)
-    batch_id = uuid.uuid4().hex
-    interrupt = Event(f"scratchnst-interrupt-{batch_id}", client=client)
-    todo = [i for i, r in enumerate(results) if not r.skipped]
-    futures = {client.submit(run_job, planned[i], batch_id, interrupt.name, key=f"scratchnst-job-{batch_id}-{i}",
-                             retries=cluster.RETRIES, pure=False): i for i in todo}
-    bar = report.progress_bar(len(planned), initial=len(planned) - len(todo), disable=quiet, unit="job")
-    seen: set = set()
-    try:
-        _collect(as_completed(futures), futures, seen, results, bar, lambda: write_batch_file(out_dir, results, workers))
-    except KeyboardInterrupt:
-        interrupt.set()
-        _wait_for_running(futures, seen, results, bar)
-    finally:
-        bar.close()
-        interrupt.clear()
-    write_batch_file(out_dir, results, workers)
-    return results
+    bar = report.progress_bar(len(results), initial=len(results) - len(todo), disable=quiet, unit="job")
 
+    def submit(batch_id, interrupt_name):
+        return {client.submit(run_job, job, batch_id, interrupt_name, key=f"scratchnst-job-{batch_id}-{i}",
+                              retries=cluster.RETRIES, pure=False): i for i, job in todo.items()}
 
-def _collect(completed, futures: dict, seen: set, results: list[JobResult], bar, after=None) -> None:
-    """Put each finished future's JobResult in its place (and the future in `seen`); a task that
-    raised is a failed job."""
-    for future in completed:
-        i = futures[future]
-        seen.add(future)
-        try:
-            results[i] = future.result()
-        except Exception as exc:  # a bug in the task, or Dask's KilledWorker after repeated worker deaths
-            results[i].status, results[i].error = "failed", f"{type(exc).__name__}: {one_line(exc)}"
+    def done(i, result):
+        results[i] = result
         bar.set_postfix_str(", ".join(f"{s} {n}" for s in ("done", "failed") if (n := sum(r.status == s for r in results))), refresh=False)
         bar.update(1)
-        if after is not None:
-            after()
+        write_batch_file(out_dir, results, workers)
 
+    def failed(i, message):
+        results[i].status, results[i].error = "failed", message
+        done(i, results[i])
 
-def _wait_for_running(futures: dict, seen: set, results: list[JobResult], bar) -> None:
-    """After Ctrl-C: running jobs save and report "interrupted", queued ones "pending"; a second
-    Ctrl-C (or cluster.INTERRUPT_WAIT_S) stops waiting, and what is still out counts as interrupted."""
-    from distributed import wait
-
-    rest = [f for f in futures if f not in seen]
     try:
-        wait(rest, timeout=cluster.INTERRUPT_WAIT_S)
-    except (KeyboardInterrupt, TimeoutError):
-        pass
-    _collect([f for f in rest if f.done()], futures, seen, results, bar)
-    for f in rest:
-        if not f.done():
-            results[futures[f]].status = "interrupted"
-            f.cancel()
+        outcome = cluster.run_tasks(client, submit, done, failed)
+    finally:
+        bar.close()
+    for i in outcome.unfinished:
+        results[i].status = "interrupted"
+    write_batch_file(out_dir, results, workers)
+    return results

@@ -5,8 +5,8 @@ error), printed as one line to stderr with exit code 2. Running out of memory (M
 GPU's) is no mistake of the user's, so it is one line with exit code 1; any other exception is a bug
 and shows its traceback. `--debug` adds the traceback to those two one-line errors as well.
 
-Lazy imports: the batch and video modules (they pull in Dask, PyAV and OpenCV) are imported inside
-the functions of those two commands only.
+Lazy imports: `batch` and `video.run` (they pull in Dask) are imported inside the functions that run
+those two commands only, so the other commands start without Dask.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from scratchnst.app.files import weights
 from scratchnst.app.picture.color import COLORS
 from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.app.picture.stylize import resume, stylize
+from scratchnst.app.video.clip import parse_frames
+from scratchnst.app.video.options import DEFAULTS as VIDEO
+from scratchnst.app.video.options import ITERATIONS, JOB_OPTIONS
 from scratchnst.core import host
 from scratchnst.core.backend import BACKENDS, DTYPES
 from scratchnst.core.checks import unknown
@@ -203,8 +206,6 @@ def _run_stylize(args) -> int:
 
 
 def _add_batch(subparsers) -> None:
-    from scratchnst.app.video.framewise import DEFAULT_ITERATIONS
-
     p = subparsers.add_parser(
         "batch",
         help="stylize many pictures and videos on Dask: contents x styles, videos x styles, or a jobs file of sweeps",
@@ -229,7 +230,7 @@ def _add_batch(subparsers) -> None:
     _add_stylize_options(
         p, size_default=None, size_help=f"long side of the output in px (default: {DEFAULTS.size} for a picture; a video's own)",
         iterations_default=None,
-        iterations_help=f"optimiser iterations at each scale (default: {DEFAULTS.iterations}; for a video, each frame after the first: {DEFAULT_ITERATIONS})",
+        iterations_help=f"optimiser iterations at each scale (default: {DEFAULTS.iterations}; for a video, each frame after the first: {ITERATIONS})",
     )
     _add_video_options(p.add_argument_group("video jobs (--videos, or the video lines of --jobs)"))
     p.set_defaults(func=_run_batch)
@@ -262,8 +263,6 @@ def _run_batch(args) -> int:
 
 
 def _frames_range(text: str) -> tuple[int, int | None]:
-    from scratchnst.app.video.clip import parse_frames
-
     try:
         return parse_frames(text)
     except ScratchnstError as exc:
@@ -271,30 +270,23 @@ def _frames_range(text: str) -> tuple[int, int | None]:
 
 
 def _add_video_options(g) -> None:
-    """video's own options (video.JOB_OPTIONS), on the argument group `g` of video or batch."""
-    from scratchnst.app.video.multipass import DEFAULT_BLEND
-    from scratchnst.app.video.framewise import DEFAULT_TEMPORAL_WEIGHT
-
-    g.add_argument("--temporal-weight", type=_number, default=DEFAULT_TEMPORAL_WEIGHT, help="weight of the temporal term (0: warped start only)")
+    """video's own options (video.options.JOB_OPTIONS), on the argument group `g` of video or batch."""
+    g.add_argument("--temporal-weight", type=_number, default=VIDEO.temporal_weight, help="weight of the temporal term (0: warped start only)")
     g.add_argument("--first-iterations", type=_positive_int, default=DEFAULTS.iterations, help="optimiser iterations at each scale for the first frame")
-    g.add_argument("--frames", type=_frames_range, default=(0, None), metavar="A:B", help="input frames A (inclusive) to B (exclusive), 0-based (default: all)")
+    g.add_argument("--frames", type=_frames_range, default=VIDEO.frames, metavar="A:B", help="input frames A (inclusive) to B (exclusive), 0-based (default: all)")
     g.add_argument("--independent", action="store_true", help="the flickering baseline: every frame from --init with --scales, no warp, no temporal term")
     g.add_argument("--fps", type=_number, default=None, help="frame rate of a folder of frames (default: 25; a video keeps its own)")
-    g.add_argument("--passes", type=_nonneg_int, default=0, help=(
+    g.add_argument("--passes", type=_nonneg_int, default=VIDEO.passes, help=(
         "a multi-pass mode after Ruder et al.: P passes over all frames, each frame of a pass a Dask task (pass 1 every frame "
         "on its own, then --iterations per frame and pass from its last result blended with its two neighbours'); 0: frame by frame"))
-    g.add_argument("--blend", type=_number, default=DEFAULT_BLEND, help="multi-pass: weight of the warped neighbours in each frame's start")
+    g.add_argument("--blend", type=_number, default=VIDEO.blend, help="multi-pass: weight of the warped neighbours in each frame's start")
 
 
 def _video_options(args) -> dict:
-    from scratchnst.app.video.framewise import JOB_OPTIONS
-
     return {name: getattr(args, name) for name in JOB_OPTIONS}
 
 
 def _add_video(subparsers) -> None:
-    from scratchnst.app.video.framewise import DEFAULT_ITERATIONS
-
     p = subparsers.add_parser(
         "video",
         help="stylize a video (or a folder of frames) without flicker",
@@ -316,23 +308,25 @@ def _add_video(subparsers) -> None:
     g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler for the flow (and --passes frame) tasks, e.g. tcp://127.0.0.1:8786")
     _add_stylize_options(
         p, size_default=None, size_help="long side of the frames in px (default: the input's)",
-        iterations_default=DEFAULT_ITERATIONS, iterations_help="optimiser iterations for each frame after the first (one pass at full size)",
+        iterations_default=ITERATIONS, iterations_help="optimiser iterations for each frame after the first (one pass at full size)",
         per_image=False,
     )
     p.set_defaults(func=_run_video)
 
 
 def _run_video(args) -> int:
-    from scratchnst.app.video.framewise import video
+    from scratchnst.app.video.run import video
 
     settings = _settings_options(args)
     result = video(args.input, args.styles, out=args.output, resume=args.resume, workers=args.workers, scheduler=args.scheduler,
                    **_video_options(args), **settings)
+    if result.status == "failed":
+        print(f"{PROG}: error: {result.manifest['error']}", file=sys.stderr)
     wrote = result.paths.get("output") or f"the finished frames to {result.paths['work']}"
     print(f"{PROG}: {result.status}: wrote {wrote} and {result.paths['manifest']}", file=sys.stderr)
     if result.status == "interrupted":
         return 128 + _received_signal[0]
-    return 0
+    return 1 if result.status == "failed" else 0
 
 
 def _add_weights(subparsers) -> None:

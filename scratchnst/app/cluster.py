@@ -1,10 +1,13 @@
-"""The Dask layer shared by `batch` and `video`: a client on an existing cluster or a local one, and
-what their tasks share on a worker.
+"""The Dask layer shared by `batch` and `video`: a client on an existing cluster or a local one, the
+one loop that runs their tasks, and what their tasks share on a worker.
 
 Dask distributed does the scheduling, the retries and the worker bookkeeping; this module only
 decides how a local cluster is sized for our engine, prepares its workers, turns connection
-failures into one line, checks that the workers see the files, keeps each worker's loaded network
-and style targets (WORKER_CACHE), and carries Ctrl-C from the client to running tasks (Interrupt).
+failures into one line, checks that the workers see the files, runs a set of tasks to their end
+with one failure policy (run_tasks), keeps each worker's loaded network and per-run state
+(WORKER_CACHE), and carries Ctrl-C from the client to running tasks (Interrupt).
+
+Dask itself (`distributed`) is a lazy import, made where it is used, so the CLI starts without it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import OrderedDict
+from typing import Callable, NamedTuple
 
 from scratchnst.app.files.atomic import probe_writable
+from scratchnst.app.picture.inputs import load_net, net_key
+from scratchnst.app.picture.memory import available_bytes
+from scratchnst.core import host
+from scratchnst.app.engine import array_module
+from scratchnst.core.backend import backend_name
 from scratchnst.errors import ScratchnstError, one_line
 
 try:
@@ -54,8 +64,6 @@ def local_layout(workers: int | None = None, *, gpus: int = 0, job_bytes: int | 
 
 
 def _jobs_that_fit(job_bytes: int | None) -> int:
-    from scratchnst.app.picture.memory import available_bytes
-
     room = available_bytes()
     return max(1, room // job_bytes) if job_bytes and room else 2**31
 
@@ -69,9 +77,6 @@ def gpu_count(backend: str) -> int:
     """CUDA devices a local cluster should give one worker each: 0 unless `backend` runs on CuPy."""
     if backend == "numpy":
         return 0
-    from scratchnst.app.engine import array_module
-    from scratchnst.core.backend import backend_name
-
     xp = array_module(backend)
     return xp.cuda.runtime.getDeviceCount() if backend_name(xp) == "cupy" else 0
 
@@ -92,14 +97,9 @@ class EngineSetup(WorkerPlugin):
         self.threads = threads
 
     def setup(self, worker=None) -> None:
-        from scratchnst.core import host
-
         host.THREADS = self.threads
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def teardown(self, worker=None) -> None:
-        pass
 
 
 def _local_cluster(n: int, threads: int, gpus: int, quiet: bool):
@@ -150,6 +150,87 @@ def client(scheduler: str | None = None, *, workers: int | None = None, gpus: in
         cluster.close()
 
 
+# -- the loop ----------------------------------------------------------------------------------------
+
+
+class Outcome(NamedTuple):
+    """How run_tasks ended: whether Ctrl-C stopped it, and the keys of the tasks it left unfinished."""
+
+    interrupted: bool
+    unfinished: list
+
+
+def run_tasks(client, submit: Callable, on_result: Callable, on_failure: Callable) -> Outcome:
+    """Run one set of Dask tasks to their end: submit them, take each as it completes, stop them on Ctrl-C.
+
+    submit(run_id, interrupt_name) -> {future: key} submits the tasks: run_id names this run (task
+    keys, WORKER_CACHE.of_run), interrupt_name the Dask Event its tasks poll (Interrupt). As each task
+    completes, on_result(key, its value) or, for a task that raised, on_failure(key, message).
+
+    Failure policy: a task that raises (after Dask's retries, `retries=RETRIES` where the caller
+    asks for them; a worker that keeps dying raises KilledWorker) is a failure of that task alone,
+    reported to on_failure with its one line (failure_line: "TypeName: message"); every other task
+    goes on. A task
+    that takes a failed task's future as an argument cannot run: Dask fails it with the same error,
+    and on_failure hears of it too (the caller knows which tasks depend on which).
+
+    Ctrl-C (KeyboardInterrupt in the client) sets the Event: running tasks save what they have and
+    return, queued ones return without starting. The loop waits up to INTERRUPT_WAIT_S for them (a
+    second Ctrl-C stops waiting), reports those that completed, and cancels the rest.
+    """
+    from distributed import Event, as_completed
+
+    run_id = uuid.uuid4().hex
+    interrupt = Event(f"scratchnst-interrupt-{run_id}", client=client)
+    futures = submit(run_id, interrupt.name)
+    seen = set()
+    try:
+        for future in as_completed(list(futures)):
+            seen.add(future)
+            _settle(future, futures[future], on_result, on_failure)
+    except KeyboardInterrupt:
+        interrupt.set()
+        rest = [f for f in futures if f not in seen]
+        return Outcome(True, _wait_for_running(rest, futures, on_result, on_failure))
+    finally:
+        interrupt.clear()
+    return Outcome(False, [])
+
+
+def failure_line(exc: BaseException) -> str:
+    """How a task that raised is reported (run_tasks' failure policy): "TypeName: message"."""
+    return f"{type(exc).__name__}: {one_line(exc)}"
+
+
+def _settle(future, key, on_result: Callable, on_failure: Callable) -> None:
+    """Report one completed task (see run_tasks)."""
+    try:
+        value = future.result()
+    except Exception as exc:  # raised in the task (a bug, a KilledWorker), or in a task it needed
+        on_failure(key, failure_line(exc))
+        return
+    on_result(key, value)
+
+
+def _wait_for_running(rest: list, futures: dict, on_result: Callable, on_failure: Callable) -> list:
+    """After Ctrl-C: give the tasks of `rest` INTERRUPT_WAIT_S to return, report those that did,
+    cancel the others; the keys of the cancelled ones."""
+    from distributed import wait
+
+    try:
+        wait(rest, timeout=INTERRUPT_WAIT_S)
+    except (KeyboardInterrupt, TimeoutError):
+        pass
+    unfinished = []
+    for f in rest:
+        if f.done():
+            _settle(f, futures[f], on_result, on_failure)
+        else:
+            f.cancel()
+            unfinished.append(futures[f])
+    return unfinished
+
+
 # -- on the workers ----------------------------------------------------------------------------------
 
 
@@ -172,55 +253,56 @@ class LRU(OrderedDict):
 
 
 class WorkerCache:
-    """What the tasks on one worker process share: loaded networks (by weights, backend, dtype,
-    pooling, conv) and, per run (a batch, a multi-pass video), the style Gram targets Stylizer keys
-    by (style, size, layers, ...)."""
+    """What the tasks on one worker process share: loaded networks (by weights and picture.inputs.net_key)
+    and, per run (a batch, a multi-pass video), what that run keeps on the worker (of_run)."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # of_run's make() may ask for a net
         self.nets = LRU(2)
-        self.grams = LRU(2)  # run id -> LRU of Stylizer's style_cache entries
+        self.runs = LRU(2)  # run id -> {name: what the run keeps}
 
     def net(self, s):
         """The VGG16 for Settings `s`, loaded on first use."""
-        from scratchnst.app.files.weights import load_vgg16
-        from scratchnst.app.engine import array_module
-        from scratchnst.core.backend import backend_name
-
-        key = (s.weights, backend_name(array_module(s.backend)), s.dtype, s.pooling, s.conv)
+        key = (s.weights, *net_key(s))
         with self.lock:
             if key not in self.nets:
-                self.nets[key] = load_vgg16(s.weights, backend=s.backend, dtype=s.dtype, pooling=s.pooling, conv=s.conv)
+                self.nets[key] = load_net(s)
             return self.nets[key]
 
-    def style_cache(self, run_id: str) -> dict:
+    def of_run(self, run_id: str, name: str, make: Callable):
+        """What run `run_id` keeps on this worker under `name`, made by make() on first use: a batch's
+        style Gram targets, a multi-pass video's frame painter."""
         with self.lock:
-            if run_id not in self.grams:
-                self.grams[run_id] = LRU(64)
-            return self.grams[run_id]
+            if run_id not in self.runs:
+                self.runs[run_id] = {}
+            kept = self.runs[run_id]
+            if name not in kept:
+                kept[name] = make()
+            return kept[name]
 
 
 WORKER_CACHE = WorkerCache()  # one per worker process: Dask runs every task of a worker in it
 
 
 class Interrupt:
-    """The client's Dask Event, polled at most every POLL_S from a task's on_progress: once set,
-    the task raises KeyboardInterrupt inside stylize, which saves what it has."""
+    """The client's Dask Event as a task sees it. poll, a stylize run's on_progress, answers True
+    (stop, keeping what was done) once the client was interrupted; it asks the scheduler at most
+    every POLL_S."""
 
     def __init__(self, name: str):
         from distributed import Event
 
-        self.event, self.checked = Event(name), 0.0
+        self.event, self.checked, self.stopped = Event(name), 0.0, False
 
     def is_set(self) -> bool:
         return self.event.is_set()
 
-    def poll(self, _entry=None) -> None:
+    def poll(self, _entry=None) -> bool:
         now = time.monotonic()
-        if now - self.checked >= POLL_S:
+        if not self.stopped and now - self.checked >= POLL_S:
             self.checked = now
-            if self.event.is_set():
-                raise KeyboardInterrupt
+            self.stopped = self.event.is_set()
+        return self.stopped
 
 
 def worker_address() -> str | None:

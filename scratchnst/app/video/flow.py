@@ -4,6 +4,8 @@ along it, and the forward–backward consistency mask of Ruder, Dosovitskiy & Br
 Flow convention: flow (H, W, 2) from frame a to frame b holds, for every pixel p = (x, y) of a, the
 displacement (dx, dy) to where that point is in b: a(p) ≈ b(p + flow(p)). To bring the previous
 output to frame t we sample it along the flow from t to t − 1 (the "backward" flow).
+
+PyAV and OpenCV (the `video` extra) are lazy imports: loaded on first use, by video_libs.
 """
 
 from __future__ import annotations

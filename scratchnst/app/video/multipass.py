@@ -13,33 +13,35 @@ alternating directions with one neighbour, this pass's: frame k − 1 is finishe
 starts (Gauss–Seidel). Taking the pass before's results (Jacobi) is what makes the frames of a pass
 independent tasks; with one neighbour per pass, alternating, it left more flicker than with both
 at once (docs/benchmarks.md, "Multi-pass"), so both it is. Measured there too: agreement spreads
-slowly this way, and frame by frame (video.py) flickers far less; this mode is for when a cluster's
-workers matter more.
+slowly this way, and frame by frame (framewise.py) flickers far less; this mode is for when a
+cluster's workers matter more.
 
 Dask runs the whole graph at once: frame (p, k) after (p − 1, k) and (p − 1, n), so workers start
 on pass p + 1 while pass p finishes elsewhere; the flows are tasks too, each computed once and kept
 on the workers. A task reads its inputs from, and writes its frame to, OUT.work/pass_p/ (storage
 every worker shares); the client records each finished frame in the work folder's state, so
 --resume skips it. With --workers 0 the same tasks run here one after another, with the same bytes.
+
+A frame task that raises fails that frame alone (cluster.run_tasks' failure policy; the same with
+--workers 0): its error goes into state.json and the manifest, the frames that start from it stay
+unfinished, every other frame goes on, and the run ends "failed" with its finished frames kept.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from scratchnst.app import cluster
-from scratchnst.app.video import flow
-from scratchnst.app.files import images as im
+from scratchnst.app.picture.inputs import open_styles, style_list
+from scratchnst.app.picture.memory import estimate_peak_bytes
 from scratchnst.app.picture.settings import Settings
+from scratchnst.app.video import flow
+from scratchnst.app.video.frame import Painter, Shared, frame_settings, read_frame, temporal_terms, warp_uint8
+from scratchnst.app.video.work import frame_png
 from scratchnst.core.backend import backend_name
-
-DEFAULT_BLEND = 1.0  # δ: Ruder et al.'s blendWeight (3 gave the same flicker: docs/benchmarks.md, "Multi-pass")
 
 
 def neighbours(pass_: int, k: int, frames: int) -> tuple[int, ...]:
@@ -92,45 +94,37 @@ class FrameJob:
     blend: float
 
 
-def run_frame(job: FrameJob, frame: np.ndarray, pairs, *, net=None, style_cache=None, on_progress=None):
-    """Stylize frame job.index ((H, W, 3) uint8) for pass job.pass_ and write it to the work folder.
-
-    pairs: flow.pair_flow(frame n, frame k) for each neighbour n. Returns (the frame's record, the
-    net used); KeyboardInterrupt when stopped before the end.
+def run_frame(job: FrameJob, frame: np.ndarray, pairs, painter: Painter, on_progress=None) -> dict | None:
+    """Stylize frame job.index ((H, W, 3) uint8) for pass job.pass_ with `painter` and write it to the
+    work folder. pairs: flow.pair_flow(frame n, frame k) for each neighbour n. Returns the frame's
+    record, or None when stopped before the end (the frame is not finished).
     """
-    from scratchnst.app.video.framewise import frame_png, read_frame, stylize_frame, temporal_terms, warp_uint8
-
     work, s, p, k = Path(job.work), job.settings, job.pass_, job.index
-    out_png, terms = frame_png(work, k, p), None
-    if p == 1:
-        settings = dataclasses.replace(s, iterations=job.first_iterations, quiet=True)
-    else:
+    start, terms = None, None
+    if p > 1:
         start = read_frame(frame_png(work, k, p - 1))
         if job.neighbours:
             warped = [warp_uint8(read_frame(frame_png(work, n, p - 1)), pair.backward) for n, pair in zip(job.neighbours, pairs)]
             masks = [pair.mask for pair in pairs]
             start = blend(start, warped, masks, job.blend)
             terms = temporal_terms(s, job.temporal_weight, *temporal_target(warped, masks))
-        init = out_png.with_name(f"start_{k:05d}.png")
-        im.save_image(start, init)
-        settings = dataclasses.replace(s, scales=(1.0,), init=str(init), quiet=True)
-    record, _, net = stylize_frame(frame, job.styles, settings, out_png, terms=terms, net=net, style_cache=style_cache,
-                                   on_progress=on_progress)
-    record = {
-        "pass": p, "index": k, "frame": job.frame, "neighbours": list(job.neighbours), **record,
+    settings = frame_settings(s, job.first_iterations, first=p == 1, warm=p > 1)
+    painted = painter.paint(frame, frame_png(work, k, p), settings, start=start, terms=terms, on_progress=on_progress)
+    if painted is None:
+        return None
+    net = painter.net
+    return {
+        "pass": p, "index": k, "frame": job.frame, "neighbours": list(job.neighbours), **painted[0],
         "temporal_error": None,  # set once frame k − 1 of this pass is done too (score)
         "reliable": float(np.mean([pair.mask.mean() for pair in pairs])) if pairs else None,
         "flow_s": round(sum(pair.seconds for pair in pairs), 3) if pairs else None,
         "backend": backend_name(net.xp), "weights_sha256": net.weights_sha256,
     }
-    return record, net
 
 
 def score(work: str, pass_: int, k: int, pair) -> float:
     """The temporal error of frame k ≥ 1 of a pass against frame k − 1 of it warped to frame k
     (pair: flow.pair_flow(frame k − 1, frame k)): the flicker measure of frame-by-frame mode."""
-    from scratchnst.app.video.framewise import frame_png, read_frame, warp_uint8
-
     previous = warp_uint8(read_frame(frame_png(Path(work), k - 1, pass_)), pair.backward)
     return flow.temporal_error(read_frame(frame_png(Path(work), k, pass_)), previous, pair.mask)
 
@@ -139,18 +133,16 @@ def score(work: str, pass_: int, k: int, pair) -> float:
 
 
 def _frame_task(job: FrameJob, run_id: str, interrupt_name: str, frame, pairs, *after) -> dict | None:
-    """run_frame on a worker with its cached net and style targets; None once interrupted. `after`:
-    the frames of the pass before this one starts from (only there to order the tasks)."""
+    """run_frame on a worker, with the painter this run keeps there (its net, style images and
+    targets, made by the first of its frames on the worker); None once interrupted. `after`: the
+    frames of the pass before this one starts from (only there to order the tasks)."""
     interrupt = cluster.Interrupt(interrupt_name)
     if interrupt.is_set() or any(a is None for a in after):
         return None
-    net = cluster.WORKER_CACHE.net(job.settings)
-    try:
-        record, _ = run_frame(job, frame, pairs, net=net, style_cache=cluster.WORKER_CACHE.style_cache(run_id),
-                              on_progress=interrupt.poll)
-    except KeyboardInterrupt:
-        return None
-    return {**record, "worker": cluster.worker_address()}
+    s = job.settings
+    make = lambda: Painter(open_styles(style_list(job.styles)), s, frame.shape[1::-1], Shared(net=cluster.WORKER_CACHE.net(s)))  # noqa: E731
+    record = run_frame(job, frame, pairs, cluster.WORKER_CACHE.of_run(run_id, "painter", make), interrupt.poll)
+    return None if record is None else {**record, "worker": cluster.worker_address()}
 
 
 def _score_task(work: str, pass_: int, k: int, pair, *frames) -> float | None:
@@ -161,17 +153,24 @@ def _score_task(work: str, pass_: int, k: int, pair, *frames) -> float | None:
 
 
 class Passes:
-    """The passes of one VideoRun (video.py) in multi-pass mode, and their records."""
+    """The passes of one video (a run.VideoRun in multi-pass mode), their records and failures.
 
-    def __init__(self, video_run):
-        self.v = video_run
-        self.n = len(video_run.clip.frames)
-        self.records = {}  # (pass, index) -> the frame's record
+    Failure policy (cluster.run_tasks'): a frame (or temporal error) task that raises is recorded
+    with its one-line error, in state.json and the manifest; the frames that start from it cannot
+    run and stay unfinished; every other frame goes on. The run then ends "failed", its finished
+    frames kept for --resume, which runs the rest again.
+    """
+
+    def __init__(self, video, records: list[dict]):
+        self.v = video
+        self.n = len(video.clip.frames)
+        self.records = {(r["pass"], r["index"]): r for r in records}  # (pass, index) -> the frame's record
         self.early = {}  # (pass, index) -> a temporal error that came before its frame's record
+        self.failed = {}  # ("frame" | "score", pass, index) -> the one-line error of a task that raised
 
     def job(self, p: int, k: int) -> FrameJob:
-        o = self.v.options
-        return FrameJob(p, k, self.v.clip.first + k, neighbours(p, k, self.n), str(self.v.work), self.v.styles, self.v.settings,
+        v, o = self.v, self.v.options
+        return FrameJob(p, k, v.clip.first + k, neighbours(p, k, self.n), str(v.work.path), v.styles, v.settings,
                         o.first_iterations, o.temporal_weight, o.blend)
 
     def todo(self):
@@ -183,11 +182,18 @@ class Passes:
         return [(p, k) for p in range(1, self.v.options.passes + 1) for k in range(1, self.n)
                 if self.records.get((p, k), {}).get("temporal_error") is None]
 
+    def needs(self, kind: str, p: int, k: int) -> list[tuple[int, int]]:
+        """The frames a task starts from: a frame, its own and its neighbours' of the pass before; a
+        temporal error, the two frames it compares."""
+        if kind == "score":
+            return [(p, k - 1), (p, k)]
+        return [] if p == 1 else [(p - 1, n) for n in (k, *neighbours(p, k, self.n))]
+
     def add(self, record: dict) -> None:
         key = record["pass"], record["index"]
         self.records[key] = {**record, "temporal_error": self.early.pop(key, record["temporal_error"])}
         self.save()
-        self.v._progress(record)
+        self.v.progress(record)
 
     def scored(self, p: int, k: int, error: float) -> None:
         if (p, k) not in self.records:
@@ -196,24 +202,30 @@ class Passes:
         self.records[p, k]["temporal_error"] = error
         self.save()
 
+    def fail(self, key: tuple, message: str) -> None:
+        self.failed[key] = message
+        self.save()
+
+    def failures(self) -> list[dict]:
+        """The tasks that raised themselves, not for want of a frame that failed before them."""
+        own = [key for key in sorted(self.failed) if all(n in self.records for n in self.needs(*key))]
+        return [{"pass": p, "index": k, "frame": self.v.clip.first + k, "error": (self.failed[kind, p, k] if kind == "frame" else
+                 f"temporal error: {self.failed[kind, p, k]}")} for kind, p, k in own]
+
     def save(self) -> None:
-        self.v._save_state(sorted(self.records.values(), key=lambda r: (r["pass"], r["index"])))
+        self.v.work.save(sorted(self.records.values(), key=lambda r: (r["pass"], r["index"])), self.failures())
 
-    def run(self):
-        """Every unfinished frame and score; returns "done" or "interrupted"."""
-        for r in self.v._open_work():
-            self.records[(r["pass"], r["index"])] = r
+    def run(self) -> str:
+        """Every unfinished frame and score; "done", "interrupted" or "failed" (see the class)."""
         try:
-            if self.v.options.workers == 0:
-                self._run_here()
-            else:
-                self._run_on_dask()
+            stopped = self._run_here() if self.v.options.workers == 0 else self._run_on_dask()
         except KeyboardInterrupt:
-            return "interrupted"
-        return "done"
+            stopped = True
+        return "interrupted" if stopped else "failed" if self.failures() else "done"
 
-    def _run_here(self) -> None:
-        """The tasks in this process, pass by pass, each flow computed once when first needed."""
+    def _run_here(self) -> bool:
+        """The tasks in this process, pass by pass, each flow computed once when first needed;
+        whether on_progress stopped them."""
         frames, flows = self.v.clip.frames, {}
 
         def pair(n, k):
@@ -222,36 +234,36 @@ class Passes:
             return flows[n, k]
 
         for p in range(1, self.v.options.passes + 1):
-            for _, k in [t for t in self.todo() if t[0] == p]:
+            for _, k in [t for t in self.todo() if t[0] == p and self._can_run("frame", *t)]:
                 job = self.job(p, k)
-                record, self.v.net = run_frame(job, frames[k], [pair(n, k) for n in job.neighbours], net=self.v.net,
-                                               style_cache=self.v.style_cache, on_progress=self.v.on_progress)
+                try:
+                    record = run_frame(job, frames[k], [pair(n, k) for n in job.neighbours], self.v.painter, self.v.on_progress)
+                except Exception as exc:  # the failure policy: this frame's, the others go on
+                    self.fail(("frame", p, k), cluster.failure_line(exc))
+                    continue
+                if record is None:
+                    return True
                 self.add(record)
-            for _, k in [t for t in self.unscored() if t[0] == p]:
-                self.scored(p, k, score(str(self.v.work), p, k, pair(k - 1, k)))
+            for _, k in [t for t in self.unscored() if t[0] == p and self._can_run("score", *t)]:
+                try:
+                    self.scored(p, k, score(str(self.v.work.path), p, k, pair(k - 1, k)))
+                except Exception as exc:
+                    self.fail(("score", p, k), cluster.failure_line(exc))
+        return False
 
-    def _run_on_dask(self) -> None:
-        """The whole graph submitted at once; each result recorded as it comes."""
-        from distributed import Event, as_completed
+    def _can_run(self, kind: str, p: int, k: int) -> bool:
+        return all(n in self.records for n in self.needs(kind, p, k))
 
+    def _run_on_dask(self) -> bool:
+        """The whole graph submitted at once (cluster.run_tasks); each result recorded as it comes;
+        whether Ctrl-C stopped it."""
         v, o = self.v, self.v.options
         gpus = 0 if o.scheduler else cluster.gpu_count(v.settings.backend)
         with cluster.client(o.scheduler, workers=o.workers, gpus=gpus, job_bytes=self._frame_bytes()) as client:
             readable = [str(Path(s).resolve()) for s in v.styles or []] + ([v.settings.weights] if v.settings.weights else [])
-            cluster.check_workers(client, readable, [str(v.work)], "video --passes")
-            run_id = uuid.uuid4().hex
-            interrupt = Event(f"scratchnst-interrupt-{run_id}", client=client)
-            futures, seen = self._submit(client, run_id, interrupt.name), set()
-            try:
-                for future in as_completed(list(futures)):
-                    seen.add(future)
-                    self._collect(future, futures)
-            except BaseException:  # Ctrl-C, or a task that raised: running frames stop and what finished is kept
-                interrupt.set()
-                self._wait_for_running(futures, seen)
-                raise
-            finally:
-                interrupt.clear()
+            cluster.check_workers(client, readable, [str(v.work.path)], "video --passes")
+            return cluster.run_tasks(client, lambda run_id, interrupt: self._submit(client, run_id, interrupt),
+                                     self._collect, self.fail).interrupted
 
     def _submit(self, client, run_id: str, interrupt_name: str) -> dict:
         """Submit every unfinished frame and score; {future: ("frame" | "score", pass, frame)}."""
@@ -268,19 +280,18 @@ class Passes:
 
         for p, k in self.todo():
             job = self.job(p, k)
-            after = [] if p == 1 else [frame(p - 1, n) for n in (k, *job.neighbours)]
+            after = [frame(*n) for n in self.needs("frame", p, k)]
             f = client.submit(_frame_task, job, run_id, interrupt_name, remote[k], [pair(n, k) for n in job.neighbours], *after,
                               key=f"scratchnst-frame-{run_id}-{p}-{k}", pure=False, retries=cluster.RETRIES)
             done[p, k], futures[f] = f, ("frame", p, k)
         for p, k in self.unscored():
-            f = client.submit(_score_task, str(self.v.work), p, k, pair(k - 1, k), frame(p, k), frame(p, k - 1),
+            f = client.submit(_score_task, str(self.v.work.path), p, k, pair(k - 1, k), frame(p, k), frame(p, k - 1),
                               key=f"scratchnst-score-{run_id}-{p}-{k}", pure=False)
             futures[f] = ("score", p, k)
         return futures
 
-    def _collect(self, future, futures: dict) -> None:
-        kind, p, k = futures[future]
-        value = future.result()  # a task that raised raises here
+    def _collect(self, key: tuple, value) -> None:
+        kind, p, k = key
         if value is None:  # interrupted
             return
         if kind == "frame":
@@ -288,26 +299,8 @@ class Passes:
         else:
             self.scored(p, k, value)
 
-    def _wait_for_running(self, futures: dict, seen: set) -> None:
-        """After Ctrl-C or a failed task: give running frames INTERRUPT_WAIT_S to stop, keep what
-        finished, cancel the rest. A second Ctrl-C stops waiting."""
-        from distributed import wait
-
-        rest = [f for f in futures if f not in seen]
-        try:
-            wait(rest, timeout=cluster.INTERRUPT_WAIT_S)
-        except (KeyboardInterrupt, TimeoutError):
-            pass
-        for f in rest:
-            if f.status == "finished":
-                self._collect(f, futures)
-            else:
-                f.cancel()
-
     def _frame_bytes(self) -> int:
         """The peak memory of one frame task: what a local worker must have room for."""
-        from scratchnst.app.picture.memory import estimate_peak_bytes
-
         h, w = self.v.clip.frames[0].shape[:2]
         return estimate_peak_bytes(self.v.settings, (w, h), [(w, h)] * len(self.v.styles or [None]))
 
@@ -324,21 +317,29 @@ class Passes:
             })
         return rows
 
+    def extra(self) -> dict:
+        """What a multi-pass manifest has over a frame-by-frame one: the passes, their flicker and
+        seconds, the failures; the backend and weights when the frames were made on workers."""
+        summary = self.summary()
+        stylize_s = sum(row["stylize_s"] for row in summary)
+        extra = {"passes": summary, "temporal_error": summary[-1]["temporal_error"],
+                 "stylize_s": round(stylize_s, 3), "seconds_per_frame": round(stylize_s / self.n, 3)}
+        flows = {(tuple(r["neighbours"]), r["index"]): r["flow_s"] for r in self.records.values() if r["flow_s"] is not None}
+        extra["flow_s"] = round(sum(flows.values()), 3)  # each pair's flows once, however many passes used them
+        if self.v.painter.net is None and self.records:  # the frames were made on workers
+            any_record = next(iter(self.records.values()))
+            extra |= {"backend": any_record["backend"], "weights_sha256": any_record["weights_sha256"]}
+        if failures := self.failures():
+            more = f" (and {len(failures) - 1} more: see \"failed\")" if len(failures) > 1 else ""
+            first = failures[0]
+            extra |= {"failed": failures, "error": f"pass {first['pass']}, frame {first['index']}: {first['error']}{more}"}
+        return extra
 
-def run(video_run):
-    """VideoRun.run in multi-pass mode: a VideoResult whose frames are those of the last pass."""
-    passes = Passes(video_run)
-    started = time.perf_counter()
+
+def run(video, records: list[dict]) -> tuple[str, list[dict], dict]:
+    """The passes of `video` (a run.VideoRun) after the finished frames `records`: (status, the
+    records of the last pass's frames, the manifest's multi-pass fields)."""
+    passes = Passes(video, records)
     status = passes.run()
-    elapsed = time.perf_counter() - started
-    last = [r for (p, _), r in sorted(passes.records.items()) if p == video_run.options.passes]
-    summary = passes.summary()
-    stylize_s = sum(row["stylize_s"] for row in summary)
-    extra = {"passes": summary, "temporal_error": summary[-1]["temporal_error"],
-             "stylize_s": round(stylize_s, 3), "seconds_per_frame": round(stylize_s / passes.n, 3)}
-    flows = {(tuple(r["neighbours"]), r["index"]): r["flow_s"] for r in passes.records.values() if r["flow_s"] is not None}
-    extra["flow_s"] = round(sum(flows.values()), 3)  # each pair's flows once, however many passes used them
-    if video_run.net is None and passes.records:  # the frames were made on workers
-        any_record = next(iter(passes.records.values()))
-        extra |= {"backend": any_record["backend"], "weights_sha256": any_record["weights_sha256"]}
-    return video_run._finish(status, last, elapsed, extra)
+    last = [r for (p, _), r in sorted(passes.records.items()) if p == video.options.passes]
+    return status, last, passes.extra()

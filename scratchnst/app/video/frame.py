@@ -1,0 +1,137 @@
+"""One frame of a video, in either mode: a finished frame read back, warped along the flow, the
+temporal term towards it, and the frame stylized (Painter).
+
+What every frame shares is made once per video (per worker, in multi-pass mode on Dask): the
+style images and masks, read and checked with the memory estimate; the net; the styles' Gram
+targets at each scale. A frame's start (the warped previous output, or a blend) is handed over in
+memory, as the same uint8 image a PNG would hold.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scratchnst.app.files import images as im
+from scratchnst.app.picture.coarse_to_fine import CoarseToFine
+from scratchnst.app.picture.inputs import Inputs, Styles, check_memory, check_sizes, load_net, read_masks
+from scratchnst.app.picture.outputs import picture
+from scratchnst.app.picture.settings import INITS, Settings
+from scratchnst.app.picture.targets import StyleTargets
+from scratchnst.app.video import flow
+from scratchnst.core.backend import get_array_module
+from scratchnst.core.losses import temporal_loss
+from scratchnst.core.objective import PixelTerm
+from scratchnst.core.preprocess import preprocess
+
+CONTENT = "<content image>"  # a frame's name as the content of its stylization
+
+
+def read_frame(png: Path) -> np.ndarray:
+    """A finished frame of the work folder as (H, W, 3) uint8."""
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+def warp_uint8(image: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """`image` ((H, W, 3) uint8) warped along the flow `backward`, rounded back to uint8."""
+    return np.clip(np.rint(flow.warp(image, backward)), 0, 255).astype(np.uint8)
+
+
+def temporal_terms(settings: Settings, weight: float, warped: np.ndarray, mask: np.ndarray):
+    """CoarseToFine's pixel_terms: the temporal term of `weight` towards `warped` ((H, W, 3) uint8)
+    under `mask` ((H, W)), both brought to the size and colour space of each scale's content array."""
+    target_img = Image.fromarray(im.luma_rgb(warped) if settings.preserve_colors else warped)
+
+    def terms(content):
+        _, _, h, w = content.shape
+        xp = get_array_module(content)
+        target = preprocess(im.resize_to(target_img, w, h), dtype=settings.dtype, xp=xp)
+        c = mask if mask.shape == (h, w) else np.asarray(Image.fromarray(mask, mode="F").resize((w, h), Image.Resampling.BILINEAR))
+        c = xp.asarray(c[None, None], dtype=settings.dtype)
+        return [PixelTerm("temporal", weight, lambda x: temporal_loss(x, target, c))]
+
+    return terms
+
+
+def frame_settings(settings: Settings, first_iterations: int, *, first: bool, warm: bool) -> Settings:
+    """A frame's Settings: the first (frame 0, or pass 1) gets the stylize schedule with
+    --first-iterations; one started warm (from a warped previous output) one pass at full size;
+    any other (--independent) the video's settings."""
+    if first:
+        return replace(settings, iterations=first_iterations, quiet=True)
+    if warm:
+        return replace(settings, scales=(1.0,), quiet=True)
+    return replace(settings, quiet=True)
+
+
+@dataclass
+class Shared:
+    """What a caller lends the frames of a video: a loaded net (used when it fits the settings) and a
+    cache of style Gram targets kept across runs (a batch worker's)."""
+
+    net: object = None
+    style_cache: dict | None = None
+
+
+class Painter:
+    """What the frames of one video share, and the stylization of each."""
+
+    def __init__(self, styles: Styles, settings: Settings, frame_size: tuple[int, int], shared: Shared | None = None, *,
+                 memory: bool = True):
+        """Checks what a frame's stylization would, once: the masks against `frame_size` (W, H); the
+        sizes and (memory) the memory estimate of the video's schedule here, and of a warm frame's
+        (one scale) at the first such frame. settings: the video's, validated at the frames' size.
+        The net is loaded on the first frame."""
+        shared = shared or Shared()
+        self.settings, self.styles, self.net, self.style_cache = settings, styles, shared.net, shared.style_cache
+        self.frame_size, self.memory, self.checked = frame_size, memory, set()
+        self.masks = read_masks(settings, frame_size)
+        self.start = im.load_image(settings.init) if settings.init not in INITS else None  # --init PATH
+        self._check(settings)
+        self.targets = None
+
+    def _check(self, settings: Settings) -> None:
+        """The size and memory checks of a frame schedule (its scales), once per schedule."""
+        if settings.scales not in self.checked:
+            check_sizes(settings, self.frame_size, CONTENT, self.styles)
+            if self.memory:
+                check_memory(settings, self.frame_size, self.styles)
+            self.checked.add(settings.scales)
+
+    def paint(self, frame: np.ndarray, png: Path, settings: Settings, *, start: np.ndarray | None = None, terms=None,
+              on_progress=None) -> tuple[dict, np.ndarray] | None:
+        """Stylize `frame` ((H, W, 3) uint8) with `settings` (frame_settings of the video's) from
+        `start` ((H, W, 3) uint8, else --init), with the pixel terms `terms`; write it to `png`.
+
+        Returns (its record: iterations, evaluations, the last loss terms, seconds; the output
+        (H, W, 3) uint8), or None when stopped before the end (Ctrl-C, or on_progress asked): the
+        frame is not finished.
+        Raises picture.coarse_to_fine.NonFiniteError for a NaN/inf loss.
+        """
+        started = time.perf_counter()
+        self._check(settings)
+        if self.targets is None:
+            self.net = load_net(self.settings, self.net)
+            self.targets = StyleTargets(self.net, self.settings, self.styles, self.style_cache)
+        content, _ = im.open_image(Image.fromarray(frame), "content")
+        inputs = Inputs(content, CONTENT, self.styles, masks=self.masks,
+                        start=Image.fromarray(start) if start is not None else self.start)
+        run = CoarseToFine(settings, inputs, self.net, self.targets, pixel_terms=terms, on_progress=on_progress)
+        status, error = run.run()
+        if error is not None:
+            raise error
+        if status != "done":
+            return None
+        out = np.asarray(picture(run.opt.x, settings, content))
+        im.save_image(out, png)
+        last = run.history[-1] if run.history else {}
+        record = {
+            "iterations": len(run.history), "evaluations": run.evaluations,
+            **{name: last.get(name) for name in ("loss", "content", "style", "tv", "temporal")},
+            "stylize_s": round(time.perf_counter() - started, 3),
+        }
+        return record, out
