@@ -1,7 +1,6 @@
 """`scratchnst bench`: the command runs at a tiny size and reports sane numbers; FLOP counting by hand."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -80,25 +79,6 @@ def test_bench_table_and_bad_sizes(vgg_weights_path):
     assert "% peak" in header and row.split()[0] == "32"
     bad = subprocess.run([sys.executable, "-m", "scratchnst", "bench", "--sizes", "16"], capture_output=True, text=True)
     assert bad.returncode == 2 and "≥ 32" in bad.stderr
-
-
-def test_engine_threads_hold_blas_at_one_thread_and_restore_it():
-    """host.engine_threads (stylize, the CLI, bench): BLAS single-threaded inside, its threads given to
-    split work, and the caller's BLAS thread count back afterwards."""
-    code = (
-        "from threadpoolctl import threadpool_info\n"
-        "from scratchnst.core import host\n"
-        "blas = lambda: max(p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas')\n"
-        "before = blas()\n"
-        "with host.engine_threads():\n"
-        "    inside, workers = blas(), host.workers()\n"
-        "print(before, inside, workers, blas())\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
-    assert proc.returncode == 0, proc.stderr
-    before, inside, workers, after = map(int, proc.stdout.split())
-    assert (before, inside, workers, after) == (2, 1, 2, 2)
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])

@@ -10,11 +10,6 @@ from scratchnst.core.backend import get_array_module
 from scratchnst.core.optim import C1, C2, LBFGS, Adam, Trial, make_optimizer, strong_wolfe
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(1234)
-
-
 def rosenbrock(x):
     """Extended Rosenbrock: sum over pairs of 100 (b - a^2)^2 + (1 - a)^2; minimum 0 at ones.
 
