@@ -157,6 +157,12 @@ class Pics(NamedTuple):
     style: Path
 
 
+@pytest.fixture(scope="session")
+def make_pictures() -> Callable[..., Pictures]:
+    """make_pictures(folder, seed=7): Pictures in any folder (a module-scoped fixture's, say)."""
+    return Pictures
+
+
 @pytest.fixture
 def pictures(tmp_path) -> Pictures:
     """Pictures in tmp_path."""
@@ -235,10 +241,11 @@ DEADLINE_S = 120
 
 
 def _env(extra: dict | None) -> dict:
-    """This environment, this checkout's package importable, then `extra`."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    env.update(extra or {})
-    return env
+    """This environment with `extra` over it, this checkout's package importable (a PYTHONPATH in
+    `extra` comes first)."""
+    extra = dict(extra or {})
+    path = [extra.pop("PYTHONPATH", None), str(REPO), os.environ.get("PYTHONPATH")]
+    return {**os.environ, **extra, "PYTHONPATH": os.pathsep.join(filter(None, path))}
 
 
 def _command(args, code: str | None) -> list[str]:
@@ -248,8 +255,9 @@ def _command(args, code: str | None) -> list[str]:
 @pytest.fixture(scope="session")
 def run_cli() -> Callable:
     """run_cli(*args, cwd=, env=None, timeout=DEADLINE_S, code=None): `python -m scratchnst ARGS` run
-    to its end (output captured as text). env: variables over this environment; code: Python run in
-    place of `-m scratchnst`, with ARGS in sys.argv[1:]."""
+    to its end (output captured as text). env: variables over this environment (a PYTHONPATH there
+    comes before this checkout's); code: Python run in place of `-m scratchnst`, with ARGS in
+    sys.argv[1:]."""
 
     def run(*args, cwd, env: dict | None = None, timeout: float = DEADLINE_S, code: str | None = None):
         return subprocess.run(_command(args, code), cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout)
