@@ -206,6 +206,7 @@ def _compare_objectives(host, dev, x, tol: float, what: str) -> None:
     assert isinstance(loss_d, float), f"{what}: loss is {type(loss_d)}, not a Python float"
     assert abs(loss_d - loss) <= tol * abs(loss), f"{what}: loss {loss_d!r} (CuPy) vs {loss!r} (NumPy)"
     terms, terms_d = host.evaluate(np.asarray(x, dtype)).terms, dev.evaluate(cp.asarray(x, dtype)).terms
+    assert terms and set(terms_d) == set(terms), f"{what}: terms {sorted(terms_d)} (CuPy) vs {sorted(terms)} (NumPy)"
     for term, value in terms.items():
         assert abs(terms_d[term] - value) <= tol * max(abs(value), 1e-30), f"{what}: {term} term"
     _close(grad_d, grad, tol, f"{what}: gradient")
@@ -267,8 +268,8 @@ def test_evaluation_stays_on_the_device():
     loss, grad = obj.loss_and_grad(cp.asarray(x, "float32"))
     assert isinstance(loss, float) and np.isfinite(loss)
     assert isinstance(grad, cp.ndarray) and grad.dtype == cp.float32 and grad.shape == x.shape
-    assert all(isinstance(t, cp.ndarray) for t in obj.targets.values())
-    assert all(isinstance(g, cp.ndarray) for g in obj.grams.values())
+    assert obj.targets and all(isinstance(t, cp.ndarray) for t in obj.targets.values())
+    assert obj.grams and all(isinstance(g, cp.ndarray) for g in obj.grams.values())
 
 
 # -- optimisers ----------------------------------------------------------------------------------
@@ -296,7 +297,8 @@ def test_optimizer_matches_numpy(name, steps):
     assert opt_d.loss < start
     # The state dict comes back to the host and restores onto the device.
     state = opt_d.state_dict()
-    assert all(isinstance(v, np.ndarray) for k, v in state.items() if k in ("x", "grad", "s", "y", "m", "v"))
+    arrays = {k: v for k, v in state.items() if k in ("x", "grad", "s", "y", "m", "v")}
+    assert {"x", "grad"} <= set(arrays) and all(isinstance(v, np.ndarray) for v in arrays.values()), sorted(arrays)
     again = type(opt_d).from_state(state, dev.loss_and_grad, xp=cp)
     again.step()
     opt_d.step()
@@ -340,6 +342,7 @@ def test_stylize_runs_on_cupy(gpu_pics, run, tmp_path):
 @pytest.mark.weights
 def test_stylize_cupy_matches_numpy_in_float64(gpu_pics, run):
     runs = {b: _stylize(gpu_pics, run, backend=b, dtype="float64") for b in ("numpy", "cupy")}
+    assert len(runs["numpy"].history) == 3
     for h_np, h_cp in zip(runs["numpy"].history, runs["cupy"].history, strict=True):
         assert h_cp["evaluations"] == h_np["evaluations"]
         assert abs(h_cp["loss"] - h_np["loss"]) <= 1e-9 * abs(h_np["loss"]), (h_cp, h_np)
