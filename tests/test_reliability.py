@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from scratchnst.core.preprocess import deprocess
-from scratchnst.app.picture.stylize import NOISE_STD
+from scratchnst.app.picture.settings import NOISE_STD
 
 pytestmark = [pytest.mark.weights, pytest.mark.usefixtures("weights_env")]
 
