@@ -1,6 +1,8 @@
-"""Tests for scratchnst.app.files.images: loading odd/broken files, pre/deprocess, atomic saving, colour."""
+"""scratchnst.app.files.images: loading odd and broken files (by itself and through a run: one line, exit
+2, before the net loads), the output path's checks, saving, colour, the shipped images."""
 
 import io
+import json
 import os
 import struct
 import zlib
@@ -8,23 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 import scratchnst
 from scratchnst.app.files import images as im
-from scratchnst.core.preprocess import MIN_SIDE, deprocess, preprocess
+from scratchnst.core.preprocess import MIN_SIDE
 from scratchnst.errors import ScratchnstError
 
 # Independent reference: BT.601 full-range RGB -> (Y, Cb - 128, Cr - 128).
 YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
 
 
 def ycc(rgb):
@@ -33,84 +27,6 @@ def ycc(rgb):
 
 def rand_rgb(rng, h, w):
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-# ---------------------------------------------------------------- preprocess / deprocess
-
-@pytest.mark.parametrize("h, w", [(16, 16), (17, 31), (40, 23), (64, 128)])
-def test_round_trip_exact(rng, h, w):
-    a = rand_rgb(rng, h, w)
-    for dtype in ("float32", "float64"):
-        x = preprocess(a, dtype=dtype)
-        assert x.shape == (1, 3, h, w) and x.dtype == np.dtype(dtype)
-        np.testing.assert_array_equal(deprocess(x), a)
-        np.testing.assert_array_equal(deprocess(x[0]), a)
-
-
-def test_channel_order_and_mean():
-    a = np.zeros((16, 20, 3), np.uint8)
-    a[..., 0] = 255  # pure red
-    x = preprocess(a, dtype="float64")
-    np.testing.assert_allclose(x[0, 2], 255 - 123.68)  # BGR: red is channel 2
-    np.testing.assert_allclose(x[0, 1], -116.779)
-    np.testing.assert_allclose(x[0, 0], -103.939)
-
-
-def test_preprocess_pil_equals_array(rng):
-    a = rand_rgb(rng, 21, 34)
-    np.testing.assert_array_equal(preprocess(Image.fromarray(a)), preprocess(a))
-    grey = Image.fromarray(a[..., 0])  # mode L -> RGB
-    np.testing.assert_array_equal(deprocess(preprocess(grey)), np.repeat(a[..., :1], 3, 2))
-
-
-@pytest.mark.parametrize("h, w", [(15, 40), (40, 15), (1, 1)])
-def test_preprocess_too_small(h, w):
-    with pytest.raises(ValueError, match="smaller than 16"):  # the core's ValueError: load_image refuses such files first
-        preprocess(np.zeros((h, w, 3), np.uint8))
-
-
-def test_preprocess_rejects_bad_arrays():
-    with pytest.raises(ValueError):
-        preprocess(np.zeros((20, 20, 3), np.float32))
-    with pytest.raises(ValueError):
-        preprocess(np.zeros((20, 20), np.uint8))
-    with pytest.raises(ValueError):
-        preprocess(np.zeros((20, 20, 3), np.uint8), dtype="int32")
-
-
-def test_deprocess_rounds_and_clips():
-    x = np.zeros((1, 3, 16, 16))
-    x[0, 0] = 1000.0  # B far above 255
-    x[0, 1] = -1000.0  # G far below 0
-    x[0, 2, 0, 0] = np.nan
-    x[0, 2, 0, 1] = 0.6 - 123.68 + 10  # R = 10.6 -> 11
-    out = deprocess(x)
-    assert out.dtype == np.uint8 and out.shape == (16, 16, 3)
-    assert (out[..., 2] == 255).all() and (out[..., 1] == 0).all()
-    assert out[0, 0, 0] == 0 and out[0, 1, 0] == 11
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.tuples(st.integers(16, 40), st.integers(16, 40)).flatmap(
-    lambda hw: arrays(np.uint8, (hw[0], hw[1], 3))))
-def test_round_trip_property(a):
-    x = preprocess(a)
-    assert x.shape == (1, 3) + a.shape[:2]
-    np.testing.assert_array_equal(deprocess(x), a)
-
-
-@pytest.mark.gpu
-def test_preprocess_cupy_round_trip(rng):
-    from scratchnst.core.backend import get_backend, is_cupy
-
-    cupy = get_backend("auto")
-    if not is_cupy(cupy):
-        pytest.skip("needs CuPy and a CUDA device")
-    a = rand_rgb(rng, 19, 23)
-    x = preprocess(a, xp=cupy)
-    assert isinstance(x, cupy.ndarray) and x.dtype == cupy.float32
-    np.testing.assert_array_equal(cupy.asnumpy(x), preprocess(a))
-    np.testing.assert_array_equal(deprocess(x), a)
 
 
 # ---------------------------------------------------------------- resize
@@ -414,47 +330,6 @@ def test_output_path_unwritable(tmp_path):
         ro.chmod(0o700)
 
 
-def fail_replace(src, dst):
-    raise OSError("simulated failure in os.replace")
-
-
-def fail_midway(self, fp, *args, **kwargs):
-    fp.write(b"partial garbage")
-    raise OSError("No space left on device (simulated)")
-
-
-def interrupt_midway(self, fp, *args, **kwargs):
-    fp.write(b"partial garbage")
-    raise KeyboardInterrupt
-
-
-@pytest.mark.parametrize("target, patch, exc", [
-    (os, ("replace", fail_replace), ScratchnstError),
-    (Image.Image, ("save", fail_midway), ScratchnstError),
-    (Image.Image, ("save", interrupt_midway), KeyboardInterrupt),
-])
-def test_save_is_atomic(tmp_path, rng, monkeypatch, target, patch, exc):
-    path = tmp_path / "out.png"
-    path.write_bytes(b"previous result")
-    monkeypatch.setattr(target, *patch)
-    with pytest.raises(exc) as info:
-        im.save_image(rand_rgb(rng, 16, 16), path)
-    if exc is ScratchnstError:
-        assert str(path) in str(info.value) and "\n" not in str(info.value)
-    assert path.read_bytes() == b"previous result"
-    assert os.listdir(tmp_path) == ["out.png"]  # no temp file left behind
-
-
-def test_save_replaces_existing(tmp_path, rng):
-    path = tmp_path / "out.png"
-    path.write_bytes(b"old")
-    path.chmod(0o600)
-    a = rand_rgb(rng, 16, 17)
-    im.save_image(a, path)
-    np.testing.assert_array_equal(np.asarray(Image.open(path)), a)
-    assert (path.stat().st_mode & 0o777) == 0o600
-
-
 # ---------------------------------------------------------------- colour
 
 def test_preserve_colors_luma_and_chroma(rng):
@@ -501,3 +376,167 @@ def test_default_images():
     assert (assets / "content.jpg").stat().st_size <= 300_000
     assert (assets / "style.jpg").stat().st_size <= 300_000
     assert np.asarray(style).std() > 40  # a bold, textured picture, not a flat fill
+
+
+# ---------------------------------------------------------------- through a run: alpha, bad and unusual images, output paths
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".jpg"])
+def test_an_rgba_content_keeps_its_alpha(tmp_path, pics, vgg16, tiny, suffix, capsys):
+    rgba = Image.open(pics.content).convert("RGBA")
+    alpha = np.zeros((40, 48), np.uint8)
+    alpha[8:32, 10:40] = 255
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(tmp_path / "rgba.png")
+    out = tmp_path / f"out{suffix}"
+    res = scratchnst.stylize(str(tmp_path / "rgba.png"), [str(pics.style)], out=out, net=vgg16(), **tiny.but(size=40, iterations=3))
+    err = capsys.readouterr().err
+    saved = Image.open(out)
+    if suffix == ".jpg":
+        assert saved.mode == "RGB" and "cannot carry the content's alpha" in err and len(err.strip().splitlines()) == 1
+        return
+    assert res.image.mode == "RGBA" and saved.mode == "RGBA" and saved.size == (40, 33) and "alpha" not in err
+    a = np.asarray(saved.getchannel("A"))
+    assert a[10:25, 15:32].min() > 200 and a[:3].max() < 30  # the content's alpha, resized
+
+
+def _make_bad_image(kind: str, pictures, rng) -> Path:
+    d = pictures.folder
+    if kind == "missing":
+        return d / "nope.png"
+    if kind == "directory":
+        (d / "adir.png").mkdir()
+        return d / "adir.png"
+    if kind == "empty":
+        (d / "empty.png").write_bytes(b"")
+        return d / "empty.png"
+    if kind in ("truncated", "corrupt"):
+        p = d / f"{kind}.png"
+        Image.fromarray(pictures.rgb(rng=rng)).save(p)
+        data = p.read_bytes()
+        if kind == "truncated":
+            p.write_bytes(data[: len(data) // 2])
+        else:  # header intact, compressed stream overwritten with noise
+            p.write_bytes(data[:60] + bytes(rng.integers(0, 256, len(data) - 60, dtype=np.uint8)))
+        return p
+    if kind == "text-named-jpg":
+        (d / "notes.jpg").write_text("these are not pixels\n" * 20)
+        return d / "notes.jpg"
+    if kind == "unsupported-svg":
+        (d / "vector.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64"/></svg>')
+        return d / "vector.svg"
+    if kind == "bomb":
+        (d / "bomb.png").write_bytes(forged_png(40000, 40000))
+        return d / "bomb.png"
+    if kind == "too-small":
+        Image.fromarray(pictures.rgb(12, 10, rng)).save(d / "small.png")
+        return d / "small.png"
+    if kind == "too-elongated":
+        Image.fromarray(pictures.rgb(640, 16, rng)).save(d / "strip.png")
+        return d / "strip.png"
+    raise AssertionError(kind)
+
+
+def _make_unusual(kind: str, pictures, rng) -> Path:
+    """Valid images in awkward modes. Each has a distinct content, so a mix-up would show."""
+    a, d = pictures.rgb(rng=rng), pictures.folder
+    p = d / f"{kind}.png"
+    if kind == "gray":
+        Image.fromarray(a[..., 0]).save(p)
+    elif kind == "palette":
+        Image.fromarray(a).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(p)
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([a, np.linspace(0, 255, a.shape[1], dtype=np.uint8)[None].repeat(a.shape[0], 0)])).save(p)
+    elif kind == "la":
+        Image.fromarray(np.dstack([a[..., 0], a[..., 1]]), mode="LA").save(p)
+    elif kind == "gray16":
+        Image.fromarray(a[..., 0].astype(np.uint16) * 257).save(p)
+    elif kind == "cmyk":
+        p = d / "cmyk.jpg"
+        Image.fromarray(a).convert("CMYK").save(p, quality=95)
+    else:
+        raise AssertionError(kind)
+    return p
+
+
+BAD_IMAGES = {
+    "missing": "no such file",
+    "directory": "is a directory",
+    "empty": "file is empty",
+    "truncated": "corrupt or truncated",
+    "corrupt": "corrupt or truncated",
+    "text-named-jpg": "not an image",
+    "unsupported-svg": "not an image, or an unsupported image format",
+    "bomb": "decompression bomb",
+    "too-small": "smaller than 16 px",
+    "too-elongated": "use --size ≥ 640",
+}
+
+
+@pytest.mark.weights
+@pytest.mark.usefixtures("weights_env")
+@pytest.mark.parametrize("kind,role", [(k, "content") for k in BAD_IMAGES] + [(k, "style") for k in ("missing", "corrupt", "too-elongated")])
+def test_bad_image_is_one_line_exit_2(tmp_path, pictures, pics, out, tiny, run_cli, refused, kind, role):
+    bad = _make_bad_image(kind, pictures, np.random.default_rng(1))
+    content, style = (bad, pics[1]) if role == "content" else (pics[0], bad)
+    # A weights file that does not exist: the image must be refused before the net is loaded.
+    r = run_cli("stylize", str(content), str(style), "-o", str(out), *tiny.argv, "--weights", str(tmp_path / "no.h5"), cwd=tmp_path)
+    refused(r, out, BAD_IMAGES[kind], bad.name)
+
+
+@pytest.mark.weights
+@pytest.mark.usefixtures("weights_env")
+def test_bad_init_image_is_refused(tmp_path, pics, out, tiny, run_cli, refused):
+    r = run_cli("stylize", *map(str, pics), "-o", str(out), *tiny.argv, "--init", str(tmp_path / "nope.png"), cwd=tmp_path)
+    refused(r, out, "nope.png", "no such file")
+
+
+@pytest.mark.weights
+@pytest.mark.usefixtures("weights_env")
+def test_unusual_valid_images_just_work(tmp_path, pictures, tiny, run_cli):
+    """Grey, palette, RGBA, LA, 16-bit, CMYK styles with an EXIF-rotated content; OUT's folder is created."""
+    rng = np.random.default_rng(3)
+    styles = [_make_unusual(k, pictures, rng) for k in ("gray", "palette", "rgba", "la", "gray16", "cmyk")]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 48x32 landscape, shown rotated 90° clockwise: 32x48 portrait
+    rotated = tmp_path / "rotated.jpg"
+    Image.fromarray(pictures.rgb(48, 32, rng)).save(rotated, exif=exif, quality=95)
+    out = tmp_path / "new" / "nested" / "out.png"
+    r = run_cli("stylize", str(rotated), *map(str, styles), "-o", str(out), *tiny.argv, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (21, 32)  # portrait: the orientation was honoured
+    m = json.loads(out.with_suffix(".json").read_text())
+    assert m["status"] == "done" and m["content_size"] == [32, 48]
+    assert len(m["styles"]) == 6 and all(size == [48, 40] for size in m["style_sizes"])
+
+
+@pytest.mark.weights
+@pytest.mark.usefixtures("weights_env")
+def test_transparency_is_composited_over_white(tmp_path):
+    Image.new("RGBA", (20, 20), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("LA", (20, 20), (0, 128)).save(tmp_path / "half.png")
+    assert (np.asarray(im.load_image(tmp_path / "clear.png")) == 255).all()
+    assert (np.abs(np.asarray(im.load_image(tmp_path / "half.png")).astype(int) - 127).max()) <= 1
+
+
+@pytest.mark.weights
+@pytest.mark.usefixtures("weights_env")
+@pytest.mark.parametrize("case,needle", [
+    ("is-directory", "is a directory"),
+    ("parent-is-file", "is not a directory"),
+    ("not-writable", "is not writable"),
+])
+def test_bad_output_path(tmp_path, pics, tiny, run_cli, refused, case, needle):
+    if case == "is-directory":
+        target = tmp_path / "adir.png"
+        target.mkdir()
+    elif case == "parent-is-file":
+        (tmp_path / "afile").write_text("x")
+        target = tmp_path / "afile" / "out.png"
+    else:  # /sys refuses new files even to root, where a chmod'ed folder would not
+        target = Path("/sys/scratchnst-test/out.png")
+        if not Path("/sys").is_dir():
+            pytest.skip("no /sys")
+    r = run_cli("stylize", *map(str, pics), "-o", str(target), *tiny.argv, "--weights", str(tmp_path / "no.h5"), cwd=tmp_path)
+    refused(r, None, needle)

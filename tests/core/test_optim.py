@@ -10,11 +10,6 @@ from scratchnst.core.backend import get_array_module
 from scratchnst.core.optim import C1, C2, LBFGS, Adam, Trial, make_optimizer, strong_wolfe
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(1234)
-
-
 def rosenbrock(x):
     """Extended Rosenbrock: sum over pairs of 100 (b - a^2)^2 + (1 - a)^2; minimum 0 at ones.
 
@@ -239,7 +234,8 @@ def test_float32_stays_float32(name, rng):
     assert seen == {np.dtype(np.float32)}
     assert opt.x.dtype == opt.grad.dtype == np.float32 and opt.x.shape == x0.shape
     state = opt.state_dict()
-    assert all(v.dtype == np.float32 for v in state.values() if isinstance(v, np.ndarray))
+    arrays = [k for k, v in state.items() if isinstance(v, np.ndarray)]
+    assert {"x", "grad"} <= set(arrays) and all(state[k].dtype == np.float32 for k in arrays), arrays
 
 
 def test_deterministic(rng):

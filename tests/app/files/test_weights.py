@@ -1,8 +1,10 @@
-"""Weights: file checks, resolution order, atomic fetch, ONNX -> Keras conversion, real probes."""
+"""scratchnst.app.files.weights: file checks, resolution order, atomic fetch, ONNX -> Keras conversion, real
+probes; a bad weights file given to a run is never used, and named."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -327,3 +329,63 @@ def test_real_fetch_into_fresh_folder(tmp_path):
     assert w.verify_weights(path) == w.EXPECTED_SHA256
     assert len(logged) == 1
     assert os.listdir(tmp_path / "fresh") == [w.WEIGHTS_FILENAME]
+
+
+# -- a bad file given to a run ---------------------------------------------------------------------
+
+
+def _make_bad_weights(kind: str, d: Path, real: Path) -> Path:
+    p = d / f"{kind}.h5"
+    if kind == "missing":
+        return p
+    if kind == "directory":
+        p.mkdir()
+    elif kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "truncated":
+        with open(real, "rb") as f:
+            p.write_bytes(f.read(1 << 20))
+    elif kind == "not-hdf5":
+        p.write_text("definitely not HDF5\n" * 100)
+    elif kind == "no-vgg-layers":
+        with h5py.File(p, "w") as f:
+            f["something"] = np.zeros(3)
+    elif kind == "wrong-shape":
+        w.write_keras_h5([("block1_conv1", np.zeros((3, 3, 3, 32), np.float32), np.zeros(32, np.float32))], p)
+    elif kind == "wrong-dtype":
+        w.write_keras_h5([("block1_conv1", np.zeros((3, 3, 3, 64), np.float64), np.zeros(64, np.float64))], p)
+    elif kind == "tampered":
+        shutil.copyfile(real, p)
+        with h5py.File(p, "r+") as f:
+            f["block5_conv3/block5_conv3_b_1:0"][0] += 1.0
+    return p
+
+
+BAD_WEIGHTS = {
+    "missing": "does not exist",
+    "directory": "is a directory",
+    "empty": "is empty",
+    "truncated": "not an HDF5 file",  # the superblock survives only if the cut is late; 1 MB keeps it out
+    "not-hdf5": "is not an HDF5 file",
+    "no-vgg-layers": "has no group 'block1_conv1'",
+    "wrong-shape": "expected (3, 3, 3, 64)",
+    "wrong-dtype": "expected float32",
+    "tampered": "checksum mismatch",
+}
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("kind,via", [(k, "flag") for k in BAD_WEIGHTS] + [("missing", "env"), ("tampered", "env")])
+def test_bad_weights_are_never_used_and_named(tmp_path, pics, out, tiny, run_cli, refused, vgg_weights_path, kind, via):
+    """--weights (or $SCRATCHNST_WEIGHTS, which shares the checks) naming a bad file: refused, named."""
+    bad = _make_bad_weights(kind, tmp_path, vgg_weights_path)
+    args = ["stylize", *map(str, pics), "-o", str(out), *tiny.argv]
+    env = {"SCRATCHNST_WEIGHTS": str(bad)}
+    if via == "flag":
+        args += ["--weights", str(bad)]
+        env = {}
+    r = run_cli(*args, cwd=tmp_path, env=env)
+    needle = BAD_WEIGHTS[kind]
+    if kind == "truncated" and "truncated or corrupt" in r.stderr:
+        needle = "truncated or corrupt"
+    refused(r, out, str(bad), needle, *(["$SCRATCHNST_WEIGHTS"] if via == "env" else []))

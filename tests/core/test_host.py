@@ -1,11 +1,16 @@
-"""The host machinery's arena (scratchnst.core.host.Arena): big arrays lent for any shape, taken back
-when they are gone, and an objective's evaluations reusing them with the same bits as without."""
+"""scratchnst.core.host, the machinery beside the maths: its arena (big arrays lent for any shape, taken
+back when they are gone, and an objective's evaluations reusing them with the same bits as without),
+work split over worker threads, and BLAS held at one thread inside the engine."""
 
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from scratchnst.core import host
 from scratchnst.core.objective import NSTObjective
@@ -73,7 +78,7 @@ def test_empty_and_zeros_lend_only_big_host_arrays_inside_lending():
         assert isinstance(z.base, host._Loan) and not z.any()
         # split_map's workers lend from the caller's arena too
         lent = host.split_map(np, [0, 1], lambda items: [isinstance(host.empty(np, big, np.float32).base, host._Loan) for _ in items])
-    assert all(flag for part in lent for flag in part)
+    assert [flag for part in lent for flag in part] == [True, True]  # both items, each lent from the arena
 
 
 def test_evaluations_reuse_the_arena_and_give_the_same_bits_as_plain_arrays(rng, monkeypatch):
@@ -93,3 +98,59 @@ def test_evaluations_reuse_the_arena_and_give_the_same_bits_as_plain_arrays(rng,
     want = plain.evaluate(x)
     for got in results:
         assert got.loss == want.loss and np.array_equal(got.grad, want.grad)
+
+
+def test_split_map_covers_every_item_once_and_passes_errors_on(monkeypatch):
+    from scratchnst.core.host import MIN_SPLIT_ELEMENTS, slices, split_map, split_sum
+
+    monkeypatch.setattr("scratchnst.core.host.THREADS", 3)
+    parts = split_map(np, list(range(10)), lambda subset: subset)
+    assert len(parts) == 3 and sorted(i for part in parts for i in part) == list(range(10))
+    assert split_map(np, [7], lambda subset: subset) == [[7]]  # fewer items than workers
+    assert slices(np, 10, MIN_SPLIT_ELEMENTS) == [slice(0, 3), slice(3, 6), slice(6, 10)]
+    assert slices(np, 10, MIN_SPLIT_ELEMENTS // 4) == [slice(0, 5), slice(5, 10)]  # ≥ the minimum each
+    assert slices(np, 10) == [slice(0, 10)]  # too little work to hand over
+    monkeypatch.setattr("scratchnst.core.host.SUM_CHUNK_ELEMENTS", 3)
+    assert split_sum(np, 10, 1, lambda s: [s.start]) == [0, 3, 6]  # 3 chunks, added in chunk order
+
+    def fails(subset):
+        if 4 in subset:
+            raise ValueError("band 4")
+        return subset
+
+    with pytest.raises(ValueError, match="band 4"):
+        split_map(np, list(range(10)), fails)
+    # The caller's floating-point error handling holds in the workers too.
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        split_map(np, [0, 1], lambda subset: np.float32(1e38) * np.float32(10))
+
+
+def test_split_map_by_worker_tells_each_call_its_worker(monkeypatch):
+    """Worker k of split_count gets items[k::count]: the index a caller keys per-worker buffers by."""
+    from scratchnst.core.host import split_count, split_map_by_worker
+
+    monkeypatch.setattr("scratchnst.core.host.THREADS", 3)
+    assert split_count(np, 10) == 3 and split_count(np, 2) == 2 and split_count(np, 0) == 1
+    parts = split_map_by_worker(np, list(range(10)), lambda worker, subset: (worker, subset))
+    assert parts == [(0, [0, 3, 6, 9]), (1, [1, 4, 7]), (2, [2, 5, 8])]
+    monkeypatch.setattr("scratchnst.core.host.THREADS", 1)
+    assert split_map_by_worker(np, [4, 5], lambda worker, subset: (worker, subset)) == [(0, [4, 5])]
+
+
+def test_engine_threads_hold_blas_at_one_thread_and_restore_it():
+    """host.engine_threads (stylize, the CLI, bench): BLAS single-threaded inside, its threads given to
+    split work, and the caller's BLAS thread count back afterwards."""
+    code = (
+        "from threadpoolctl import threadpool_info\n"
+        "from scratchnst.core import host\n"
+        "blas = lambda: max(p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas')\n"
+        "before = blas()\n"
+        "with host.engine_threads():\n"
+        "    inside, workers = blas(), host.workers()\n"
+        "print(before, inside, workers, blas())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr
+    before, inside, workers, after = map(int, proc.stdout.split())
+    assert (before, inside, workers, after) == (2, 1, 2, 2)

@@ -1,9 +1,7 @@
-"""`scratchnst bench`: the command runs at a tiny size and reports sane numbers; FLOP counting by hand."""
+"""scratchnst.app.bench, `scratchnst bench`: the command runs at a tiny size and reports consistent numbers;
+FLOP counting by hand; the per-op profile of one evaluation."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -49,11 +47,9 @@ def test_conv_flops_at_512_is_about_300_gflop():
 
 
 @pytest.mark.weights
-def test_bench_command_json_at_a_tiny_size(vgg_weights_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "scratchnst", "bench", "--sizes", "32", "--repeats", "1", "--json"],
-        capture_output=True, text=True, timeout=300,
-    )
+@pytest.mark.usefixtures("weights_env")
+def test_bench_command_json_at_a_tiny_size(tmp_path, run_cli):
+    proc = run_cli("bench", "--sizes", "32", "--repeats", "1", "--json", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["machine"]["numpy"]
@@ -65,40 +61,21 @@ def test_bench_command_json_at_a_tiny_size(vgg_weights_path):
     for key in ("s_per_eval", "gflops", "gemm_peak_gflops", "pct_of_peak", "peak_rss_mb", "loss"):
         assert r[key] > 0, (key, r)
     assert r["gflops"] == pytest.approx(r["conv_gflop"] / r["s_per_eval"])
-    assert 0 < r["pct_of_peak"] < 1000  # may pass 100 at tiny sizes only through noise; never negative
+    # The share of the GEMM peak is the ratio of two timings: how large it is says how fast this
+    # machine is and how busy, so only its definition is checked.
+    assert r["pct_of_peak"] == pytest.approx(100 * r["gflops"] / r["gemm_peak_gflops"])
     assert 50 < r["peak_rss_mb"] < 4096
 
 
 @pytest.mark.weights
-def test_bench_table_and_bad_sizes(vgg_weights_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "scratchnst", "bench", "--sizes", "32", "--repeats", "1"],
-        capture_output=True, text=True, timeout=300,
-    )
+@pytest.mark.usefixtures("weights_env")
+def test_bench_table_and_bad_sizes(tmp_path, run_cli):
+    proc = run_cli("bench", "--sizes", "32", "--repeats", "1", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     header, row = proc.stdout.strip().splitlines()[:2]
     assert "% peak" in header and row.split()[0] == "32"
-    bad = subprocess.run([sys.executable, "-m", "scratchnst", "bench", "--sizes", "16"], capture_output=True, text=True)
+    bad = run_cli("bench", "--sizes", "16", cwd=tmp_path)
     assert bad.returncode == 2 and "≥ 32" in bad.stderr
-
-
-def test_engine_threads_hold_blas_at_one_thread_and_restore_it():
-    """host.engine_threads (stylize, the CLI, bench): BLAS single-threaded inside, its threads given to
-    split work, and the caller's BLAS thread count back afterwards."""
-    code = (
-        "from threadpoolctl import threadpool_info\n"
-        "from scratchnst.core import host\n"
-        "blas = lambda: max(p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas')\n"
-        "before = blas()\n"
-        "with host.engine_threads():\n"
-        "    inside, workers = blas(), host.workers()\n"
-        "print(before, inside, workers, blas())\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
-    assert proc.returncode == 0, proc.stderr
-    before, inside, workers, after = map(int, proc.stdout.split())
-    assert (before, inside, workers, after) == (2, 1, 2, 2)
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])

@@ -122,3 +122,24 @@ def test_the_option_checks_that_inspect_and_video_share():
         layers_option("layers", ["relu0_1"])
     assert choice_option("pooling", "avg", ("max", "avg")) == "avg"
 
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"color": "sepia"}, "--color: unknown value"),
+        ({"preserve_colors": True, "color": "histogram"}, "contradicts --color histogram"),
+        ({"normalize_gradients": True}, "needs --optimizer adam"),
+        ({"style_masks": ["a.png"]}, "has 1 masks for 2 style images"),
+        ({"style_masks": ["a.png", "b.png"], "style_blend": (1, 1)}, "--style-blend"),
+    ],
+)
+def test_bad_control_settings(options, needle):
+    with pytest.raises(ScratchnstError, match=needle):
+        Settings(**options).validated(2)
+
+
+def test_preserve_colors_is_color_luminance():
+    s = Settings(preserve_colors=True).validated(1)
+    assert s.color == "luminance" and s.preserve_colors
+    s = Settings(color="luminance").validated(1)
+    assert s.preserve_colors

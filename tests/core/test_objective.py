@@ -1,14 +1,13 @@
-"""The Gatys objective: value against the formula written out independently, gradient by finite differences."""
+"""The Gatys objective: value against the formula written out independently, gradient by finite
+differences; the controls of Gatys et al. 2017 (style regions, normalised gradients) on random nets."""
 
 import numpy as np
 import pytest
 
 from scratchnst.gradcheck import THRESHOLDS, objective_check, random_vgg
-from scratchnst.core.objective import NSTObjective
+from scratchnst.core.objective import NSTObjective, layer_mask
 from scratchnst.core.ops.reference import gram_naive
-from scratchnst.core.vgg import LAYER_NAMES
 from scratchnst.errors import ScratchnstError
-
 
 
 def _image(rng, h, w):
@@ -134,24 +133,6 @@ def test_objective_gradient_finite_differences(rng, pooling):
     assert r.passed, r
 
 
-def test_forward_stops_at_deepest_requested_layer(rng):
-    net = random_vgg(rng)
-    feats, caches = net.forward(_image(rng, 32, 32), ["relu2_1", "relu1_1"])
-    assert [c.name for c in caches] == list(LAYER_NAMES[: LAYER_NAMES.index("relu2_1") + 1])
-    assert set(feats) == {"relu1_1", "relu2_1"}
-
-
-def test_backward_starts_at_deepest_gradient(rng):
-    """A gradient only at relu1_1 must equal backprop through conv1_1/relu1_1 alone."""
-    net = random_vgg(rng)
-    x = _image(rng, 32, 32)
-    feats, caches = net.forward(x, ["relu1_1", "relu3_1"])
-    d = rng.standard_normal(feats["relu1_1"].shape)
-    dx = net.backward({"relu1_1": d}, caches)
-    _, short = net.forward(x, ["relu1_1"])
-    np.testing.assert_allclose(dx, net.backward({"relu1_1": d}, short), rtol=1e-14)
-
-
 def test_unknown_layer_and_bad_weights_are_rejected(rng):
     net = random_vgg(rng)
     c = _image(rng, 32, 32)
@@ -182,10 +163,101 @@ def test_float32_objective_stays_float32_and_agrees_with_float64(rng):
 
 
 @pytest.mark.weights
-def test_objective_gradient_through_the_real_vgg16(rng, vgg_weights_path):
+def test_objective_gradient_through_the_real_vgg16(rng, vgg16):
     """The full objective through the real network (float64, 32×32), at sampled pixels."""
-    from scratchnst.app.files.weights import load_vgg16
-
-    net = load_vgg16(vgg_weights_path, backend="numpy", dtype="float64")
+    net = vgg16(backend="numpy", dtype="float64")
     r = objective_check(net, rng, coords=16, eps=1e-4, threshold=THRESHOLDS["float64"], name="objective (VGG-16)")
     assert r.passed, r
+
+
+# -- style regions and normalised gradients (Gatys et al. 2017) ----------------------------------
+
+
+def _images(rng, n_styles=2, size=32):
+    content = _image(rng, size, size)
+    styles = [_image(rng, size + 4 * k, size) for k in range(n_styles)]
+    return content, styles
+
+
+def _halves(size=32):
+    left = np.zeros((size, size))
+    left[:, : size // 2] = 1
+    return [left, 1 - left]
+
+
+def test_layer_mask_lines_up_with_the_activations(rng):
+    net = random_vgg(rng)
+    x = rng.standard_normal((1, 3, 37, 45))
+    feats = net.extract(x, ["relu1_1", "relu3_1", "relu5_1", "pool5"])
+    assert list(feats) == ["relu1_1", "relu3_1", "relu5_1", "pool5"]
+    mask = np.ones((1, 1, 37, 45))
+    for layer, f in feats.items():
+        assert layer_mask(mask, layer).shape[2:] == f.shape[2:]
+    half = np.zeros((1, 1, 8, 8))
+    half[..., :4] = 1
+    assert np.array_equal(layer_mask(half, "relu2_1")[0, 0], np.array([[1, 1, 0, 0]] * 4))
+
+
+def test_objective_with_regions_gradchecks(rng):
+    r = objective_check(random_vgg(rng), rng, eps=1e-4, coords=16, threshold=1e-7, name="regions", regions=True)
+    assert r.passed, r
+
+
+def test_one_mask_of_ones_is_the_unmasked_objective(rng):
+    net = random_vgg(rng)
+    content, styles = _images(rng, 1)
+    x = rng.uniform(-100, 100, content.shape)
+    plain = NSTObjective(net, content, styles, normalize="size").evaluate(x)
+    masked = NSTObjective(net, content, styles, normalize="size", style_masks=[np.ones((32, 32))]).evaluate(x)
+    assert np.isclose(plain.loss, masked.loss, rtol=1e-12)
+    assert np.allclose(plain.grad, masked.grad, rtol=1e-9, atol=1e-12 * abs(plain.grad).max())
+
+
+def test_each_region_sees_only_its_own_style(rng):
+    net = random_vgg(rng)
+    content, styles = _images(rng, 2)
+    x = rng.uniform(-100, 100, content.shape)
+    left, right = _halves()
+    obj = NSTObjective(net, content, styles, style_masks=[left, right], content_weight=0, tv_weight=0)
+    grad = obj.loss_and_grad(x)[1]
+    assert np.abs(grad).sum() > 0
+    # Style 1 on the left only: its gradient at relu1_1 is zero on the right half (the grid is the image's).
+    only = NSTObjective(net, content, styles[:1], style_masks=[left], content_weight=0, tv_weight=0, style_layers=["relu1_1"])
+    feats, _ = net.forward(x, ["relu1_1"])
+    (term,) = only.feature_terms(feats)
+    assert np.all(term.grad[..., 16:] == 0) and np.abs(term.grad[..., :16]).sum() > 0
+
+
+@pytest.mark.parametrize(
+    "masks, blend, needle",
+    [
+        ([np.ones((32, 32))], None, "^style_masks has 1 masks for 2 style images"),
+        ([np.ones((32, 32)), np.zeros((32, 32))], None, "not all zero"),
+        ([np.ones((32, 32)), -np.ones((32, 32))], None, "≥ 0"),
+        ([np.ones((32, 32)), np.full((32, 32), np.nan)], None, "finite"),
+        ([np.ones((32, 32)), np.ones((16, 32))], None, "the content image"),
+        (_halves(), (1, 2), "^style_blend mixes the styles everywhere; with style_masks"),
+    ],
+)
+def test_bad_masks_are_refused(rng, masks, blend, needle):
+    """The core's ValueError, naming its parameters (the application checks masks before, in flags)."""
+    net = random_vgg(rng)
+    content, styles = _images(rng, 2)
+    with pytest.raises(ValueError, match=needle) as info:
+        NSTObjective(net, content, styles, style_masks=masks, style_blend=blend)
+    assert "--" not in str(info.value)
+
+
+def test_normalize_gradients_gives_each_layer_unit_l1_norm(rng):
+    net = random_vgg(rng)
+    content, styles = _images(rng, 1)
+    x = rng.uniform(-100, 100, content.shape)
+    kw = dict(content_weight=2.0, style_weight=3.0, tv_weight=0, content_layers=[], style_layers=["relu2_1"])
+    plain = NSTObjective(net, content, styles, **kw)
+    normed = NSTObjective(net, content, styles, normalize_gradients=True, **kw)
+    feats, caches = net.forward(x, ["relu2_1"])
+    (term,) = plain.feature_terms(feats)
+    expected = net.backward({"relu2_1": 3.0 * term.grad / (np.abs(term.grad).sum() + 1e-8)}, caches)
+    e = normed.evaluate(x)
+    assert e.loss == plain.evaluate(x).loss  # the loss is untouched, only the gradient is rescaled
+    assert np.allclose(e.grad, expected, rtol=1e-10)

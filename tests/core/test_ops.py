@@ -1,7 +1,10 @@
-"""Each op against its naive loop reference (forward) and finite differences (backward)."""
+"""Each op against its naive loop reference (forward) and finite differences (backward); the same bits
+split over threads; output shapes for any size (hypothesis)."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scratchnst.core import ops
 from scratchnst.gradcheck import CONV_CASES, POOL_CASES, THRESHOLDS, check_op, tie_free
@@ -9,7 +12,6 @@ from scratchnst.core.ops.reference import conv2d_naive, gram_naive, pool2d_naive
 
 EPS = 1e-5
 THR = THRESHOLDS["float64"]
-
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", CONV_CASES + [((1, 1, 16, 3), (2, 3, 3), 1, 1), ((3, 2, 4, 4), (5, 4, 4), 1, 3)])
@@ -84,43 +86,6 @@ def test_split_over_threads_gives_the_same_bits_as_one_thread(rng, monkeypatch, 
         monkeypatch.setattr("scratchnst.core.host.THREADS", threads)
         for got, want, what in zip(run(), one, names, strict=True):
             assert np.array_equal(got, want), f"{what} with {threads} threads"
-
-
-def test_split_map_covers_every_item_once_and_passes_errors_on(monkeypatch):
-    from scratchnst.core.host import MIN_SPLIT_ELEMENTS, slices, split_map, split_sum
-
-    monkeypatch.setattr("scratchnst.core.host.THREADS", 3)
-    parts = split_map(np, list(range(10)), lambda subset: subset)
-    assert len(parts) == 3 and sorted(i for part in parts for i in part) == list(range(10))
-    assert split_map(np, [7], lambda subset: subset) == [[7]]  # fewer items than workers
-    assert slices(np, 10, MIN_SPLIT_ELEMENTS) == [slice(0, 3), slice(3, 6), slice(6, 10)]
-    assert slices(np, 10, MIN_SPLIT_ELEMENTS // 4) == [slice(0, 5), slice(5, 10)]  # ≥ the minimum each
-    assert slices(np, 10) == [slice(0, 10)]  # too little work to hand over
-    monkeypatch.setattr("scratchnst.core.host.SUM_CHUNK_ELEMENTS", 3)
-    assert split_sum(np, 10, 1, lambda s: [s.start]) == [0, 3, 6]  # 3 chunks, added in chunk order
-
-    def fails(subset):
-        if 4 in subset:
-            raise ValueError("band 4")
-        return subset
-
-    with pytest.raises(ValueError, match="band 4"):
-        split_map(np, list(range(10)), fails)
-    # The caller's floating-point error handling holds in the workers too.
-    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
-        split_map(np, [0, 1], lambda subset: np.float32(1e38) * np.float32(10))
-
-
-def test_split_map_by_worker_tells_each_call_its_worker(monkeypatch):
-    """Worker k of split_count gets items[k::count]: the index a caller keys per-worker buffers by."""
-    from scratchnst.core.host import split_count, split_map_by_worker
-
-    monkeypatch.setattr("scratchnst.core.host.THREADS", 3)
-    assert split_count(np, 10) == 3 and split_count(np, 2) == 2 and split_count(np, 0) == 1
-    parts = split_map_by_worker(np, list(range(10)), lambda worker, subset: (worker, subset))
-    assert parts == [(0, [0, 3, 6, 9]), (1, [1, 4, 7]), (2, [2, 5, 8])]
-    monkeypatch.setattr("scratchnst.core.host.THREADS", 1)
-    assert split_map_by_worker(np, [4, 5], lambda worker, subset: (worker, subset)) == [(0, [4, 5])]
 
 
 def test_band_bytes_counts_the_larger_pass_up_to_the_tile_bound(monkeypatch):
@@ -244,3 +209,35 @@ def test_float32_stays_float32(rng, op):
         y, cache = fwd(x)
         dx = bwd(y, cache)
     assert y.dtype == np.float32 and dx.dtype == np.float32
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 3), f=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       k=st.integers(1, 3), stride=st.integers(1, 3), pad=st.integers(0, 2))
+def test_conv_shapes(n, c, f, h, w, k, stride, pad):
+    rng = np.random.default_rng(0)
+    x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, k, k))
+    if h + 2 * pad < k or w + 2 * pad < k:
+        with pytest.raises(ValueError):
+            ops.conv2d_forward(x, wt, None, stride=stride, pad=pad)
+        return
+    y, cache = ops.conv2d_forward(x, wt, np.zeros(f), stride=stride, pad=pad)
+    assert y.shape == (n, f, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+    assert ops.conv2d_backward(np.ones_like(y), cache).shape == x.shape
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), k=st.integers(1, 3),
+       stride=st.integers(1, 3), kind=st.sampled_from(["max", "avg"]))
+def test_pool_and_gram_shapes(n, c, h, w, k, stride, kind):
+    x = np.random.default_rng(1).standard_normal((n, c, h, w))
+    fwd, bwd = {"max": (ops.maxpool2d_forward, ops.maxpool2d_backward), "avg": (ops.avgpool2d_forward, ops.avgpool2d_backward)}[kind]
+    if h < k or w < k:
+        with pytest.raises(ValueError):
+            fwd(x, k, stride)
+        return
+    y, cache = fwd(x, k, stride)
+    assert y.shape == (n, c, (h - k) // stride + 1, (w - k) // stride + 1)
+    assert bwd(np.ones_like(y), cache).shape == x.shape
+    g, gcache = ops.gram_forward(x)
+    assert g.shape == (n, c, c) and ops.gram_backward(np.ones_like(g), gcache).shape == x.shape

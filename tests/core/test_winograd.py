@@ -176,24 +176,17 @@ def test_bad_shapes_raise(x_shape, w_shape, pad):
 
 
 @pytest.mark.weights
-def test_stylize_with_winograd_lands_where_im2col_does(tmp_path, vgg_weights_path, monkeypatch):
+def test_stylize_with_winograd_lands_where_im2col_does(tmp_path, pics, tiny, weights_env):
     """--conv winograd against --conv im2col, same seed and evaluations: final loss within 1%, and the
     manifest says which convolution each layer ran."""
     import json
 
-    from PIL import Image
-
     from scratchnst.app.cli import main
 
-    monkeypatch.setenv("SCRATCHNST_WEIGHTS", str(vgg_weights_path))
-    rng = np.random.default_rng(5)
-    for name in ("c", "s"):
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
     manifests = {}
     for conv in ("im2col", "winograd", "auto"):
         out = tmp_path / f"{conv}.png"
-        argv = ["stylize", str(tmp_path / "c.png"), str(tmp_path / "s.png"), "-o", str(out), "--size", "48",
-                "--iterations", "4", "--scales", "1", "--quiet", "--conv", conv]
+        argv = ["stylize", str(pics.content), str(pics.style), "-o", str(out), *tiny.but(size=48, iterations=4, conv=conv).argv]
         assert main(argv) == 0
         manifests[conv] = json.loads(out.with_suffix(".json").read_text())
     direct, wino = manifests["im2col"]["final_loss"], manifests["winograd"]["final_loss"]
@@ -203,12 +196,3 @@ def test_stylize_with_winograd_lands_where_im2col_does(tmp_path, vgg_weights_pat
     assert manifests["auto"]["convs"]["conv1_1"] == "im2col" and manifests["auto"]["convs"]["conv4_1"] == "winograd"
 
 
-def test_vgg_conv_choice(rng):
-    from scratchnst.core.vgg import LAYERS, VGG16, conv_algorithm
-
-    conv1_1, conv3_1 = (layer for layer in LAYERS if layer.name in ("conv1_1", "conv3_1"))
-    assert conv_algorithm("auto", "float32", conv1_1) == "im2col" and conv_algorithm("auto", "float32", conv3_1) == "winograd"
-    assert conv_algorithm("auto", "float64", conv3_1) == "im2col"  # float64 is the reference precision
-    assert conv_algorithm("winograd", "float64", conv1_1) == "winograd"
-    with pytest.raises(ValueError, match="unknown conv 'fft'"):
-        VGG16([(np.zeros((1, 1, 3, 3)), np.zeros(1))] * 13, conv="fft")
