@@ -398,10 +398,8 @@ def _run_gradcheck(args) -> int:
         raise ScratchnstError("--shape needs a single --op (shapes differ between ops)")
     failed = 0
     for op in explained:
-        report = gc.explain_op(
-            op, shape=args.shape, kernel=args.kernel, stride=args.stride, pad=args.pad,
-            dtype=args.dtype, eps=args.eps, samples=args.samples, seed=args.seed,
-        )
+        geometry = gc.Geometry(args.shape, args.kernel, args.stride, args.pad)
+        report = gc.explain_op(op, geometry, dtype=args.dtype, eps=args.eps, samples=args.samples, seed=args.seed)
         print(gc.format_op_report(report), end="\n\n")
         failed += not report.passed
     if layer_by_layer:

@@ -17,7 +17,7 @@ gradient through the real VGG-16 checked at the input of every layer, so a broke
     layers.py    the layer-by-layer walk through VGG-16
 """
 
-from scratchnst.gradcheck.explain import OPS, OpReport, explain_op, format_op_report
+from scratchnst.gradcheck.explain import OPS, Geometry, OpReport, explain_op, format_op_report
 from scratchnst.gradcheck.inputs import away_from_zero, random_vgg, soft_mask, temporal_inputs, tie_free
 from scratchnst.gradcheck.layers import StageResult, format_layer_report, vgg_layer_check
 from scratchnst.gradcheck.numeric import (
@@ -51,6 +51,7 @@ __all__ = [
     "TINY",
     "WINOGRAD_CASES",
     "CheckResult",
+    "Geometry",
     "OpReport",
     "StageResult",
     "away_from_zero",

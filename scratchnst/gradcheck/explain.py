@@ -10,6 +10,7 @@ import numpy as np
 
 from scratchnst.core import ops
 from scratchnst.core.backend import get_array_module, to_host
+from scratchnst.core.checks import unknown
 from scratchnst.core.losses import content_loss, masked_style_loss, style_loss, temporal_loss, tv_loss
 from scratchnst.errors import ScratchnstError
 from scratchnst.gradcheck.inputs import away_from_zero, soft_mask, temporal_inputs, tie_free
@@ -43,6 +44,17 @@ DTYPE_MEANING = {
 }
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """An op's input and window: shape (N, C, H, W) of its input (DEFAULT_SHAPES[op] when None); kernel
+    and stride for conv2d and the pools; pad for conv2d and winograd (3×3, stride 1, pad 0 or 1)."""
+
+    shape: tuple | None = None
+    kernel: int | None = None
+    stride: int | None = None
+    pad: int | None = None
+
+
 @dataclass
 class OpReport:
     """One op's check with the numbers behind it: samples are (index, analytic, numeric)."""
@@ -71,13 +83,14 @@ def _shape4(shape, op: str) -> tuple[int, int, int, int]:
     return shape
 
 
-def _op_function(op: str, x, rng, *, kernel, stride, pad):
+def _op_function(op: str, x, rng, geometry: Geometry):
     """(scalar f(v), analytic df/dx at x, description) for op at x.
 
     Layers and the Gram matrix are checked through f(v) = Σ op(v) · dout with a random dout; the losses
     are scalars already.
     """
     xp, dtype = get_array_module(x), x.dtype
+    kernel, stride, pad = geometry.kernel, geometry.stride, geometry.pad
 
     def through(forward, backward, what):
         y, cache = forward(x)
@@ -122,41 +135,29 @@ def _op_function(op: str, x, rng, *, kernel, stride, pad):
         target, mask = temporal_inputs(rng, x.shape, xp, dtype)
         value = lambda v: temporal_loss(v, target, mask)[0]  # noqa: E731
         return value, temporal_loss(x, target, mask)[1], f"x{tuple(x.shape)}, target the same, mask{tuple(mask.shape)}"
-    raise ScratchnstError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
+    raise ScratchnstError(unknown("op", op, OPS))
 
 
-def explain_op(
-    op: str,
-    *,
-    shape=None,
-    kernel: int | None = None,
-    stride: int | None = None,
-    pad: int | None = None,
-    dtype: str = "float64",
-    eps: float | None = None,
-    samples: int = 5,
-    seed: int = 0,
-    xp=np,
-) -> OpReport:
+def explain_op(op: str, geometry: Geometry = Geometry(), *, dtype: str = "float64", eps: float | None = None,
+               samples: int = 5, seed: int = 0, xp=np) -> OpReport:
     """Check one op's backward with the numbers shown: analytic vs numeric at `samples` coordinates.
 
-    shape: (N, C, H, W) of the op's input (DEFAULT_SHAPES when None); kernel/stride for conv2d and the
-    pools, pad for conv2d and winograd (3×3, stride 1, pad 0 or 1). The max relative error is over every coordinate when the input has at
-    most ALL_COORDS_UP_TO entries, else over a random 256 of them.
+    geometry: the op's input shape and window (Geometry). The max relative error is over every
+    coordinate when the input has at most ALL_COORDS_UP_TO entries, else over a random 256 of them.
     """
     if op not in OPS:
-        raise ScratchnstError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
+        raise ScratchnstError(unknown("op", op, OPS))
     if dtype not in THRESHOLDS:
-        raise ScratchnstError(f"unknown dtype {dtype!r} (choose from {', '.join(THRESHOLDS)})")
-    if pad is not None and op not in PADDED:
+        raise ScratchnstError(unknown("dtype", dtype, THRESHOLDS))
+    if geometry.pad is not None and op not in PADDED:
         raise ScratchnstError(f"--pad applies to {' and '.join(PADDED)} only, not {op}")
-    if (kernel is not None or stride is not None) and op not in ("conv2d", "maxpool", "avgpool"):
+    if (geometry.kernel is not None or geometry.stride is not None) and op not in ("conv2d", "maxpool", "avgpool"):
         raise ScratchnstError(f"--kernel/--stride apply to conv2d and the pools, not {op}")
     eps = EPS[dtype] if eps is None else float(eps)
     if not eps > 0:
         raise ScratchnstError(f"--eps must be > 0, got {eps}")
     rng = np.random.default_rng(seed)
-    shape = _shape4(DEFAULT_SHAPES[op] if shape is None else shape, op)
+    shape = _shape4(DEFAULT_SHAPES[op] if geometry.shape is None else geometry.shape, op)
     if op == "maxpool":  # well-separated values: no window has a tie within ±eps
         x = tie_free(rng, shape, xp, dtype)
     elif op == "relu":
@@ -164,7 +165,7 @@ def explain_op(
     else:
         x = xp.asarray(rng.standard_normal(shape), dtype=dtype)
     try:
-        f, analytic, shapes = _op_function(op, x, rng, kernel=kernel, stride=stride, pad=pad)
+        f, analytic, shapes = _op_function(op, x, rng, geometry)
     except ValueError as exc:  # the op refused the shapes the user asked for
         raise ScratchnstError(str(exc)) from None
     analytic = to_host(analytic).reshape(-1).astype(np.float64)
