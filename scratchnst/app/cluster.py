@@ -170,9 +170,8 @@ def run_tasks(client, submit: Callable, on_result: Callable, on_failure: Callabl
     Failure policy: a task that raises (after Dask's retries, `retries=RETRIES` where the caller
     asks for them; a worker that keeps dying raises KilledWorker) is a failure of that task alone,
     reported to on_failure with its one line (failure_line: "TypeName: message"); every other task
-    goes on. A task
-    that takes a failed task's future as an argument cannot run: Dask fails it with the same error,
-    and on_failure hears of it too (the caller knows which tasks depend on which).
+    goes on. A task that takes a failed task's future as an argument cannot run: Dask fails it with
+    the same error, and on_failure hears of it too (the caller knows which tasks depend on which).
 
     Ctrl-C (KeyboardInterrupt in the client) sets the Event: running tasks save what they have and
     return, queued ones return without starting. The loop waits up to INTERRUPT_WAIT_S for them (a
