@@ -224,3 +224,16 @@ def test_only_the_user_error_type_is_exit_2(monkeypatch, capsys):
     monkeypatch.setattr(gradcheck, "explain_op", lambda *a, **k: (_ for _ in ()).throw(scratchnst.errors.ScratchnstError("bad input")))
     assert cli.main(["gradcheck", "--op", "relu"]) == 2
     assert capsys.readouterr().err.strip().endswith("error: bad input")
+
+
+def test_the_documented_api_resolves():
+    """The names the README documents: the top-level package's API and the module paths it names."""
+    import importlib
+
+    for name in ("stylize", "load_vgg16", "NSTObjective", "preprocess", "deprocess", "batch", "VGG16", "Result"):
+        assert callable(getattr(scratchnst, name)), name
+    assert set(scratchnst.__all__) >= {"stylize", "load_vgg16", "NSTObjective", "preprocess", "deprocess", "batch", "gradcheck", "ops"}
+    for name in ("run_checks", "explain_op", "vgg_layer_check", "numeric_gradient", "rel_error", "format_op_report", "format_layer_report"):
+        assert callable(getattr(scratchnst.gradcheck, name)), name
+    for module, name in (("scratchnst.app.video", "video"), ("scratchnst.app.batch", "grid"), ("scratchnst.app.picture.stylize", "resume")):
+        assert callable(getattr(importlib.import_module(module), name)), f"{module}.{name}"
