@@ -1,5 +1,5 @@
 """The objective tile by tile, exactly: L(x) and dL/dx of an NSTObjective for a picture of any size,
-with one tile's activations in memory at a time.
+with one tile's activations in memory at a time (besides the objective's own targets).
 
 Every term is a sum over the positions of a layer, or a function of such sums: the content term is
 per position, a Gram matrix is Σ_p F_p F_pᵀ (a region's Σ_p m_p F_p F_pᵀ / Σ_p m_p), TV and the pixel
@@ -16,8 +16,9 @@ is not the image's), and no owned position reads it.
     then     each layer's style term and dE/dG from those sums (losses.gram_style_loss)
     (norms   with normalize_gradients: each term's gradient's L1 norm over the whole layer, summed
              over the tiles in one more pass)
-    pass 2   each tile forward (or pass 1's, kept) and backward from its owned positions' gradients
-             (zero elsewhere); its input gradient, halo included, added into the whole one in tile order
+    pass 2   each tile forward (or pass 1's, kept): its owned positions' content terms, and backward
+             from their gradients (zero elsewhere); its input gradient, halo included, added into the
+             whole one in tile order
 
 TV and the pixel terms are computed on the whole image. Loss and gradient are the untiled ones up to
 rounding: the same sums, added in another order.
