@@ -25,11 +25,19 @@ def style_loss(f, a):
     f: (1, N, H, W) activations; a: (1, N, N) target Gram matrix at the same M.
     Returns (loss, df): dE/dG = (G − A) / (2 N² M²), then back through the Gram matrix.
     """
-    _, C, H, W = f.shape
     g, cache = ops.gram_forward(f)
+    value, dg = gram_style_loss(g, a, f.shape[2] * f.shape[3])
+    return value, ops.gram_backward(dg, cache)
+
+
+def gram_style_loss(g, a, positions: int):
+    """Σ (G − A)² / (4 N² M²) from the Gram matrix itself: g, a: (1, N, N), g summed over M =
+    `positions` positions (the whole layer's, when g is a sum of tiles' Gram matrices).
+    Returns (loss, dE/dG) with dE/dG = (G − A) / (2 N² M²)."""
+    C = g.shape[1]
     diff = g - a
-    scale = 1.0 / (4.0 * C * C * (H * W) ** 2)
-    return scale * (diff * diff).sum(), ops.gram_backward((2.0 * scale) * diff, cache)
+    scale = 1.0 / (4.0 * C * C * positions ** 2)
+    return scale * (diff * diff).sum(), (2.0 * scale) * diff
 
 
 def tv_loss(x):
@@ -70,13 +78,20 @@ def masked_style_loss(f, mask, a_hat):
     Returns (loss, df). Ĝ is the Gram matrix of F·√m over Σm, so dE/dF = gram_backward(dE/dĜ / Σm)·√m.
     """
     xp = get_array_module(f)
-    N = f.shape[1]
     root = xp.sqrt(mask)
-    total = mask.sum()
     g, cache = ops.gram_forward(f * root)
+    value, dg = masked_gram_style_loss(g, mask.sum(), a_hat)
+    return value, ops.gram_backward(dg, cache) * root
+
+
+def masked_gram_style_loss(g, total, a_hat):
+    """One region's Σ (Ĝ − Â)² / (4 N²) from g = Σ_p m_p F_p F_pᵀ: (1, N, N) (the Gram matrix of F·√m,
+    or a sum of tiles' ones) and total = Σ_p m_p over the whole layer; Ĝ = g / total.
+    Returns (loss, dE/dg) with dE/dg = (Ĝ − Â) / (2 N² total)."""
+    N = g.shape[1]
     diff = g / total - a_hat
     scale = 1.0 / (4.0 * N * N)
-    return scale * (diff * diff).sum(), ops.gram_backward((2.0 * scale / total) * diff, cache) * root
+    return scale * (diff * diff).sum(), (2.0 * scale / total) * diff
 
 
 def regions_style_loss(f, regions):

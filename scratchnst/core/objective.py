@@ -32,7 +32,7 @@ from typing import NamedTuple, Sequence
 from scratchnst.core import host, ops
 from scratchnst.core.checks import check_choice
 from scratchnst.core.losses import content_loss, regions_style_loss, style_loss, tv_loss
-from scratchnst.core.vgg import LAYERS, LAYER_NAMES, check_layers
+from scratchnst.core.vgg import LAYERS, LAYER_NAMES, check_layers, spatial_size
 
 CONTENT_LAYERS = ("relu4_1",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -41,6 +41,7 @@ NORMALIZATIONS = ("size", "none")
 # size"). The "none" weights are the seed formula's, tuned at 384 px; the "size" ones give that look at
 # every size.
 DEFAULT_WEIGHTS = {"none": (1.0, 3e2, 1e-3), "size": (1.0, 3e-4, 4e-4)}
+L1_EPS = 1e-8  # normalize_gradients divides each layer's gradient by its L1 norm + L1_EPS (never by 0)
 
 
 class Term(NamedTuple):
@@ -181,7 +182,9 @@ class NSTObjective:
     NSTObjective(net, content, styles, style_weight=1e3, normalize="size"). Weights left None take
     DEFAULT_WEIGHTS[normalize]. Bad weights or layers raise ValueError naming the parameter. pixel_terms: more terms on the image, added to L with their weights.
     grams: style_grams() of each style image, when the caller has them already (then `styles` may be
-    None). style_masks: one (H, W) array of weights ≥ 0 per style image, on the content's grid
+    None). content_features: {layer: (1, C, h, w)} the content image's activations at the content
+    layers, when the caller has them already (tiled.tiled_features: then the content image is not run
+    through the net here). style_masks: one (H, W) array of weights ≥ 0 per style image, on the content's grid
     (spatial control, see the module docstring; style_blend must then be None).
     """
 
@@ -193,6 +196,7 @@ class NSTObjective:
         options: ObjectiveOptions | None = None,
         *,
         grams: Sequence[dict] | None = None,
+        content_features: dict | None = None,
         style_masks: Sequence | None = None,
         pixel_terms: Sequence[PixelTerm] = (),
         **keywords,
@@ -208,7 +212,7 @@ class NSTObjective:
         with host.engine_threads(), host.lending(self._arena):  # the targets' bits, like the evaluations', whatever BLAS's threads
             if grams is None:
                 grams = [style_grams(net, style, self.style_layers) for style in styles]
-            self._targets(net, content, grams)
+            self._targets(net, content, grams, content_features)
         self.pixel_terms = list(pixel_terms)
 
     def _check_options(self, options: ObjectiveOptions, styles: list) -> None:
@@ -234,14 +238,18 @@ class NSTObjective:
         )
         self.normalize_gradients = bool(options.normalize_gradients)
 
-    def _targets(self, net, content, grams) -> None:
-        """The content activations P_l, the style targets A_l at x's positions, and with style masks
-        each region's target."""
-        content = net.xp.asarray(content, dtype=net.dtype)
-        content_feats = net.extract(content, self.layers)
+    def _targets(self, net, content, grams, content_feats) -> None:
+        """The content activations P_l (content_feats, or the content image run through the net), the
+        style targets A_l at x's positions, and with style masks each region's target."""
+        if content_feats is None:
+            content_feats = net.extract(net.xp.asarray(content, dtype=net.dtype), self.layers)
+        else:
+            for layer in self.content_layers:
+                if layer not in content_feats or tuple(content_feats[layer].shape[2:]) != self.layer_size(layer):
+                    raise ValueError(f"content_features needs a {self.layer_size(layer)} activation at {layer}")
         # Copies of their own (xp.array): kept for the objective's life, they must not pin arena memory.
         self.targets = {layer: net.xp.array(content_feats[layer]) for layer in self.content_layers}
-        positions = {layer: content_feats[layer].shape[2] * content_feats[layer].shape[3] for layer in self.style_layers}
+        positions = {layer: math.prod(self.layer_size(layer)) for layer in self.style_layers}
         self.grams = style_targets(grams, self.style_blend, positions)
         if self.style_masks is not None:
             self.regions = region_targets(self.style_masks, grams, self.style_layers)
@@ -262,7 +270,16 @@ class NSTObjective:
             out.append(m[None, None])
         return out
 
+    def layer_size(self, layer: str) -> tuple[int, int]:
+        """(h, w): `layer`'s grid for the content image's size (the positions its terms sum over)."""
+        return spatial_size(layer, *self.shape[2:])
+
     # -- the terms ----------------------------------------------------------------------------
+
+    def content_scale(self, size: int) -> float:
+        """The content term's factor for a layer of `size` activations (C·h·w): 1 / size with
+        normalize="size", else 1."""
+        return 1.0 / size if self.normalize == "size" else 1.0
 
     def feature_terms(self, feats: dict) -> list[Term]:
         """The content and style terms of the activations in `feats` ({layer: (1, C, H, W)}).
@@ -274,7 +291,7 @@ class NSTObjective:
         for layer in self.content_layers:
             if layer in feats:
                 value, df = content_loss(feats[layer], self.targets[layer])
-                scale = 1.0 / feats[layer].size if self.normalize == "size" else 1.0
+                scale = self.content_scale(feats[layer].size)
                 terms.append(Term("content", layer, self.content_weight, scale * value, scale * df))
         for layer, w in zip(self.style_layers, self.style_layer_weights):
             if layer in feats:
@@ -294,13 +311,15 @@ class NSTObjective:
         if tuple(x.shape) != self.shape:
             raise ValueError(f"x has shape {tuple(x.shape)}, the content image {self.shape}")
         feats, caches = self.net.forward(x, self.layers)
-        terms = self.feature_terms(feats)
-        if self.tv_weight > 0:
-            terms.append(self.tv_term(x))
+        return self.feature_terms(feats) + self.image_terms(x), caches
+
+    def image_terms(self, x) -> list[Term]:
+        """The terms on the image x: (1, 3, H, W) itself: TV (when γ > 0) and the pixel terms."""
+        terms = [self.tv_term(x)] if self.tv_weight > 0 else []
         for pixel in self.pixel_terms:
             value, dx = pixel.fn(x)
             terms.append(Term(pixel.name, None, pixel.weight, value, dx))
-        return terms, caches
+        return terms
 
     # -- L and dL/dx --------------------------------------------------------------------------
 
@@ -315,7 +334,11 @@ class NSTObjective:
 
     def _evaluate(self, x) -> Evaluation:
         terms, caches = self.terms(x)
-        grad = self._input_gradient(x, terms, caches)
+        return self.evaluation_of(terms, self._input_gradient(x, terms, caches))
+
+    def evaluation_of(self, terms: list[Term], grad) -> Evaluation:
+        """The Evaluation of `terms` (their values: each layer's whole value, however it was summed)
+        with the input gradient `grad`: L as the weighted sum of the totals."""
         totals = self._totals(terms)
         loss = self.content_weight * totals["content"] + self.style_weight * totals["style"] + self.tv_weight * totals["tv"]
         for pixel in self.pixel_terms:
@@ -329,7 +352,7 @@ class NSTObjective:
         for t in terms:
             if t.layer is not None:
                 if self.normalize_gradients:  # neural-style's normalisation: each layer's gradient to L1 norm 1
-                    t = t._replace(grad=t.grad / (abs(t.grad).sum() + 1e-8))
+                    t = t._replace(grad=t.grad / (abs(t.grad).sum() + L1_EPS))
                 # Each term's gradient is a fresh array of this evaluation: weighted and summed in place.
                 grad = t.grad
                 grad *= t.weight

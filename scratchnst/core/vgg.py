@@ -3,8 +3,8 @@ from there to the input pixels.
 
 LAYERS is the one table of the network: conv1_1, relu1_1, conv1_2, relu1_2, pool1, conv2_1, ...,
 conv5_3, relu5_3, pool5, each with its output channels and spatial size. The forward and backward passes,
-gradcheck, the memory estimate and the benchmark all walk it. Convs are 3×3, stride 1, pad 1; pools
-2×2, stride 2 (max, or average with pooling="avg").
+gradcheck, the memory estimate, the benchmark and the tiles' geometry all walk it. Convs are 3×3,
+stride 1, pad 1; pools 2×2, stride 2 (max, or average with pooling="avg"): `window` says so, once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ CONV_ALGORITHMS = ("auto", "im2col", "winograd")
 # (docs/winograd.md, "Per layer"): all but conv1_1 (3 input channels) and the 64-channel convs,
 # whose GEMMs are too thin and transforms memory-bound.
 WINOGRAD_AUTO = frozenset(("conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"))
+CONV_KERNEL, CONV_PAD = 3, 1  # every conv: 3×3, stride 1, zero padding 1 (the size is kept)
+POOL_SIZE = 2  # every pool: 2×2 windows, stride 2, no padding (an odd size floors)
 
 
 class Layer(NamedTuple):
@@ -76,10 +78,23 @@ def conv_algorithm(conv: str, dtype: str, layer: Layer) -> str:
     return conv
 
 
-def spatial_size(layer: Layer, height: int, width: int) -> tuple[int, int]:
-    """(h, w) of `layer`'s output for a height × width input: each 2×2 pool floors the halving."""
+def window(layer: Layer) -> tuple[int, int, int]:
+    """(kernel, stride, pad) of `layer` along each axis: output unit i reads the layer's input at
+    stride·i − pad .. stride·i − pad + kernel − 1 (a ReLU reads its own position: (1, 1, 0))."""
+    if layer.kind == "conv":
+        return CONV_KERNEL, 1, CONV_PAD
+    if layer.kind == "pool":
+        return POOL_SIZE, POOL_SIZE, 0
+    return 1, 1, 0
+
+
+def spatial_size(layer: Layer | str, height: int, width: int) -> tuple[int, int]:
+    """(h, w) of `layer`'s output (a Layer or its name) for a height × width input: each 2×2 pool
+    floors the halving."""
+    if isinstance(layer, str):
+        layer = LAYERS[LAYER_NAMES.index(layer)]
     for _ in range(layer.pools):
-        height, width = height // 2, width // 2
+        height, width = height // POOL_SIZE, width // POOL_SIZE
     return height, width
 
 
@@ -133,17 +148,18 @@ class VGG16:
 
     def layer_forward(self, layer: Layer, x):
         """One layer of the table, forward: (out, cache)."""
+        kernel, stride, pad = window(layer)
         if layer.kind == "conv":
             w, b = self.params[layer.conv]
             if self.conv_algorithm(layer) == "winograd":
                 if layer.conv not in self._transforms:  # frozen weights: transformed once
                     self._transforms[layer.conv] = ops.winograd_filter_transform(w)
-                return ops.winograd_conv2d_forward(x, w, b, 1, u=self._transforms[layer.conv])
-            return ops.conv2d_forward(x, w, b, stride=1, pad=1)
+                return ops.winograd_conv2d_forward(x, w, b, pad, u=self._transforms[layer.conv])
+            return ops.conv2d_forward(x, w, b, stride=stride, pad=pad)
         if layer.kind == "relu":
             return ops.relu_forward(x)
         pool = ops.maxpool2d_forward if self.pooling == "max" else ops.avgpool2d_forward
-        return pool(x, 2, 2)
+        return pool(x, kernel, stride)
 
     def layer_backward(self, layer: Layer, dout, cache):
         """One layer of the table, backward: d(input) from d(output)."""
