@@ -58,6 +58,20 @@ def test_bad_option_is_one_line_exit_2_before_images(tmp_path, pics, out, tiny, 
 
 
 @pytest.mark.parametrize("args,needle", [
+    (["--size", "0"], "--size"),
+    (["--style-weight", "nan"], "--style-weight"),
+    (["--content-layers", "relu9_9"], "relu9_9"),
+    (["--style-blend", "1,2"], "style-blend"),
+    (["--optimizer", "sgd"], "--optimizer"),
+    (["--scales", "0.5,,1"], "--scales"),
+])
+def test_bad_options_are_one_line_usage_errors(tmp_path, pics, out, tiny, run_cli, refused, args, needle):
+    # The same refusals with a content that exists.
+    r = run_cli("stylize", str(pics.content), str(pics.style), "-o", str(out), *tiny.but(size=40, iterations=3).argv, *args, cwd=tmp_path)
+    refused(r, out, needle)
+
+
+@pytest.mark.parametrize("args,needle", [
     (["-o", "out.gif"], "unsupported output extension"),
     (["--resume", "nothing.json"], "cannot read the run manifest"),
 ])

@@ -152,3 +152,9 @@ def test_kink_side_matches_the_op():
     _, cache = ops.maxpool2d_forward(z, 2, 2)
     assert (kink_side("pool", "max", z) == cache.argmax).all()  # ties: the first maximum
     assert kink_side("pool", "avg", z) is None and kink_side("conv", "max", z) is None
+
+
+def test_gradcheck_cli_explains_temporal(capsys):
+    assert main(["gradcheck", "--op", "temporal"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("temporal: x(1, 3, 5, 6)") and ": pass" in out

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scratchnst.app.files import images as im
 from scratchnst.app.picture import color
 from scratchnst.app.picture import stylize as stylize_module
 
@@ -55,3 +56,14 @@ def test_colour_modes_bring_the_content_palette(two_regions, vgg16, tiny, mode):
     got = np.asarray(res.image, dtype=float).reshape(-1, 3).mean(0)
     base = np.asarray(plain.image, dtype=float).reshape(-1, 3).mean(0)
     assert np.abs(got - target).max() < np.abs(base - target).max()
+
+
+@pytest.mark.weights
+def test_preserve_colors_keeps_the_content_chroma(pics, vgg16, tiny):
+    res = stylize_module.stylize(str(pics.content), [str(pics.style)], preserve_colors=True, net=vgg16(), **tiny.but(size=40, iterations=3))
+    content = np.asarray(im.resize_to(im.load_image(pics.content), *res.image.size))
+    ycc = lambda a: a.astype(float) @ np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]).T  # noqa: E731
+    got, want = ycc(np.asarray(res.image)), ycc(content)
+    # Chroma is the content's (up to rounding and gamut clipping), luma is not.
+    assert np.median(np.abs(got[..., 1:] - want[..., 1:])) <= 1.0
+    assert np.median(np.abs(got[..., 0] - want[..., 0])) > 1.0

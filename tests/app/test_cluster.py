@@ -1,14 +1,18 @@
-"""cluster.run_tasks, the one loop of batch and multi-pass video, on conftest's in-process cluster (one
-one-thread worker): results and failures as tasks complete (the failure policy), a task that needs
-a failed one, Ctrl-C in the client stopping the running tasks through the Dask Event, cancelling
-one that does not stop in time; and what a worker keeps per run. Every wait is bounded."""
+"""scratchnst.app.cluster: run_tasks, the one loop of batch and multi-pass video, on conftest's in-process
+cluster (one one-thread worker): results and failures as tasks complete (the failure policy), a task
+that needs a failed one, Ctrl-C in the client stopping the running tasks through the Dask Event,
+cancelling one that does not stop in time; what a worker keeps per run; the local cluster's layout;
+the paths a worker cannot see. Every wait is bounded."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import pytest
+
 from scratchnst.app import cluster
+from scratchnst.errors import ScratchnstError
 
 DEADLINE_S = 60
 RELEASE = threading.Event()  # lets a task of the in-process worker that ignores the interrupt return
@@ -126,3 +130,20 @@ def test_a_worker_keeps_what_a_run_made_for_its_two_latest_runs():
     cache.of_run("run-b", "painter", make)
     cache.of_run("run-c", "painter", make)
     assert cache.of_run("run-a", "painter", make) is not first and len(made) == 4  # run-a was dropped
+
+
+def test_local_layout():
+    assert cluster.local_layout() == (cluster.cores(), 1)
+    assert cluster.local_layout(gpus=2) == (2, 1)
+    assert cluster.local_layout(3) == (3, 1)
+    assert cluster.local_layout(job_bytes=2**60) == (1, 1)  # no more workers than jobs fit in memory
+    assert cluster.local_layout(job_bytes=2**20) == (cluster.cores(), 1)
+    assert cluster.engine_threads_per_worker(1) == cluster.cores()
+    with pytest.raises(ScratchnstError, match="--workers"):
+        cluster.local_layout(0)
+
+
+def test_check_paths_names_what_a_worker_cannot_see(tmp_path):
+    assert cluster.check_paths([str(tmp_path)], [str(tmp_path)]) is None
+    assert cluster.check_paths([str(tmp_path / "gone.png")], []) == f"cannot read {tmp_path / 'gone.png'}"
+    assert cluster.check_paths([], ["/sys"]).startswith("cannot write to /sys")

@@ -1,8 +1,9 @@
-"""`scratchnst batch` on Dask: names, jobs files, same bytes as stylize, skip/resume, faults.
+"""scratchnst.app.batch, `scratchnst batch` on Dask: names, jobs files, video jobs' options, same bytes as
+stylize, skip/resume, faults.
 
 Ordinary cases run on an in-process cluster (conftest's `client`); the worker kill uses
 a real `dask scheduler` and `dask worker` processes; Ctrl-C goes to a CLI subprocess's whole process
-group, as a terminal sends it. Tiny generated images, few iterations; every wait is bounded.
+group, as a terminal sends it. Small generated pictures, few iterations; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -11,78 +12,44 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import scratchnst
 from scratchnst.app import batch as b
 from scratchnst.app import cluster
 from scratchnst.errors import ScratchnstError
 
-pytestmark = pytest.mark.weights
-
-REPO = Path(scratchnst.__file__).resolve().parents[1]
-TINY = {"size": 32, "iterations": 3, "scales": (1.0,)}
-TINY_ARGS = ["--size", "32", "--iterations", "3", "--scales", "1", "--quiet"]
-DEADLINE_S = 120
-
-
-@pytest.fixture(autouse=True)
-def _weights(vgg_weights_path, monkeypatch):
-    monkeypatch.setenv("SCRATCHNST_WEIGHTS", str(vgg_weights_path))
-
-
-def _picture(path: Path, rng, size=(40, 32)) -> str:
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([100 + 60 * np.sin(xx / rng.uniform(2, 6) + c) + 60 * np.cos(yy / rng.uniform(2, 6)) for c in range(3)], -1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8)).save(path)
-    return str(path)
+pytestmark = [pytest.mark.weights, pytest.mark.usefixtures("weights_env")]
 
 
 @pytest.fixture
-def pics(tmp_path, rng):
-    d = tmp_path / "in"
-    return {name: _picture(d / f"{name}.png", rng) for name in ("c1", "c2", "s1", "s2")}
+def few(tiny):
+    """The tiny run with 3 iterations, what these batch jobs run."""
+    return tiny.but(iterations=3)
 
 
-def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO))  # subprocesses import this checkout's package
-
-
-def _cli(args, cwd, **kw):
-    return subprocess.run([sys.executable, "-m", "scratchnst", "batch", *args], cwd=cwd, capture_output=True,
-                          text=True, env=_env(), timeout=DEADLINE_S, **kw)
+@pytest.fixture
+def inputs(pictures) -> dict[str, str]:
+    """Two contents (c1, c2) and two styles (s1, s2), 40x32, in tmp_path/in: their paths by name (the
+    outputs are named after them)."""
+    return {name: str(pictures.save(f"in/{name}.png", 40, 32)) for name in ("c1", "c2", "s1", "s2")}
 
 
 def _batch_file(out: Path) -> dict:
     return json.loads((out / "batch.json").read_text())
 
 
-def _wait_for(predicate, proc=None, timeout=DEADLINE_S):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert proc is None or proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 # -- jobs and names (no cluster) ---------------------------------------------------------------
 
 
-def test_grid_expands_folders_sorted_and_names_collisions(tmp_path, rng):
+def test_grid_expands_folders_sorted_and_names_collisions(tmp_path, pictures):
     for name in ("b.png", "a.jpg"):
-        _picture(tmp_path / "photos" / name, rng)
+        pictures.save(f"photos/{name}")
     (tmp_path / "photos" / "notes.txt").write_text("not an image: left out of the folder's images")
-    other = _picture(tmp_path / "other" / "a.png", rng)  # shares the stem "a" with photos/a.jpg
-    style = _picture(tmp_path / "s.png", rng)
+    other = str(pictures.save("other/a.png"))  # shares the stem "a" with photos/a.jpg
+    style = str(pictures.save("s.png"))
     jobs = b.grid([tmp_path / "photos", other], [style])
     assert [Path(j["content"]).name for j in jobs] == ["a.jpg", "b.png", "a.png"]
     names = [Path(j.output).name for j in b.plan(jobs, tmp_path / "out")]
@@ -99,7 +66,7 @@ def test_grid_expands_folders_sorted_and_names_collisions(tmp_path, rng):
         b.grid([tmp_path / "empty"], [style])
 
 
-def test_jobs_file_paths_are_relative_to_it(tmp_path, pics):
+def test_jobs_file_paths_are_relative_to_it(tmp_path, inputs):
     (tmp_path / "jobs.jsonl").write_text('{"content": "in/c1.png", "styles": "in/s1.png", "size": 40}\n\n')
     [job] = b.read_jobs(tmp_path / "jobs.jsonl")
     assert job == {"content": str(tmp_path / "in/c1.png"), "styles": str(tmp_path / "in/s1.png"), "size": 40, "line": 1}
@@ -116,9 +83,9 @@ def test_jobs_file_paths_are_relative_to_it(tmp_path, pics):
     ('{"content": "c.png", "video": "v.mp4", "styles": "s.png"}\n', 'jobs.jsonl:1: a job has "content" \\(a picture\\) or "video", not both'),
     ('{"video": 3, "styles": "s.png"}\n', 'jobs.jsonl:1: "video" must be a video path'),
 ])
-def test_malformed_jobs_file_is_refused_up_front(tmp_path, text, needle):
+def test_malformed_jobs_file_is_refused_up_front(tmp_path, run_cli, text, needle):
     (tmp_path / "jobs.jsonl").write_text(text)
-    r = _cli(["--jobs", "jobs.jsonl", "-o", "out"], tmp_path)
+    r = run_cli("batch", "--jobs", "jobs.jsonl", "-o", "out", cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -126,8 +93,8 @@ def test_malformed_jobs_file_is_refused_up_front(tmp_path, text, needle):
     assert not (tmp_path / "out").exists()
 
 
-def test_video_jobs_names_and_options(tmp_path, rng):
-    style = _picture(tmp_path / "s.png", rng)
+def test_video_jobs_names_and_options(tmp_path, pictures):
+    style = str(pictures.save("s.png"))
     jobs = b.grid([], [style], videos=[tmp_path / "clip.mkv", tmp_path / "frames"]) + [{"video": "x.avi", "styles": style, "output": "x/"}]
     planned = b.plan(jobs, tmp_path / "out", {"temporal_weight": 10, "save_every": 5, "size": 32})
     assert [(Path(j.output).name, j.kind) for j in planned] == [("clip__s.mkv", "video"), ("frames__s.mp4", "video"), ("x", "video")]
@@ -147,45 +114,36 @@ def test_video_jobs_names_and_options(tmp_path, rng):
             b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", opts, kind="video"))
 
 
-def test_command_line_refusals(tmp_path, pics):
-    r = _cli(["--contents", pics["c1"], "-o", "out"], tmp_path)
+def test_a_multipass_batch_job_runs_its_passes_on_its_worker():
+    job = b.Job("a.mp4", ["s.png"], "out.mp4", {"passes": 3, "blend": 0.5}, kind="video")
+    _, own = b.video_job_settings(job)
+    assert (own.passes, own.blend, own.workers) == (3, 0.5, 0)
+    with pytest.raises(ScratchnstError, match="--passes must be a whole number"):
+        b.video_job_settings(b.Job("a.mp4", ["s.png"], "out.mp4", {"passes": 1.5}, kind="video"))
+
+
+def test_command_line_refusals(tmp_path, inputs, run_cli):
+    r = run_cli("batch", "--contents", inputs["c1"], "-o", "out", cwd=tmp_path)
     assert r.returncode == 2 and "give --contents and --styles" in r.stderr
-    r = _cli(["--contents", pics["c1"], "--styles", pics["s1"], "--workers", "0", "-o", "out"], tmp_path)
+    r = run_cli("batch", "--contents", inputs["c1"], "--styles", inputs["s1"], "--workers", "0", "-o", "out", cwd=tmp_path)
     assert r.returncode == 2 and "--workers: must be > 0" in r.stderr
     (tmp_path / "jobs.jsonl").write_text("{}\n")
-    r = _cli(["--jobs", "jobs.jsonl", "--contents", pics["c1"], "-o", "out"], tmp_path)
+    r = run_cli("batch", "--jobs", "jobs.jsonl", "--contents", inputs["c1"], "-o", "out", cwd=tmp_path)
     assert r.returncode == 2 and "not both" in r.stderr
-
-
-def test_local_layout():
-    assert cluster.local_layout() == (cluster.cores(), 1)
-    assert cluster.local_layout(gpus=2) == (2, 1)
-    assert cluster.local_layout(3) == (3, 1)
-    assert cluster.local_layout(job_bytes=2**60) == (1, 1)  # no more workers than jobs fit in memory
-    assert cluster.local_layout(job_bytes=2**20) == (cluster.cores(), 1)
-    assert cluster.engine_threads_per_worker(1) == cluster.cores()
-    with pytest.raises(ScratchnstError, match="--workers"):
-        cluster.local_layout(0)
-
-
-def test_check_paths_names_what_a_worker_cannot_see(tmp_path):
-    assert cluster.check_paths([str(tmp_path)], [str(tmp_path)]) is None
-    assert cluster.check_paths([str(tmp_path / "gone.png")], []) == f"cannot read {tmp_path / 'gone.png'}"
-    assert cluster.check_paths([], ["/sys"]).startswith("cannot write to /sys")
 
 
 # -- on an in-process cluster ----------------------------------------------------------------------
 
 
-def test_same_bytes_as_stylize_and_manifest_beside(tmp_path, pics, client):
+def test_same_bytes_as_stylize_and_manifest_beside(tmp_path, inputs, few, client):
     out = tmp_path / "out"
-    jobs = b.grid([pics["c1"], pics["c2"]], [pics["s1"]]) + [{"content": pics["c1"], "styles": [pics["s1"], pics["s2"]], "style_weight": 1000}]
-    results = scratchnst.batch(jobs, client, out_dir=out, **TINY)
+    jobs = b.grid([inputs["c1"], inputs["c2"]], [inputs["s1"]]) + [{"content": inputs["c1"], "styles": [inputs["s1"], inputs["s2"]], "style_weight": 1000}]
+    results = scratchnst.batch(jobs, client, out_dir=out, **few)
     assert [r.status for r in results] == ["done"] * 3, results
     assert [Path(r.output).name for r in results] == ["c1__s1.png", "c2__s1.png", "c1__s1+s2.png"]
     for job, r in zip(jobs, results):
         options = {k: v for k, v in job.items() if k not in ("content", "styles")}
-        ref = scratchnst.stylize(job["content"], job["styles"], out=tmp_path / "ref" / "x.png", quiet=True, **TINY, **options)
+        ref = scratchnst.stylize(job["content"], job["styles"], out=tmp_path / "ref" / "x.png", **few, **options)
         assert Path(r.output).read_bytes() == (tmp_path / "ref" / "x.png").read_bytes(), r.output
         m = json.loads(Path(r.manifest).read_text())
         assert m["status"] == "done" and m["output"] == r.output and sorted(m) == sorted(ref.manifest)
@@ -196,22 +154,22 @@ def test_same_bytes_as_stylize_and_manifest_beside(tmp_path, pics, client):
     assert [j["status"] for j in data["jobs"]] == ["done"] * 3
 
 
-def test_rerun_skips_done_jobs_and_redoes_changed_ones(tmp_path, pics, client):
+def test_rerun_skips_done_jobs_and_redoes_changed_ones(tmp_path, inputs, few, client, monkeypatch):
     out = tmp_path / "out"
-    jobs = b.grid([pics["c1"]], [pics["s1"], pics["s2"]])
-    first = b.batch(jobs, client, out_dir=out, **TINY)
+    jobs = b.grid([inputs["c1"]], [inputs["s1"], inputs["s2"]])
+    first = b.batch(jobs, client, out_dir=out, **few)
     stamps = [os.stat(r.output).st_mtime_ns for r in first]
-    t = time.perf_counter()
-    again = b.batch(jobs, client, out_dir=out, **TINY)
-    assert time.perf_counter() - t < 5
+    with monkeypatch.context() as m:  # nothing to recompute: no task reaches the cluster
+        m.setattr(cluster, "run_tasks", lambda *a, **k: pytest.fail("a done job was run again"))
+        again = b.batch(jobs, client, out_dir=out, **few)
     assert [(r.status, r.skipped) for r in again] == [("done", True)] * 2
     assert [os.stat(r.output).st_mtime_ns for r in again] == stamps
     assert [r.worker for r in again] == [r.worker for r in first]  # carried over from batch.json
-    changed = b.batch(jobs, client, out_dir=out, **{**TINY, "style_weight": 10.0})
+    changed = b.batch(jobs, client, out_dir=out, **few.but(style_weight=10.0))
     assert [(r.status, r.skipped) for r in changed] == [("done", False)] * 2
 
 
-def test_style_targets_and_net_are_shared_between_jobs(tmp_path, pics, client, monkeypatch):
+def test_style_targets_and_net_are_shared_between_jobs(tmp_path, inputs, few, client, monkeypatch):
     from scratchnst.core import objective
 
     calls = []
@@ -221,68 +179,68 @@ def test_style_targets_and_net_are_shared_between_jobs(tmp_path, pics, client, m
     real_load = cluster.WorkerCache.net
     monkeypatch.setattr(cluster.WorkerCache, "net", lambda self, s: loads.append(1) or real_load(self, s))
     cluster.WORKER_CACHE.nets.clear()
-    results = b.batch(b.grid([pics["c1"], pics["c2"]], [pics["s1"]]), client, out_dir=tmp_path / "out", **TINY)
+    results = b.batch(b.grid([inputs["c1"], inputs["c2"]], [inputs["s1"]]), client, out_dir=tmp_path / "out", **few)
     assert [r.status for r in results] == ["done", "done"]
     assert len(calls) == 1  # one style at one size: its Gram targets computed once for both jobs
     assert len(loads) == 2 and len(cluster.WORKER_CACHE.nets) == 1  # asked per job, loaded once
 
 
-def test_worker_that_cannot_see_a_path_fails_in_one_line(tmp_path, pics, client, monkeypatch):
+def test_worker_that_cannot_see_a_path_fails_in_one_line(tmp_path, inputs, few, client, monkeypatch):
     monkeypatch.setattr(cluster, "check_paths", lambda readable, writable: f"cannot read {readable[0]}")
     with pytest.raises(ScratchnstError, match=r"^worker \S+ cannot read .*c1.png: batch needs every input and output on storage all workers share$"):
-        b.batch(b.grid([pics["c1"]], [pics["s1"]]), client, out_dir=tmp_path / "out", **TINY)
+        b.batch(b.grid([inputs["c1"]], [inputs["s1"]]), client, out_dir=tmp_path / "out", **few)
 
 
 # -- command line, local process cluster ----------------------------------------------------------
 
 
-def test_one_bad_input_fails_alone(tmp_path, pics):
+def test_one_bad_input_fails_alone(tmp_path, inputs, few, run_cli):
     bad = tmp_path / "in" / "broken.png"
     bad.write_text("these are not pixels")
-    lines = [{"content": pics["c1"], "styles": pics["s1"]}, {"content": str(bad), "styles": pics["s1"]},
-             {"content": pics["c2"], "styles": pics["s1"], "size": 0}, {"content": pics["c2"], "styles": pics["s1"], "sise": 32}]
+    lines = [{"content": inputs["c1"], "styles": inputs["s1"]}, {"content": str(bad), "styles": inputs["s1"]},
+             {"content": inputs["c2"], "styles": inputs["s1"], "size": 0}, {"content": inputs["c2"], "styles": inputs["s1"], "sise": 32}]
     (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    r = _cli(["--jobs", "jobs.jsonl", "-o", "out", "--workers", "1", *TINY_ARGS], tmp_path)
+    r = run_cli("batch", "--jobs", "jobs.jsonl", "-o", "out", "--workers", "1", *few.argv, cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"scratchnst: batch: 4 jobs: 1 done, 3 failed; see {Path('out') / 'batch.json'}"
     jobs = _batch_file(tmp_path / "out")["jobs"]
     assert [j["status"] for j in jobs] == ["done", "failed", "failed", "failed"]
     # the messages stylize gives for the same input
-    stylize = subprocess.run([sys.executable, "-m", "scratchnst", "stylize", str(bad), pics["s1"], "-o", str(tmp_path / "x.png")],
-                             capture_output=True, text=True, env=_env(), timeout=DEADLINE_S)
+    stylize = run_cli("stylize", str(bad), inputs["s1"], "-o", str(tmp_path / "x.png"), cwd=tmp_path)
     assert jobs[1]["error"] == stylize.stderr.strip().removeprefix("scratchnst: error: ")
     assert jobs[2]["error"] == "--size must be a whole number > 0 (got 0)"
     assert jobs[3]["error"].startswith("unknown option 'sise'")
     assert [j["line"] for j in jobs] == [1, 2, 3, 4] and jobs[1]["worker"].startswith("tcp://127.0.0.1:")
 
 
-def test_unreachable_scheduler_is_one_line(tmp_path, pics):
+def test_unreachable_scheduler_is_one_line(tmp_path, inputs, few, run_cli):
     import socket
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    r = _cli(["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address, *TINY_ARGS], tmp_path)
+    r = run_cli("batch", "--contents", inputs["c1"], "--styles", inputs["s1"], "-o", "out", "--scheduler", address, *few.argv, cwd=tmp_path)
     assert r.returncode == 2
     [line] = r.stderr.strip().splitlines()
     assert line.startswith(f"scratchnst: error: cannot connect to the Dask scheduler at {address} ("), line
 
 
-def _ctrl_c_when(args, cwd, ready) -> tuple[int, str]:
-    """Run `scratchnst batch ARGS` in its own process group and, once `ready()`, send the group SIGINT
-    as a terminal's Ctrl-C does (the client and its local workers); (exit code, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=cwd, env=_env(),
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _wait_for(ready, proc)
+@pytest.fixture
+def ctrl_c_when(start_cli, wait_until):
+    """ctrl_c_when(args, cwd, ready, what): start `scratchnst batch ARGS` in its own process group and,
+    once `ready()`, send the group SIGINT as a terminal's Ctrl-C does (the client and its local
+    workers); (exit code, stderr)."""
+
+    def ctrl_c(args, cwd, ready, what: str) -> tuple[int, str]:
+        proc = start_cli("batch", *args, cwd=cwd, new_session=True)
+        wait_until(ready, proc=proc, what=what)
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=DEADLINE_S)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, err
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+
+    return ctrl_c
 
 
 def _manifest_says(path: Path, status: str, iterations: int = 1) -> bool:
@@ -294,17 +252,18 @@ def _manifest_says(path: Path, status: str, iterations: int = 1) -> bool:
     return m.get("status") == status and len(m.get("history", [])) >= iterations
 
 
-def test_ctrl_c_saves_running_jobs_and_a_rerun_resumes_them(tmp_path, pics):
+def test_ctrl_c_saves_running_jobs_and_a_rerun_resumes_them(tmp_path, inputs, tiny, ctrl_c_when):
     """The long job (Adam, which never stops early, for ten million iterations) is provably still
     running when each Ctrl-C lands: its manifest says so, and it cannot finish within the test's
     bounded waits. The short job waits behind it on the one worker, then runs beside it on two."""
-    long = {"content": pics["c1"], "styles": pics["s1"], "iterations": 10_000_000, "optimizer": "adam", "checkpoint_every": 1}
-    short = {"content": pics["c2"], "styles": pics["s1"], "iterations": 3}
+    long = {"content": inputs["c1"], "styles": inputs["s1"], "iterations": 10_000_000, "optimizer": "adam", "checkpoint_every": 1}
+    short = {"content": inputs["c2"], "styles": inputs["s1"], "iterations": 3}
     (tmp_path / "jobs.jsonl").write_text(json.dumps(long) + "\n" + json.dumps(short) + "\n")
-    args = ["--jobs", "jobs.jsonl", "-o", "out", "--size", "32", "--scales", "1", "--quiet"]
+    args = ["--jobs", "jobs.jsonl", "-o", "out", *tiny.but(iterations=None).argv]  # each job its own iterations
     out = tmp_path / "out"
     running = out / "c1__s1.json"
-    code, err = _ctrl_c_when([*args, "--workers", "1"], tmp_path, lambda: _manifest_says(running, "running"))
+    code, err = ctrl_c_when([*args, "--workers", "1"], tmp_path, lambda: _manifest_says(running, "running"),
+                            "the long job to run")
     assert code == 130 and "Traceback" not in err, err
     jobs = _batch_file(out)["jobs"]
     assert [j["status"] for j in jobs] == ["interrupted", "pending"], jobs
@@ -316,7 +275,8 @@ def test_ctrl_c_saves_running_jobs_and_a_rerun_resumes_them(tmp_path, pics):
         data = json.loads((out / "batch.json").read_text()) if (out / "batch.json").exists() else {"jobs": []}
         return [j["status"] for j in data["jobs"]][1:] == ["done"] and _manifest_says(running, "running", n + 1)
 
-    code, err = _ctrl_c_when([*args, "--workers", "2"], tmp_path, resumed_and_short_done)
+    code, err = ctrl_c_when([*args, "--workers", "2"], tmp_path, resumed_and_short_done,
+                            "the short job done and the long one resumed")
     assert code == 130 and "Traceback" not in err, err
     assert [j["status"] for j in _batch_file(out)["jobs"]] == ["interrupted", "done"]
     again = json.loads(running.read_text())
@@ -343,21 +303,18 @@ cluster.Interrupt.poll = poll
 """
 
 
-def test_killed_worker_job_completes_on_another(tmp_path, pics, dask_processes):
+def test_killed_worker_job_completes_on_another(tmp_path, inputs, tiny, dask_processes, start_cli, wait_until):
     address = dask_processes.scheduler()
     first = dask_processes.worker("first")
     dask_processes.run_on_workers(HOLD_AT_ITERATION_7)
-    args = ["--contents", pics["c1"], "--styles", pics["s1"], "-o", "out", "--scheduler", address,
-            "--size", "32", "--iterations", "30", "--scales", "1", "--quiet", "--checkpoint-every", "5"]
-    run = subprocess.Popen([sys.executable, "-m", "scratchnst", "batch", *args], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: _manifest_says(tmp_path / "out" / "c1__s1.json", "running", 5), run)  # checkpointed at 5, held at 7
-        dask_processes.worker("second")
-        first.kill()  # SIGKILL mid-job: Dask moves the task to the other worker
-        _, err = run.communicate(timeout=DEADLINE_S)
-    finally:
-        if run.poll() is None:
-            run.kill()
+    args = ["--contents", inputs["c1"], "--styles", inputs["s1"], "-o", "out", "--scheduler", address,
+            *tiny.but(iterations=30, checkpoint_every=5).argv]
+    run = start_cli("batch", *args, cwd=tmp_path)
+    wait_until(lambda: _manifest_says(tmp_path / "out" / "c1__s1.json", "running", 5), proc=run,
+               what="the checkpoint at iteration 5")  # checkpointed at 5, held at 7
+    dask_processes.worker("second")
+    first.kill()  # SIGKILL mid-job: Dask moves the task to the other worker
+    _, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     [job] = _batch_file(tmp_path / "out")["jobs"]
     first_address = re.search(r"Start worker at:\s+(\S+)", (tmp_path / "first.log").read_text()).group(1)
@@ -365,6 +322,6 @@ def test_killed_worker_job_completes_on_another(tmp_path, pics, dask_processes):
     m = json.loads(Path(job["manifest"]).read_text())
     assert m["status"] == "done" and [h["iteration"] for h in m["history"]] == list(range(1, 31))
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
-    ref = scratchnst.stylize(pics["c1"], [pics["s1"]], out=tmp_path / "ref.png", size=32, iterations=30, scales=(1.0,), quiet=True)
+    ref = scratchnst.stylize(inputs["c1"], [inputs["s1"]], out=tmp_path / "ref.png", **tiny.but(iterations=30))
     assert ref.status == "done"
     assert (tmp_path / "out" / "c1__s1.png").read_bytes() == (tmp_path / "ref.png").read_bytes()

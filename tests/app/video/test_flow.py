@@ -1,0 +1,85 @@
+"""scratchnst.app.video.flow on conftest's pan, whose true motion is known: bilinear warping against a
+naive reference and along the known motion, the flow and its consistency mask recovering that
+motion, occlusions and motion boundaries in the mask; the missing `video` extra named."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from scratchnst.app.video import flow
+from scratchnst.errors import ScratchnstError
+
+pytest.importorskip("av")
+pytest.importorskip("cv2")
+
+
+def _warp_naive(image, flow_):
+    """Per-pixel bilinear sampling, the readable reference for flow.warp."""
+    H_, W_ = flow_.shape[:2]
+    out = np.zeros(image.shape, dtype=np.float64)
+    for y in range(H_):
+        for x in range(W_):
+            sx = min(max(x + flow_[y, x, 0], 0), W_ - 1)
+            sy = min(max(y + flow_[y, x, 1], 0), H_ - 1)
+            x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+            x1, y1 = min(x0 + 1, W_ - 1), min(y0 + 1, H_ - 1)
+            ax, ay = sx - x0, sy - y0
+            out[y, x] = ((1 - ay) * ((1 - ax) * image[y0, x0] + ax * image[y0, x1])
+                         + ay * ((1 - ax) * image[y1, x0] + ax * image[y1, x1]))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (6, 4)])
+def test_warp_matches_the_naive_reference(rng, shape):
+    image = rng.uniform(0, 255, shape)
+    f = rng.uniform(-3, 3, (*shape[:2], 2))
+    assert np.allclose(flow.warp(image, f), _warp_naive(image, f))
+
+
+def test_warp_follows_the_known_motion(pan):
+    (W, H), (DX, DY) = pan.size, pan.motion
+    backward = np.tile(np.array([DX, DY], np.float32), (H, W, 1))  # frame t(p) = frame t−1(p + (DX, DY))
+    warped = flow.warp(pan[2], backward)
+    inside = flow.inside_mask(backward)
+    assert np.array_equal(warped[inside], pan[3][inside].astype(np.float64))
+    assert inside.sum() == (W - DX) * (H - DY)
+    yy, xx = np.mgrid[0:H, 0:W]
+    ramp = 3.0 * xx + 5.0 * yy  # bilinear sampling is exact on a linear image
+    sub = np.full((H, W, 2), (0.25, 0.75))
+    assert np.allclose(flow.warp(ramp, sub)[:-1, :-1], (ramp + 3 * 0.25 + 5 * 0.75)[:-1, :-1])
+
+
+def test_flow_and_mask_recover_the_known_motion(pan):
+    (W, H), (DX, DY) = pan.size, pan.motion
+    pair = flow.pair_flow(pan[2], pan[3])
+    reliable = pair.mask > 0
+    assert reliable.mean() > 0.8
+    assert np.abs(pair.backward[reliable] - (DX, DY)).max() < 0.5
+    assert np.median(np.abs(pair.backward[reliable] - (DX, DY))) < 0.1
+    # The strip that came in from outside frame t − 1 (right DX columns, bottom DY rows) is masked.
+    assert not reliable[:, W - DX:].any() and not reliable[H - DY:, :].any()
+    warped = flow.warp(pan[2], pair.backward)
+    assert np.abs(warped - pan[3])[reliable].mean() < 1.0
+
+
+def test_mask_marks_occlusions_and_motion_boundaries():
+    backward = np.tile(np.array([2.0, 0.0]), (20, 30, 1))
+    forward = -backward.copy()
+    forward[5:10, 12:17] = 0.0  # the forward flow does not lead back: occluded
+    mask = flow.consistency_mask(backward, forward)
+    assert not mask[5:10, 10:15].any()  # pixels p with p + (2, 0) in the inconsistent square
+    assert mask[12:, :20].all() and mask[:4, :20].all()
+    assert not mask[:, 28:].any()  # sampled from outside frame t − 1
+    step = np.zeros((20, 30, 2))
+    step[:, 15:, 0] = 3.0  # a moving object's edge: a motion boundary, but consistent motion
+    edge = flow.consistency_mask(step, -step)  # the forward flow leads back everywhere
+    assert not edge[:, 14:16].any() and edge[:, :12].all()
+
+
+def test_missing_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
+    with pytest.raises(ScratchnstError, match=r"scratchnst\[video\]"):
+        flow.video_libs()
