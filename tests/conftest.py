@@ -22,6 +22,12 @@ from PIL import Image
 from scratchnst.errors import WeightsError
 from scratchnst.app.files.weights import load_vgg16, resolve_weights
 
+# A suite started in the background by a shell without job control (`cmd &` in a script, nohup, CI
+# runners) inherits SIGINT ignored, and every process it starts would too: the tests that send Ctrl-C
+# to a run would see it ignored. A Python handler here becomes SIGINT's default in each child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
