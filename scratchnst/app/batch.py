@@ -192,9 +192,9 @@ def plan(jobs, out_dir, options: dict | None = None) -> list[Job]:
 
 def _applicable(options: dict, kind: str) -> dict:
     """The batch-wide options that concern a job of `kind`: video's own (video.options.JOB_OPTIONS)
-    go to video jobs only, one picture's extra outputs (PICTURE_ONLY: --save-every,
-    --checkpoint-every, --plot) to picture jobs only, every other option (an unknown name too, which
-    fails the job) to both."""
+    go to video jobs only, one picture's own (PICTURE_ONLY: --save-every, --checkpoint-every,
+    --plot, --tile) to picture jobs only, every other option (an unknown name too, which fails the
+    job) to both."""
     other = PICTURE_ONLY if kind == "video" else JOB_OPTIONS
     return {k: v for k, v in options.items() if k.replace("-", "_") not in other}
 

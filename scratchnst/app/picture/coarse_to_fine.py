@@ -15,7 +15,8 @@ from PIL import Image
 
 from scratchnst.app.files import images as im
 from scratchnst.app.files import report
-from scratchnst.app.picture.inputs import Inputs, scale_sizes
+from scratchnst.app.picture.inputs import Inputs
+from scratchnst.app.picture.plan import scale_sizes
 from scratchnst.app.picture.masks import masks_at
 from scratchnst.app.picture.settings import NOISE_STD, Settings
 from scratchnst.app.picture.targets import StyleTargets
