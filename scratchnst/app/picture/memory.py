@@ -26,7 +26,8 @@ time, and what stays image-sized (tiled_peak_bytes):
   + ACT_FACTOR * E * P_tile * itemsize + conv bands         at the largest crop (core and halo) of
                                                             the image's or a style image's tiles
   + ACT_FACTOR * E * (Σ crops) * itemsize                   every tile's forward, with keep_forward
-  + (optimiser vectors + IMAGE_ARRAYS) * 3 * H * W * itemsize
+  + (optimiser vectors + IMAGE_ARRAYS) * 3 * H * W * itemsize   L-BFGS's pairs: at most one per iteration
+  + the previous scale's optimiser vectors                  until this scale's optimiser has started
   + content targets                                         Σ over the content layers of channels /
                                                             stride² values per pixel (relu4_1: 8)
   + MASK_BYTES per pixel and style mask
@@ -113,13 +114,14 @@ def estimate_peak_bytes(
 
 
 def tiled_peak_bytes(settings, dims: tuple[int, int], style_dims: Sequence[tuple[int, int]], core: int, *,
-                     keep_forward: bool = False, gpu: bool = False) -> int:
+                     keep_forward: bool = False, gpu: bool = False, previous: tuple[int, int] | None = None) -> int:
     """Upper estimate of the peak memory (bytes) of one scale evaluated tile by tile in cores of
     `core` px (a multiple of tiled.alignment of the run's layers), before anything big is allocated.
 
     settings: validated Settings; dims: (width, height) of the image at that scale; style_dims: the
     style images' at that scale (their targets are made tile by tile too); keep_forward: every
-    tile's forward pass kept from pass 1 to pass 2; gpu: the run is on CuPy.
+    tile's forward pass kept from pass 1 to pass 2; gpu: the run is on CuPy; previous: the (width,
+    height) of the scale before, whose optimiser lives until this one's has started.
     """
     itemsize, names = _itemsize(settings), _layer_names(settings)
     largest, crops, _ = tile_pixels(dims, core, names)
@@ -129,7 +131,10 @@ def tiled_peak_bytes(settings, dims: tuple[int, int], style_dims: Sequence[tuple
     kept = ACT_FACTOR * _activations_per_pixel(_layers_run(names)) * crops * itemsize if keep_forward else 0
     pixels = dims[0] * dims[1]
     targets = sum(layer.channels * 4.0**-layer.pools for layer in LAYERS if layer.name in settings.content_layers)
-    image = (3 * (optimiser_vectors(settings) + IMAGE_ARRAYS) + targets) * pixels * itemsize
+    # L-BFGS adds one pair per iteration at most: a scale of fewer iterations never holds its whole history.
+    vectors = optimiser_vectors(replace(settings, lbfgs_history=min(settings.lbfgs_history, settings.iterations)))
+    before = previous[0] * previous[1] if previous else 0
+    image = (3 * (vectors + IMAGE_ARRAYS) + targets) * pixels * itemsize + 3 * vectors * before * itemsize
     masks = len(settings.style_masks or ()) * MASK_BYTES[itemsize] * pixels
     return int(BASELINE + CANONICAL_SIZE * itemsize / 4 + transforms + activations + bands + kept + image + masks)
 

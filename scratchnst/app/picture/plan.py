@@ -118,9 +118,10 @@ def make_plan(settings, content_size: tuple[int, int], style_sizes, xp=None) -> 
     notes = []
     if history != settings.lbfgs_history:
         w, h = geometry.scales[-1][1]
-        notes.append(f"--lbfgs-history {history} instead of {settings.lbfgs_history}: its image-sized vectors at {w}x{h} "
-                     f"leave room for tiles in {format_bytes(limit)} {where} only so")
-    if settings.tile is None:
+        tiles = f"tiles of {settings.tile} px" if settings.tile else f"tiles of {PREFERRED_CORE} px or more"
+        notes.append(f"--lbfgs-history {history} instead of {settings.lbfgs_history}: each pair is two {w}x{h} images "
+                     f"in memory, and with more pairs {tiles} do not fit in {format_bytes(limit)} {where}")
+    if settings.tile is None and any(s.core for s in scales):
         tiled = ", ".join(f"{s.width}x{s.height} in {s.tiles} tiles of {s.core}-px cores" for s in scales if s.core)
         notes.append(f"the whole picture needs {format_bytes(need)} > {format_bytes(limit)} {where}: tiled, {tiled}")
     return Plan(tuple(scales), history, limit, max(s.estimate for s in scales), tuple(notes))
@@ -138,34 +139,38 @@ def _whole(settings, geometry: _Geometry, side: int, gpu: bool) -> int:
 
 def _search(settings, geometry: _Geometry, limit: int | None, gpu: bool) -> tuple[int, list[ScalePlan]] | None:
     """(the L-BFGS history, each scale's plan) of the first that fits: the history as given and
-    down to one pair with cores of PREFERRED_CORE px or more, then one pair with any core; None."""
+    down to one pair with cores of PREFERRED_CORE px or more, then one pair with any core; None.
+    A history longer than the iterations holds no more pairs than they make: it is kept as given."""
+    held = min(settings.lbfgs_history, settings.iterations)
     if settings.optimizer != "lbfgs" or limit is None:
-        tries = [(settings.lbfgs_history, 0)]
+        tries = [(held, 0)]
     else:
-        tries = [(h, PREFERRED_CORE) for h in range(settings.lbfgs_history, 0, -1)] + [(1, 0)]
+        tries = [(h, PREFERRED_CORE) for h in range(held, 0, -1)] + [(1, 0)]
     for history, floor in tries:
         scales = _scales(replace(settings, lbfgs_history=history), geometry, limit, gpu, floor)
         if scales is not None:
-            return history, scales
+            return (settings.lbfgs_history if history == held else history), scales
     return None
 
 
 def _scales(settings, geometry: _Geometry, limit: int | None, gpu: bool, floor: int) -> list[ScalePlan] | None:
     """Each scale's plan with cores of `floor` px or more (or the one of --tile), or None when one
     of them does not fit."""
-    scales = []
+    scales, previous = [], None
     for side, dims, style_dims in geometry.scales:
-        scale = _scale(settings, geometry, (side, dims, style_dims), limit, gpu, floor)
+        scale = _scale(settings, geometry, (side, dims, style_dims, previous), limit, gpu, floor)
         if scale is None:
             return None
         scales.append(scale)
+        previous = dims
     return scales
 
 
 def _scale(settings, geometry: _Geometry, scale: tuple, limit: int | None, gpu: bool, floor: int) -> ScalePlan | None:
-    """One scale's plan: untiled where the whole fits (without --tile) or the image is within one
-    --tile core; else the largest core ≥ floor that fits (or --tile's); None when none does."""
-    side, dims, style_dims = scale
+    """One scale's plan (scale: its long side, (width, height), the styles', the previous scale's
+    (width, height) or None): untiled where the whole fits (without --tile) or the image is within
+    one --tile core; else the largest core ≥ floor that fits (or --tile's); None when none does."""
+    side, dims, style_dims, previous = scale
     fits = lambda need: limit is None or need <= limit  # noqa: E731
     if settings.tile is None or max(dims) <= settings.tile:
         whole = _whole(settings, geometry, side, gpu)
@@ -174,7 +179,8 @@ def _scale(settings, geometry: _Geometry, scale: tuple, limit: int | None, gpu: 
         if settings.tile is not None:
             return None
     names = (*settings.content_layers, *settings.style_layers)
-    estimate = lambda core, keep=False: tiled_peak_bytes(settings, dims, style_dims, core, keep_forward=keep, gpu=gpu)  # noqa: E731
+    estimate = lambda core, keep=False: tiled_peak_bytes(  # noqa: E731
+        settings, dims, style_dims, core, keep_forward=keep, gpu=gpu, previous=previous)
     core = settings.tile
     if core is None:
         align = alignment(names)
@@ -206,7 +212,8 @@ def _refusal(settings, geometry: _Geometry, limit: int, where: str, gpu: bool) -
     least = replace(settings, lbfgs_history=1)
     core = settings.tile or alignment(names)
     _, dims, style_dims = geometry.scales[-1]
-    need = tiled_peak_bytes(least, dims, style_dims, core, gpu=gpu)
+    previous = geometry.scales[-2][1] if len(geometry.scales) > 1 else None
+    need = tiled_peak_bytes(least, dims, style_dims, core, gpu=gpu, previous=previous)
     fits_at = lambda s: _scales(s, _Geometry(s, geometry.content_size, geometry.style_sizes), limit, gpu, 0) is not None  # noqa: E731
     best = largest_passing(MIN_SIDE, settings.size, lambda size: fits_at(replace(least, size=size)))
     hints = [f"largest --size that fits: {best}" if best else "not even the smallest size fits",

@@ -31,12 +31,14 @@ def _settings(**options) -> Settings:
     return Settings(**{"size": 1024, "scales": (1.0,), "iterations": 1, **options}).validated(1)
 
 
-def _tiled(s: Settings, core: int, scale: int = -1, **keywords) -> int:
-    """tiled_peak_bytes of scale `scale` of a run of `s` in cores of `core` px."""
-    side = plan.scale_sizes(s.size, s.scales)[scale]
+def _tiled(s: Settings, core: int, **keywords) -> int:
+    """tiled_peak_bytes of the last scale of a run of `s` in cores of `core` px (the scale before it
+    counted)."""
+    *before, side = plan.scale_sizes(s.size, s.scales)
     dims = long_side_dims(*CONTENT, side)
     styles = [long_side_dims(*st, max(MIN_SIDE, round(side * s.style_scale))) for st in STYLES]
-    return memory.tiled_peak_bytes(s, dims, styles, core, **keywords)
+    previous = long_side_dims(*CONTENT, before[-1]) if before else None
+    return memory.tiled_peak_bytes(s, dims, styles, core, previous=previous, **keywords)
 
 
 def test_a_run_that_fits_is_untiled_with_the_untiled_estimate():
@@ -48,7 +50,7 @@ def test_a_run_that_fits_is_untiled_with_the_untiled_estimate():
 
 
 def test_a_smaller_budget_gets_the_largest_core_that_fits():
-    s = _settings(scales=(0.25, 1.0))
+    s = _settings(scales=(0.25, 1.0), iterations=60)
     whole = memory.estimate_peak_bytes(s, CONTENT, STYLES)
     s = replace(s, max_memory=whole - 1)
     p = plan.make_plan(s, CONTENT, STYLES)
@@ -67,14 +69,23 @@ def test_a_smaller_budget_gets_the_largest_core_that_fits():
 
 
 def test_when_the_vectors_dominate_the_history_is_shortened_with_a_note():
-    s = _settings(size=2048, max_memory="2G")
+    s = _settings(size=2048, max_memory="2G", iterations=60)
     p = plan.make_plan(s, CONTENT, STYLES)
     (scale,) = p.scales
     h = p.lbfgs_history
     assert 1 <= h < 20 and scale.core >= plan.PREFERRED_CORE and scale.estimate <= 2 * GB
-    assert p.notes[0].startswith(f"--lbfgs-history {h} instead of 20: its image-sized vectors at 2048x1536")
+    assert p.notes[0] == (f"--lbfgs-history {h} instead of 20: each pair is two 2048x1536 images in memory, and with more "
+                          "pairs tiles of 256 px or more do not fit in 2.00 GB allowed by --max-memory")
     assert scale.estimate == _tiled(replace(s, lbfgs_history=h), scale.core)
     assert _tiled(replace(s, lbfgs_history=h + 1), plan.PREFERRED_CORE) > 2 * GB  # one pair more leaves no room
+
+
+def test_a_history_longer_than_the_iterations_costs_nothing():
+    """L-BFGS adds at most one pair per iteration: 2 iterations hold 2 pairs whatever --lbfgs-history says."""
+    s = _settings(size=2048, max_memory="2G", iterations=2)
+    p = plan.make_plan(s, CONTENT, STYLES)
+    assert p.lbfgs_history == 20 and p.notes[0].startswith("the whole picture needs")
+    assert p.scales[0].estimate == _tiled(replace(s, lbfgs_history=2), p.scales[0].core) == _tiled(s, p.scales[0].core)
 
 
 def test_a_budget_too_small_for_anything_says_what_would_fit():
@@ -88,8 +99,8 @@ def test_a_budget_too_small_for_anything_says_what_would_fit():
     assert plan.make_plan(replace(s, size=best), CONTENT, STYLES).estimate <= GB  # the promise holds
     with pytest.raises(ScratchnstError):
         plan.make_plan(replace(s, size=best + 1), CONTENT, STYLES)
-    enough = message.split("--max-memory ")[1]
-    assert plan.make_plan(replace(s, max_memory=memory.parse_bytes(enough)), CONTENT, STYLES).lbfgs_history == 1
+    enough = memory.parse_bytes(message.split("--max-memory ")[1])
+    assert plan.make_plan(replace(s, max_memory=enough), CONTENT, STYLES).estimate <= enough
 
 
 def test_adam_is_named_when_it_would_fit():
