@@ -153,19 +153,10 @@ def test_the_plan_reads_back_from_its_record():
 # -- through the command line -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, needles", [
-    ("24", ["--tile must be 0 (never tile) or a multiple of 16 px", "(got 24)"]),
-    ("-16", ["--tile must be 0 (never tile) or a multiple of 16 px", "(got -16)"]),
-    ("x", ["argument --tile: expected a whole number, got 'x'"]),
-])
-def test_a_bad_tile_is_one_line_before_any_heavy_work(tmp_path, pics, out, tiny, run_cli, refused, value, needles):
-    """Refused before the content is read (it does not exist) and before the weights (nor do they)."""
-    r = run_cli("stylize", str(tmp_path / "missing.png"), str(pics.style), "-o", str(out), *tiny.argv, "--tile", value,
-                "--weights", str(tmp_path / "no.h5"), cwd=tmp_path)
-    refused(r, out, *needles)
-
-
+@pytest.mark.weights
+@pytest.mark.usefixtures("weights_env")
 def test_a_budget_too_small_is_one_line_before_the_net(tmp_path, pics, out, tiny, run_cli, refused):
+    """Refused before the weights are read (they do not exist)."""
     r = run_cli("stylize", *map(str, pics), "-o", str(out), *tiny.argv, "--size", "4000", "--max-memory", "1G",
                 "--weights", str(tmp_path / "no.h5"), cwd=tmp_path)
     refused(r, out, "estimated peak memory", "allowed by --max-memory, even tiled", "largest --size that fits: ")
