@@ -27,7 +27,7 @@ from scratchnst.app.files import report
 from scratchnst.app.files.atomic import atomic_write_bytes
 from scratchnst.app.files.images import IMAGE_SUFFIXES
 from scratchnst.app.picture.memory import estimate_peak_bytes
-from scratchnst.app.picture.settings import Settings
+from scratchnst.app.picture.settings import Settings, comparable_args
 from scratchnst.app.picture.stylize import resume, stylize_settings
 from scratchnst.app.video.clip import VIDEO_FORMATS, parse_frames
 from scratchnst.app.video.frame import Shared
@@ -192,9 +192,9 @@ def plan(jobs, out_dir, options: dict | None = None) -> list[Job]:
 
 def _applicable(options: dict, kind: str) -> dict:
     """The batch-wide options that concern a job of `kind`: video's own (video.options.JOB_OPTIONS)
-    go to video jobs only, one picture's extra outputs (PICTURE_ONLY: --save-every,
-    --checkpoint-every, --plot) to picture jobs only, every other option (an unknown name too, which
-    fails the job) to both."""
+    go to video jobs only, one picture's own (PICTURE_ONLY: --save-every, --checkpoint-every,
+    --plot, --tile) to picture jobs only, every other option (an unknown name too, which fails the
+    job) to both."""
     other = PICTURE_ONLY if kind == "video" else JOB_OPTIONS
     return {k: v for k, v in options.items() if k.replace("-", "_") not in other}
 
@@ -278,10 +278,8 @@ def _named_options(job: Job, names, known: str) -> dict:
 
 def _same_run(manifest: dict, job: Job, settings: Settings) -> bool:
     """Whether a job manifest describes this job: the same inputs and every resolved option."""
-    args = {k: v for k, v in settings.as_args().items() if k != "quiet"}
-    theirs = {k: v for k, v in manifest.get("args", {}).items() if k != "quiet"}
     inputs = [str(Path(p).resolve()) for p in (job.content, *job.styles)]
-    return theirs == args and [manifest.get("content"), *manifest.get("styles", [])] == inputs
+    return comparable_args(manifest.get("args", {})) == comparable_args(settings.as_args()) and [manifest.get("content"), *manifest.get("styles", [])] == inputs
 
 
 def read_manifest(output: str) -> dict | None:

@@ -137,7 +137,7 @@ def _add_stylize_options(p, *, size_default=DEFAULTS.size, size_help="long side 
                          iterations_default=DEFAULTS.iterations, iterations_help="optimiser iterations at each scale",
                          per_image: bool = True) -> None:
     """The Settings options of stylize, registered on `p` (batch and video reuse them; per_image=False leaves
-    out the per-image outputs: --save-every, --checkpoint-every, --plot)."""
+    out the per-image outputs: --save-every, --checkpoint-every, --plot, and --tile: a video is not tiled)."""
     g = p.add_argument_group("size and schedule")
     g.add_argument("--size", type=_integer, default=size_default, help=size_help)
     g.add_argument("--iterations", type=_integer, default=iterations_default, help=iterations_help)
@@ -180,6 +180,10 @@ def _add_stylize_options(p, *, size_default=DEFAULTS.size, size_help="long side 
                    help="convolution: im2col + GEMM, Winograd F(4x4,3x3), or auto (Winograd where it is faster, in float32)")
     g.add_argument("--weights", metavar="PATH", default=None, help="VGG-16 weights file (default: $SCRATCHNST_WEIGHTS, the cache, or fetch)")
     g.add_argument("--max-memory", type=str, default=None, metavar="BYTES", help="memory the run may use, e.g. 2G, 500M (default: what the machine or GPU has available)")
+    if per_image:
+        g.add_argument("--tile", type=_integer, default=None, metavar="N",
+                       help="evaluate the picture in tiles of N px (a multiple of 16 with the default layers), exactly; "
+                            "0: never tile (default: tile only what does not fit in --max-memory)")
 
 
 SETTING_NAMES = [f for f in Settings.__dataclass_fields__]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from scratchnst.core import host, ops
 from scratchnst.core.losses import content_loss, gram_style_loss, masked_gram_style_loss
@@ -199,14 +199,23 @@ class TiledObjective:
     core: the side of a tile's core in pixels, a positive multiple of alignment(objective.layers)
     (ValueError otherwise). keep_forward: keep each tile's forward pass (caches and owned
     activations) from pass 1 to pass 2 instead of running it again, for every tile's activations in
-    memory at once (it only matters with style layers: without, there is no pass 1).
+    memory at once (it only matters with style layers: without, there is no pass 1). on_tile(done,
+    total): called after each tile of each pass, `done` of the evaluation's `total` (the tiles times
+    the passes), for a progress bar.
     """
 
-    def __init__(self, objective: NSTObjective, core: int, *, keep_forward: bool = False):
+    def __init__(self, objective: NSTObjective, core: int, *, keep_forward: bool = False,
+                 on_tile: Callable[[int, int], object] | None = None):
         self.objective = objective
         self.tiles = plan_tiles(*objective.shape[2:], core, objective.layers)
-        self.core, self.keep_forward = int(core), bool(keep_forward)
+        self.core, self.keep_forward, self.on_tile = int(core), bool(keep_forward), on_tile
         self._arena = host.Arena()  # like NSTObjective's: the big arrays, reused by each evaluation
+
+    @property
+    def passes(self) -> int:
+        """Passes over the tiles per evaluation: pass 2, pass 1 with style layers, and the norms'."""
+        obj = self.objective
+        return 1 + bool(obj.style_layers) + bool(obj.normalize_gradients)
 
     def evaluate(self, x) -> Evaluation:
         """L(x), dL/dx and the unweighted totals, as objective.evaluate(x). x: (1, 3, H, W)."""
@@ -214,10 +223,10 @@ class TiledObjective:
         if tuple(x.shape) != obj.shape:
             raise ValueError(f"x has shape {tuple(x.shape)}, the content image {obj.shape}")
         with host.engine_threads(), host.lending(self._arena):
-            kept = [] if self.keep_forward else None
-            style = self._style_terms(self._gram_sums(x, kept))
-            norms = self._norms(x, kept, style) if obj.normalize_gradients else None
-            grad, terms = self._gradient(x, kept, style, norms)
+            kept, tick = [] if self.keep_forward else None, self._ticker()
+            style = self._style_terms(self._gram_sums(x, kept, tick))
+            norms = self._norms(x, kept, style, tick) if obj.normalize_gradients else None
+            grad, terms = self._gradient(x, kept, style, norms, tick)
             image_terms = obj.image_terms(x)
             for t in image_terms:
                 grad += t.weight * t.grad
@@ -228,9 +237,20 @@ class TiledObjective:
         loss, grad, _ = self.evaluate(x)
         return loss, grad
 
-    def _forwards(self, x, kept: list | None, *, last: bool = False):
+    def _ticker(self) -> Callable[[], None]:
+        """tick(): one more tile of this evaluation done, told to on_tile."""
+        done, total = [0], self.passes * len(self.tiles)
+
+        def tick() -> None:
+            done[0] += 1
+            if self.on_tile is not None:
+                self.on_tile(done[0], total)
+
+        return tick
+
+    def _forwards(self, x, kept: list | None, tick, *, last: bool = False):
         """(tile, owned activations, caches) for each tile: pass 1's from `kept` (let go of on the
-        `last` pass), else a new forward."""
+        `last` pass), else a new forward; tick() once the caller is done with each."""
         for t, tile in enumerate(self.tiles):
             if kept:
                 owned, caches = kept[t]
@@ -239,6 +259,7 @@ class TiledObjective:
             else:
                 owned, caches = tile_forward(self.objective.net, x, tile, self.objective.layers)
             yield tile, owned, caches
+            tick()
 
     def _pieces(self, layer: str, whole: Box, f) -> list[tuple]:
         """What `layer`'s style term sums Gram matrices of, on owned positions f: (1, C, h, w) at
@@ -249,7 +270,7 @@ class TiledObjective:
         roots = [obj.net.xp.sqrt(whole.of(m)) for m, _ in obj.regions[layer]]
         return [(f * root, root) for root in roots]
 
-    def _gram_sums(self, x, kept: list | None) -> dict:
+    def _gram_sums(self, x, kept: list | None, tick) -> dict:
         """Pass 1: {layer: [Σ over the tiles of each piece's Gram matrix (1, C, C)]}; appends each
         tile's forward to `kept` (when not None). Nothing to do without style layers."""
         obj, sums = self.objective, {}
@@ -264,6 +285,7 @@ class TiledObjective:
                     sums[layer] = [s + g for s, g in zip(sums[layer], grams)] if layer in sums else grams
             if kept is not None:
                 kept.append((owned, caches))
+            tick()
         return sums
 
     def _style_terms(self, sums: dict) -> dict:
@@ -297,20 +319,20 @@ class TiledObjective:
                 terms.append(Term("style", layer, obj.style_weight * w, None, df))
         return terms
 
-    def _norms(self, x, kept: list | None, style: dict) -> dict:
+    def _norms(self, x, kept: list | None, style: dict, tick) -> dict:
         """{(name, layer): Σ |d term / d activation|} over the whole layer (normalize_gradients' L1
         norms): one more pass over the tiles (pass 1's forward when kept)."""
         norms = {}
-        for tile, owned, _ in self._forwards(x, kept):
+        for tile, owned, _ in self._forwards(x, kept, tick):
             for t in self._tile_terms(tile, owned, style):
                 norms[t.name, t.layer] = norms.get((t.name, t.layer), 0) + abs(t.grad).sum()
         return norms
 
-    def _gradient(self, x, kept: list | None, style: dict, norms: dict | None) -> tuple:
+    def _gradient(self, x, kept: list | None, style: dict, norms: dict | None, tick) -> tuple:
         """Pass 2: (dL/dx of the content and style terms, those terms with their whole values)."""
         obj = self.objective
         grad, content = obj.net.xp.zeros(x.shape, dtype=x.dtype), {}
-        for tile, owned, caches in self._forwards(x, kept, last=True):
+        for tile, owned, caches in self._forwards(x, kept, tick, last=True):
             dfeats = self._dfeats(tile, self._tile_terms(tile, owned, style), norms, content)
             if dfeats:
                 tile.crop.of(grad)[...] += obj.net.backward(dfeats, caches, consume=True)

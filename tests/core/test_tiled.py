@@ -285,3 +285,21 @@ def test_an_objective_from_tiled_targets_is_the_same(rng):
     assert np.linalg.norm((b.grad - a.grad).ravel()) <= 1e-10 * np.linalg.norm(a.grad.ravel())
     with pytest.raises(ValueError, match=r"^content_features needs a \(8, 8\) activation at relu4_1$"):
         NSTObjective(net, content, [style], content_features={"relu4_1": np.zeros((1, 6, 8, 7))}, **MIDDLE)
+
+
+@pytest.mark.parametrize("options, passes", [
+    (dict(layers=MIDDLE), 2), (dict(layers=MIDDLE, style_layers=[]), 1), (dict(layers=MIDDLE, normalize_gradients=True), 3),
+])
+def test_on_tile_counts_every_tile_of_every_pass(rng, options, passes):
+    """on_tile(done, total) after each tile of each pass: 1 .. total, total = the tiles times the passes
+    (pass 2; pass 1 with style layers; the norms' with normalize_gradients); the evaluation unchanged."""
+    obj, x = _build(rng, (50, 40), **options)
+    seen = []
+    tiled = TiledObjective(obj, 16, on_tile=lambda done, total: seen.append((done, total)))
+    assert tiled.passes == passes and len(tiled.tiles) == 12
+    a, b = tiled.evaluate(x.copy()), TiledObjective(obj, 16).evaluate(x.copy())
+    assert seen == [(k, passes * 12) for k in range(1, passes * 12 + 1)]
+    assert a.loss == b.loss and np.array_equal(a.grad, b.grad)
+    seen.clear()
+    TiledObjective(obj, 16, keep_forward=True, on_tile=lambda done, total: seen.append((done, total))).evaluate(x.copy())
+    assert seen[-1] == (passes * 12, passes * 12) and len(seen) == passes * 12

@@ -3,6 +3,8 @@ scale's image (resized), or from the start point, and runs --iterations of the o
 
 image → preprocess → NSTObjective (VGG features, losses, backward) → optimiser, per scale; every
 iteration is recorded in the history and reported to on_progress, which may ask the run to stop.
+A scale the memory plan tiles (plan.py) evaluates the same objective tile by tile (core/tiled.py),
+its targets made tile by tile too, and the progress bar shows the tiles of each evaluation.
 What the run writes is outputs.py's; what it reads, inputs.py's.
 """
 
@@ -15,7 +17,8 @@ from PIL import Image
 
 from scratchnst.app.files import images as im
 from scratchnst.app.files import report
-from scratchnst.app.picture.inputs import Inputs, scale_sizes
+from scratchnst.app.picture.inputs import Inputs
+from scratchnst.app.picture.plan import scale_sizes
 from scratchnst.app.picture.masks import masks_at
 from scratchnst.app.picture.settings import NOISE_STD, Settings
 from scratchnst.app.picture.targets import StyleTargets
@@ -24,6 +27,7 @@ from scratchnst.core.backend import get_array_module, to_host
 from scratchnst.core.objective import NSTObjective
 from scratchnst.core.optim import OPTIMIZERS, make_optimizer
 from scratchnst.core.preprocess import preprocess
+from scratchnst.core.tiled import TiledObjective, tiled_features
 from scratchnst.errors import ScratchnstError, user_error
 
 
@@ -60,7 +64,8 @@ class CoarseToFine:
 
     def __init__(self, settings: Settings, inputs: Inputs, net, targets: StyleTargets, *, pixel_terms=None,
                  on_progress=None, after_step=None):
-        """settings: validated; net: the loaded VGG16; targets: the styles' Gram targets.
+        """settings: validated; inputs: read (inputs.plan, the memory plan: None runs every scale
+        untiled); net: the loaded VGG16; targets: the styles' Gram targets.
         pixel_terms(content (1, 3, H, W)) -> a list of objective.PixelTerm added at each scale (video's
         temporal term). on_progress(entry) is called with each history entry; a true answer asks the
         run to stop (status "interrupted", as Ctrl-C). after_step(run) runs after each recorded
@@ -68,6 +73,9 @@ class CoarseToFine:
         self.settings, self.inputs, self.net, self.xp, self.targets = settings, inputs, net, net.xp, targets
         self.pixel_terms, self.on_progress, self.after_step = pixel_terms, on_progress, after_step
         self.sizes = scale_sizes(settings.size, settings.scales)
+        self.plan = inputs.plan
+        if self.plan is not None and [p.size for p in self.plan.scales] != self.sizes:
+            raise ScratchnstError(f"the memory plan is for scales of {[p.size for p in self.plan.scales]} px, the run's {self.sizes}")
         self.history: list[dict] = []
         self.evaluations = self.iteration = 0
         self.started, self.elapsed_before = time.perf_counter(), 0.0
@@ -92,12 +100,13 @@ class CoarseToFine:
         status, x = "done", None
         try:
             for scale_index in range(first_scale, len(self.sizes)):
-                self._start_scale(scale_index, x, opt_state)
+                self._start_scale(scale_index, x, opt_state, bar)
                 opt_state = None
                 status = self._optimise_scale(bar)
                 x = self.opt.x
                 if status != "done":
                     break
+                self.opt.fun = None  # the finished scale's objective (targets, arena) goes before the next is made
                 bar.total = self.iteration + self.settings.iterations * (len(self.sizes) - scale_index - 1)
         except KeyboardInterrupt:
             if self.opt is None:
@@ -146,11 +155,16 @@ class CoarseToFine:
         rng = np.random.default_rng(s.seed)
         return self.xp.asarray(rng.normal(0.0, NOISE_STD, (1, 3, h, w)).astype(s.dtype))
 
-    def _objective(self, content, fitted: Image.Image, long_side: int) -> NSTObjective:
+    def _objective(self, content, fitted: Image.Image, long_side: int, core: int | None) -> NSTObjective:
+        """The scale's NSTObjective; with a `core`, its targets made tile by tile (the content's
+        activations and the styles' Gram matrices), so that no image runs through the net whole."""
         s = self.settings
         masks = self.inputs.masks
+        features = None
+        if core is not None:
+            features = tiled_features(self.net, content, s.content_layers, core) if s.content_layers else {}
         return NSTObjective(
-            self.net, content, None, grams=self.targets.grams(long_side, fitted),
+            self.net, content, None, grams=self.targets.grams(long_side, fitted, core), content_features=features,
             content_layers=s.content_layers, style_layers=s.style_layers,
             content_weight=s.content_weight, style_weight=s.style_weight, tv_weight=s.tv_weight,
             style_blend=s.style_blend, style_layer_weights=s.style_layer_weights, normalize=s.normalize,
@@ -159,14 +173,14 @@ class CoarseToFine:
             normalize_gradients=s.normalize_gradients,
         )
 
-    def _start_scale(self, scale_index: int, x_previous, opt_state) -> None:
+    def _start_scale(self, scale_index: int, x_previous, opt_state, bar) -> None:
         """self.opt for scale `scale_index`: restored from `opt_state`, or started from the previous
         scale's image (or the start point). self.scale_index follows only once the new optimiser
         exists: until then an interrupt saves the previous scale's finished state."""
         s = self.settings
         long_side = self.sizes[scale_index]
         content, fitted = self._images_at(long_side)
-        fun = self._objective(content, fitted, long_side).evaluate
+        fun = self._evaluation(scale_index, content, fitted, bar)
         if opt_state is not None:
             if tuple(opt_state["x"].shape) != tuple(content.shape):
                 raise ScratchnstError(
@@ -181,11 +195,26 @@ class CoarseToFine:
         # The run's iteration count at this optimiser's iteration 0 (for the interrupt handler).
         self.opt, self.scale_index, self.opt_base = opt, scale_index, self.iteration - opt.iteration
 
+    def _evaluation(self, scale_index: int, content, fitted: Image.Image, bar):
+        """The function the scale's optimiser evaluates: the objective's evaluate, or its tiled
+        evaluation where the plan tiles the scale (each tile shown on the progress bar)."""
+        plan = self.plan.scales[scale_index] if self.plan is not None else None
+        core = plan.core if plan is not None else None
+        objective = self._objective(content, fitted, self.sizes[scale_index], core)
+        if core is None:
+            return objective.evaluate
+
+        def on_tile(done: int, total: int) -> None:
+            shown = report.postfix(self.history[-1]) + " " if self.history else ""
+            bar.set_postfix_str(f"{shown}tile {done}/{total}")
+
+        return TiledObjective(objective, core, keep_forward=plan.keep_forward, on_tile=on_tile).evaluate
+
     def _optimizer_options(self) -> dict:
         s = self.settings
         opts = {"learning_rate": s.learning_rate}
         if s.optimizer == "lbfgs":
-            opts["history"] = s.lbfgs_history
+            opts["history"] = self.plan.lbfgs_history if self.plan is not None else s.lbfgs_history
         return opts
 
     def _optimise_scale(self, bar) -> str:

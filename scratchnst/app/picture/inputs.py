@@ -1,6 +1,6 @@
 """What one picture run reads, checked before any heavy work: the content (and its alpha), the
 style images, the style masks, the start image (--init PATH), the output path; the memory the run
-will need; the network.
+will need and how it is spent (plan.py); the network.
 
 `read_inputs` runs every check in the order a user meets them. A video opens its styles and masks
 and checks the sizes and memory once (open_styles, read_masks, check_sizes, check_memory), then
@@ -21,6 +21,7 @@ from scratchnst.app.files import images as im
 from scratchnst.app.files.weights import load_vgg16
 from scratchnst.app.picture.masks import check_masks, load_mask
 from scratchnst.app.picture.memory import check_fits
+from scratchnst.app.picture.plan import Plan, make_plan, scale_sizes
 from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.app.engine import array_module
 from scratchnst.core.backend import backend_name
@@ -48,11 +49,7 @@ class Inputs:
     masks: list | None = None  # the style masks as (H, W) weights, one per style (--style-masks)
     start: Image.Image | None = None  # the start image: --init PATH's, or a video frame's warped start
     out: Path | None = None  # where the picture goes (None: nothing is written)
-
-
-def scale_sizes(size: int, scales) -> list[int]:
-    """The long side of each scale: size x scale, at least MIN_SIDE."""
-    return [max(MIN_SIDE, int(round(size * s))) for s in scales]
+    plan: Plan | None = None  # the memory plan: tiled or not at each scale (None: untiled)
 
 
 def style_list(styles) -> list:
@@ -69,10 +66,11 @@ def open_styles(styles: list) -> Styles:
     return Styles([img for img, _ in loaded], [src for _, src in loaded])
 
 
-def read_inputs(content, styles: list, settings: Settings, out=None) -> Inputs:
+def read_inputs(content, styles: list, settings: Settings, out=None, plan: Plan | None = None) -> Inputs:
     """Every input of a run of validated `settings`, decoded and checked in the order a user meets
     them: the output path, the content, the styles, the start image, that the output overwrites no
-    input, the masks, the sizes at each scale, then the memory; ScratchnstError (one line) otherwise."""
+    input, the masks, the sizes at each scale, then the memory (the plan, its notes on stderr; or
+    `plan`, a resumed run's); ScratchnstError (one line) otherwise."""
     s = settings
     out = im.check_output_path(out) if out is not None else None
     content_img, content_src = im.open_image(content, "content")
@@ -87,8 +85,11 @@ def read_inputs(content, styles: list, settings: Settings, out=None) -> Inputs:
     if alpha is not None and out is not None and im.SAVE_FORMATS[out.suffix.lower()] not in im.ALPHA_FORMATS:
         print(f"{out.name}: note: {out.suffix} cannot carry the content's alpha; use .png or .webp to keep it", file=sys.stderr)
     check_sizes(s, content_img.size, content_src, loaded)
-    check_memory(s, content_img.size, loaded)
-    return Inputs(content_img, content_src, loaded, alpha, masks, start, out)
+    if plan is None:
+        plan = make_plan(s, content_img.size, [st.size for st in loaded.images], array_module(s.backend))
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return Inputs(content_img, content_src, loaded, alpha, masks, start, out, plan)
 
 
 def read_masks(settings: Settings, content_size: tuple[int, int]) -> list | None:
@@ -110,8 +111,8 @@ def check_sizes(settings: Settings, content_size: tuple[int, int], content_src: 
 
 
 def check_memory(settings: Settings, content_size: tuple[int, int], styles: Styles) -> int:
-    """The run's peak memory estimate in bytes; ScratchnstError when it cannot fit (memory.check_fits).
-    Done before the net is allocated."""
+    """The run's peak memory estimate in bytes, untiled (a video's frames are not tiled);
+    ScratchnstError when it cannot fit (memory.check_fits). Done before the net is allocated."""
     return check_fits(settings, content_size, [st.size for st in styles.images], array_module(settings.backend))
 
 

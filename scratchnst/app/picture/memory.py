@@ -18,6 +18,19 @@ P is the largest pixel count the net sees (the output at the largest scale, or a
 size x style_scale), E the number of activation elements per input pixel of every VGG layer up to
 the deepest requested one (a 2x2 pool quarters the pixels), and ACT_FACTOR the measured multiple
 of that (caches, masks, transient copies of the forward and backward).
+
+A scale evaluated tile by tile (core/tiled.py; plan.py decides) holds one tile's activations at a
+time, and what stays image-sized (tiled_peak_bytes):
+
+    BASELINE + the conv layers + Winograd's transforms      as above
+  + ACT_FACTOR * E * P_tile * itemsize + conv bands         at the largest crop (core and halo) of
+                                                            the image's or a style image's tiles
+  + ACT_FACTOR * E * (Σ crops) * itemsize                   every tile's forward, with keep_forward
+  + (optimiser vectors + IMAGE_ARRAYS) * 3 * H * W * itemsize   L-BFGS's pairs: at most one per iteration
+  + the previous scale's optimiser vectors                  until this scale's optimiser has started
+  + content targets                                         Σ over the content layers of channels /
+                                                            stride² values per pixel (relu4_1: 8)
+  + MASK_BYTES per pixel and style mask
 """
 
 from __future__ import annotations
@@ -35,11 +48,18 @@ from scratchnst.core import host
 from scratchnst.core.backend import is_cupy
 from scratchnst.core.ops import conv, winograd
 from scratchnst.core.preprocess import MIN_SIDE
-from scratchnst.core.vgg import LAYER_NAMES, conv_algorithm, layers_through
+from scratchnst.core.tiled import plan_tiles
+from scratchnst.core.vgg import LAYER_NAMES, LAYERS, conv_algorithm, layers_through
 from scratchnst.errors import ScratchnstError
 
 BASELINE = 120 * 2**20
 ACT_FACTOR = 1.0
+# Image-sized arrays (3·H·W values) of a tiled evaluation besides the optimiser's vectors: the
+# gradient summed over the tiles, TV's two differences, its gradient and its weighted copy.
+IMAGE_ARRAYS = 5
+# Bytes per pixel of each style mask: at the scale's size in float64 (masks.masks_at), on the
+# objective's grid and pooled to the layers' (a third more) in the run's dtype.
+MASK_BYTES = {4: 8 + 4 * 4 / 3, 8: 8 + 8 * 4 / 3}
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
@@ -81,14 +101,64 @@ def estimate_peak_bytes(
     settings: validated Settings; content_size, style_sizes: (width, height) of the loaded images;
     gpu: the run is on CuPy (its conv bands are larger).
     """
-    itemsize = 8 if settings.dtype == "float64" else 4
+    itemsize = _itemsize(settings)
     top = max(MIN_SIDE, int(round(settings.size * max(settings.scales))))
     cw, ch = long_side_dims(*content_size, top)
     pixels = cw * ch
     for sw, sh in style_sizes:
         w, h = long_side_dims(sw, sh, max(MIN_SIDE, int(round(top * settings.style_scale))))
         pixels = max(pixels, w * h)
-    layers = _layers_run((*settings.content_layers, *settings.style_layers))
+    transforms, activations, tiles = _net_bytes(settings, pixels, gpu)
+    optimiser = optimiser_vectors(settings) * 3 * cw * ch * itemsize
+    return int(BASELINE + CANONICAL_SIZE * itemsize / 4 + transforms + activations + tiles + optimiser)
+
+
+def tiled_peak_bytes(settings, dims: tuple[int, int], style_dims: Sequence[tuple[int, int]], core: int, *,
+                     keep_forward: bool = False, gpu: bool = False, previous: tuple[int, int] | None = None) -> int:
+    """Upper estimate of the peak memory (bytes) of one scale evaluated tile by tile in cores of
+    `core` px (a multiple of tiled.alignment of the run's layers), before anything big is allocated.
+
+    settings: validated Settings; dims: (width, height) of the image at that scale; style_dims: the
+    style images' at that scale (their targets are made tile by tile too); keep_forward: every
+    tile's forward pass kept from pass 1 to pass 2; gpu: the run is on CuPy; previous: the (width,
+    height) of the scale before, whose optimiser lives until this one's has started.
+    """
+    itemsize, names = _itemsize(settings), _layer_names(settings)
+    largest, crops, _ = tile_pixels(dims, core, names)
+    for style in style_dims:
+        largest = max(largest, tile_pixels(style, core, names)[0])
+    transforms, activations, bands = _net_bytes(settings, largest, gpu)
+    kept = ACT_FACTOR * _activations_per_pixel(_layers_run(names)) * crops * itemsize if keep_forward else 0
+    pixels = dims[0] * dims[1]
+    targets = sum(layer.channels * 4.0**-layer.pools for layer in LAYERS if layer.name in settings.content_layers)
+    # L-BFGS adds one pair per iteration at most: a scale of fewer iterations never holds its whole history.
+    vectors = optimiser_vectors(replace(settings, lbfgs_history=min(settings.lbfgs_history, settings.iterations)))
+    before = previous[0] * previous[1] if previous else 0
+    image = (3 * (vectors + IMAGE_ARRAYS) + targets) * pixels * itemsize + 3 * vectors * before * itemsize
+    masks = len(settings.style_masks or ()) * MASK_BYTES[itemsize] * pixels
+    return int(BASELINE + CANONICAL_SIZE * itemsize / 4 + transforms + activations + bands + kept + image + masks)
+
+
+def tile_pixels(dims: tuple[int, int], core: int, layers: Sequence[str]) -> tuple[int, int, int]:
+    """(pixels of the largest crop, Σ pixels of the crops, the tiles) of a (width, height) image in
+    cores of `core` px for a net run to `layers` (tiled.plan_tiles). Tiles are the rows' spans times
+    the columns', each axis's found alone: one column of tiles, one row."""
+    width, height = dims
+    rows = [t.crop.shape[0] for t in plan_tiles(height, 1, core, layers)]
+    cols = [t.crop.shape[1] for t in plan_tiles(1, width, core, layers)]
+    return max(rows) * max(cols), sum(rows) * sum(cols), len(rows) * len(cols)
+
+
+def optimiser_vectors(settings) -> int:
+    """Image-sized vectors (3·H·W values) the optimiser keeps: L-BFGS 2 · history + 8, Adam 6."""
+    return 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
+
+
+def _net_bytes(settings, pixels: float, gpu: bool) -> tuple[float, float, float]:
+    """(Winograd's filter transforms and bands, the activations and caches, the im2col bands) of a
+    forward and backward of `pixels` input pixels to the run's deepest layer."""
+    itemsize = _itemsize(settings)
+    layers = _layers_run(_layer_names(settings))
     convs = [layer for layer in layers if layer.kind == "conv"]
     winograds = [layer for layer in convs if conv_algorithm(settings.conv, settings.dtype, layer) == "winograd"]
     # The bands one conv call holds, im2col's and Winograd's, as each op module bounds them, at the
@@ -101,20 +171,31 @@ def estimate_peak_bytes(
         transforms = sum(kept for kept, _ in made) + max(making for _, making in made)
         transforms += max(winograd.band_bytes(l.c_in, l.channels, pixels * 4.0**-l.pools, itemsize, **bands) for l in winograds)
     activations = ACT_FACTOR * _activations_per_pixel(layers) * pixels * itemsize
-    vectors = 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
-    optimiser = vectors * 3 * cw * ch * itemsize
-    return int(BASELINE + CANONICAL_SIZE * itemsize / 4 + transforms + activations + tiles + optimiser)
+    return transforms, activations, tiles
+
+
+def _itemsize(settings) -> int:
+    return 8 if settings.dtype == "float64" else 4
+
+
+def _layer_names(settings) -> tuple[str, ...]:
+    return (*settings.content_layers, *settings.style_layers)
 
 
 def largest_size_that_fits(settings, content_size, style_sizes, limit: int, *, gpu: bool = False) -> int | None:
     """The largest --size (others unchanged) whose estimate is ≤ limit; None if not even the minimum."""
     fits = lambda size: estimate_peak_bytes(replace(settings, size=size), content_size, style_sizes, gpu=gpu) <= limit
-    lo, hi = MIN_SIDE, settings.size
-    if not fits(lo):
+    return largest_passing(MIN_SIDE, settings.size, fits)
+
+
+def largest_passing(lo: int, hi: int, passes) -> int | None:
+    """The largest n in lo .. hi with passes(n), for a passes that holds up to some n and not after
+    (a bisection); None if not even passes(lo)."""
+    if not passes(lo):
         return None
-    while lo < hi:  # invariant: fits(lo)
+    while lo < hi:  # invariant: passes(lo)
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        lo, hi = (mid, hi) if passes(mid) else (lo, mid - 1)
     return lo
 
 
@@ -157,17 +238,23 @@ def _cgroup_room() -> list[int]:
     return []
 
 
+def budget(settings, xp=None) -> tuple[int | None, str]:
+    """(bytes the run may use, where that comes from in words): --max-memory, else what the GPU or
+    the machine has available (available_bytes); None when it cannot be told."""
+    limit = getattr(settings, "max_memory", None)
+    if limit is not None:
+        return limit, "allowed by --max-memory"
+    gpu = xp is not None and is_cupy(xp)
+    return available_bytes(xp), "free on the GPU" if gpu else "available on this machine"
+
+
 def check_fits(settings, content_size, style_sizes, xp=None) -> int:
     """The estimate in bytes; ScratchnstError when it exceeds --max-memory or what is available."""
     gpu = xp is not None and is_cupy(xp)
     need = estimate_peak_bytes(settings, content_size, style_sizes, gpu=gpu)
-    limit = getattr(settings, "max_memory", None)
-    where = "allowed by --max-memory"
+    limit, where = budget(settings, xp)
     if limit is None:
-        limit = available_bytes(xp)
-        where = "free on the GPU" if gpu else "available on this machine"
-        if limit is None:
-            return need
+        return need
     if need <= limit:
         return need
     best = largest_size_that_fits(settings, content_size, style_sizes, limit, gpu=gpu)

@@ -73,6 +73,7 @@ class Outputs:
             "content_size": list(inputs.content.size),
             "style_sizes": [list(st.size) for st in inputs.styles.images],
             "scale_sizes": run.sizes,
+            "plan": inputs.plan.as_dict() if inputs.plan is not None else None,
             "evaluations": run.evaluations,
             "history": run.history,
             "final_loss": run.history[-1]["loss"] if run.history else (run.opt.loss if run.opt else None),

@@ -22,7 +22,8 @@ from scratchnst.core.objective import (
     CONTENT_LAYERS, DEFAULT_WEIGHTS, NORMALIZATIONS, STYLE_LAYERS, check_mask_count, check_weight, check_weights,
 )
 from scratchnst.core.optim import DEFAULT_LEARNING_RATE, LBFGS_HISTORY, OPTIMIZERS
-from scratchnst.core.vgg import CONV_ALGORITHMS, POOLINGS, check_layers
+from scratchnst.core.tiled import alignment
+from scratchnst.core.vgg import CONV_ALGORITHMS, LAYER_NAMES, POOLINGS, check_layers
 from scratchnst.errors import ScratchnstError, user_error
 
 INITS = ("noise", "content", "style")
@@ -63,6 +64,7 @@ class Settings:
     plot: bool = False
     quiet: bool = False
     max_memory: int | None = None  # bytes the run may use; None: what the machine/GPU has available
+    tile: int | None = None  # the tiles' core in px (plan.py); 0: never tile; None: as the memory needs
 
     def validated(self, n_styles: int) -> Settings:
         """A new Settings with every value checked and normalised (tuples, floats for the weights and
@@ -72,7 +74,8 @@ class Settings:
         schedule = _schedule(self)
         objective = _objective(self, n_styles)
         engine = _engine(self)
-        return replace(self, **schedule, **objective, **engine, **_outputs(self, n_styles, objective["style_blend"]))
+        tile = _tile(self.tile, objective["content_layers"] + objective["style_layers"])
+        return replace(self, **schedule, **objective, **engine, tile=tile, **_outputs(self, n_styles, objective["style_blend"]))
 
     def as_args(self) -> dict:
         """JSON-ready dict of every resolved option (the manifest's "args"; in-memory masks by a name)."""
@@ -87,6 +90,12 @@ class Settings:
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if k in known}
         return cls(**values)
+
+
+def comparable_args(args: dict) -> dict:
+    """A manifest's "args", to compare two runs by: the options a manifest from before they existed
+    leaves out at their defaults (what that run did), and without --quiet (it changes no output)."""
+    return {k: v for k, v in {**Settings().as_args(), **args}.items() if k != "quiet"}
 
 
 # -- the groups of Settings.validated, each a dict of checked values ---------------------------------
@@ -127,6 +136,20 @@ def _max_memory(value) -> int | None:
         with user_error("--max-memory"):
             value = parse_bytes(value)
     return int_option("max-memory", value)
+
+
+def _tile(value, layers: tuple[str, ...]) -> int | None:
+    """--tile: None, or a whole number ≥ 0 that is 0 or a multiple of the layers' alignment (the
+    stride of the deepest, tiled.alignment)."""
+    if value is None:
+        return None
+    align = alignment(layers)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % align:
+        raise ScratchnstError(
+            f"--tile must be 0 (never tile) or a multiple of {align} px, the stride of the deepest layer, "
+            f"{max(layers, key=LAYER_NAMES.index)} (got {value!r})"
+        )
+    return value
 
 
 def _objective(s: Settings, n_styles: int) -> dict:

@@ -1,6 +1,7 @@
 """The style-transfer workflow: images in, optimised picture out, coarse to fine.
 
     inputs.py          read and check the content, styles, masks, start image, output; the memory; the net
+    plan.py            the memory plan: each scale whole or tile by tile, the L-BFGS history that fits
     targets.py         the styles at each scale and their Gram matrices, computed once
     coarse_to_fine.py  the optimisation: preprocess → NSTObjective → optimiser, scale after scale
     outputs.py         the picture (colour control, alpha), checkpoints, plot, manifest
@@ -20,6 +21,7 @@ from scratchnst.app.files.images import DEFAULT
 from scratchnst.app.picture.coarse_to_fine import CoarseToFine, NonFiniteError
 from scratchnst.app.picture.inputs import Inputs, load_net, read_inputs, style_list
 from scratchnst.app.picture.outputs import Outputs
+from scratchnst.app.picture.plan import Plan
 from scratchnst.app.picture.settings import Settings
 from scratchnst.app.picture.targets import StyleTargets
 from scratchnst.errors import ScratchnstError
@@ -64,7 +66,8 @@ def stylize_settings(content, styles, settings: Settings, *, out=None, on_progre
 
 
 def resume(manifest_path, *, quiet=None, on_progress=None, net=None, style_cache=None) -> Result:
-    """Continue the interrupted run described by `manifest_path` (OUT.json) to its end."""
+    """Continue the interrupted run described by `manifest_path` (OUT.json) to its end, with the
+    memory plan it recorded (tiled where it was, the same L-BFGS history)."""
     manifest, state = report.read_resumable(manifest_path)
     settings = Settings.from_args(manifest["args"])
     if quiet is not None:
@@ -75,7 +78,8 @@ def resume(manifest_path, *, quiet=None, on_progress=None, net=None, style_cache
     content, *styles = sources[: 1 + len(manifest["styles"])]
     styles = style_list(styles)
     settings = settings.validated(len(styles))
-    inputs = read_inputs(content, styles, settings, manifest["output"])
+    plan = Plan.from_dict(manifest["plan"]) if manifest.get("plan") else None
+    inputs = read_inputs(content, styles, settings, manifest["output"], plan)
     return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, resume_state=state)
 
 

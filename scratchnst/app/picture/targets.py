@@ -2,7 +2,9 @@
 
 The Gram targets of a style image depend on the image, its size, the style layers and the net, so
 they are computed once per (image, size) and kept: across the scales of a run, the frames of a
-video, and (in a `shared` cache a batch worker keeps) the jobs that use the same style.
+video, and (in a `shared` cache a batch worker keeps) the jobs that use the same style. A tiled scale
+makes them tile by tile (core.tiled.tiled_style_grams): the same sums, added in another order, so
+they are kept apart from the whole image's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from scratchnst.app.picture.inputs import Styles, net_key
 from scratchnst.app.picture.settings import Settings
 from scratchnst.core.objective import style_grams
 from scratchnst.core.preprocess import preprocess
+from scratchnst.core.tiled import tiled_style_grams
 
 MIXED_COLORS = ("luminance", "linear")  # --color modes that bring the styles to the content: no sharing
 
@@ -41,25 +44,29 @@ class StyleTargets:
             return [color.linear_transfer(st, content) for st in styles]
         return styles
 
-    def grams(self, long_side: int, content: Image.Image) -> list[dict]:
-        """style_grams of every style image at this scale (see images), from the caches when there."""
+    def grams(self, long_side: int, content: Image.Image, core: int | None = None) -> list[dict]:
+        """style_grams of every style image at this scale (see images), from the caches when there;
+        tile by tile in cores of `core` px when given."""
         if self.settings.color in MIXED_COLORS:  # they mix in this content: nothing to keep
-            return [self._grams_of(st) for st in self.images(long_side, content)]
+            return [self._grams_of(st, core) for st in self.images(long_side, content)]
         side = int(round(long_side * self.settings.style_scale))
         found = []
         for k, src in enumerate(self.styles.srcs):
             if self.shared is not None and self._named(src):
-                cache, key = self.shared, (src, side, self.settings.style_layers, net_key(self.net), self.net.weights_sha256)
+                cache, key = self.shared, (src, side, self.settings.style_layers, net_key(self.net), self.net.weights_sha256, core)
             else:  # this run's own: by position (two images given in memory share a name)
-                cache, key = self.own, (k, side)
+                cache, key = self.own, (k, side, core)
             if key not in cache:
-                cache[key] = self._grams_of(im.fit_long_side(self.styles.images[k], side))
+                cache[key] = self._grams_of(im.fit_long_side(self.styles.images[k], side), core)
             found.append(cache[key])
         return found
 
-    def _grams_of(self, style) -> dict:
+    def _grams_of(self, style, core: int | None) -> dict:
         s = self.settings
-        return style_grams(self.net, preprocess(style, dtype=s.dtype, xp=self.net.xp), s.style_layers)
+        image = preprocess(style, dtype=s.dtype, xp=self.net.xp)
+        if core is None:
+            return style_grams(self.net, image, s.style_layers)
+        return tiled_style_grams(self.net, image, s.style_layers, core)
 
     @staticmethod
     def _named(src: str) -> bool:

@@ -12,7 +12,7 @@ from scratchnst.app.picture.settings import Settings, int_option, weight_option
 from scratchnst.errors import ScratchnstError
 
 ITERATIONS = 20  # --iterations of a video: each frame after the first; docs/benchmarks.md, "Video"
-PICTURE_ONLY = ("save_every", "checkpoint_every", "plot")  # Settings fields of one picture's extra outputs: not a video's
+PICTURE_ONLY = ("save_every", "checkpoint_every", "plot", "tile")  # Settings fields of one picture only: its extra outputs, its tiles
 RUN_WIDE = {"run_wide": True}  # field metadata: an option of where the run goes (the cluster), not of its frames
 
 

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from scratchnst.app.files.atomic import atomic_write_bytes
+from scratchnst.app.picture.settings import comparable_args
 from scratchnst.errors import ScratchnstError, one_line
 
 STATE = "state.json"
@@ -30,9 +31,8 @@ def frame_png(work: Path, k: int, pass_: int | None = None) -> Path:
 
 
 def comparable(identity: dict) -> dict:
-    """An identity without the options that do not change the frames (--quiet)."""
-    args = {k: v for k, v in identity["args"].items() if k != "quiet"}
-    return {**identity, "args": args}
+    """An identity to compare runs by: its args as settings.comparable_args gives them."""
+    return {**identity, "args": comparable_args(identity["args"])}
 
 
 class WorkFolder:

@@ -64,7 +64,8 @@ def test_parse_bytes_rejects(text):
 @pytest.mark.weights
 @pytest.mark.usefixtures("weights_env")
 def test_memory_refusal_names_the_estimate_and_the_largest_size(tmp_path, pics, out, tiny, run_cli, refused):
-    r = run_cli("stylize", *map(str, pics), "-o", str(out), *tiny.argv, "--size", "4000", "--max-memory", "1G",
+    """--tile 0 (never tile): the whole run must fit, as before tiling."""
+    r = run_cli("stylize", *map(str, pics), "-o", str(out), *tiny.argv, "--size", "4000", "--max-memory", "1G", "--tile", "0",
                 "--weights", str(tmp_path / "no.h5"), cwd=tmp_path)
     refused(r, out, "estimated peak memory", "allowed by --max-memory", "largest --size that fits:")
     best = int(r.stderr.split("largest --size that fits: ")[1].split()[0])

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from scratchnst.app.picture.settings import Settings, choice_option, int_option, layers_option
+from scratchnst.app.picture.settings import Settings, choice_option, comparable_args, int_option, layers_option
 from scratchnst.errors import ScratchnstError
 
 BAD = [
@@ -25,6 +25,12 @@ BAD = [
     ({"max_memory": "lots"}, "--max-memory: expected a size like 2G, 500M or a number of bytes, got 'lots'"),
     ({"max_memory": 0}, "--max-memory must be a whole number > 0 (got 0)"),
     ({"max_memory": [1]}, "--max-memory must be a whole number > 0 (got [1])"),
+    ({"tile": 24}, "--tile must be 0 (never tile) or a multiple of 16 px, the stride of the deepest layer, relu5_1 (got 24)"),
+    ({"tile": -16}, "--tile must be 0 (never tile) or a multiple of 16 px, the stride of the deepest layer, relu5_1 (got -16)"),
+    ({"tile": "32"}, "--tile must be 0 (never tile) or a multiple of 16 px, the stride of the deepest layer, relu5_1 (got '32')"),
+    ({"tile": 16.0}, "--tile must be 0 (never tile) or a multiple of 16 px"),
+    ({"tile": True}, "--tile must be 0 (never tile) or a multiple of 16 px"),
+    ({"tile": 48, "style_layers": ["relu1_1", "pool5"]}, "--tile must be 0 (never tile) or a multiple of 32 px, the stride of the deepest layer, pool5 (got 48)"),
     ({"scales": "x"}, "--scales takes a list of numbers (got 'x')"),
     ({"scales": 1.0}, "--scales takes a list of numbers (got 1.0)"),
     ({"scales": ["x"]}, "--scales must be a number (got 'x')"),
@@ -99,9 +105,15 @@ def test_a_value_is_only_converted_where_it_always_was():
     assert v.as_args() == Settings(style_scale=2, learning_rate=3, optimizer="adam").validated(1).as_args()
 
 
+def test_tile_is_checked_against_the_runs_layers():
+    assert Settings(tile=0).validated(1).tile == 0 and Settings().validated(1).tile is None
+    assert Settings(tile=4, content_layers=["relu3_1"], style_layers=["relu1_1"]).validated(1).tile == 4
+    assert Settings(tile=64, style_layers=["pool5"]).validated(1).tile == 64
+
+
 @pytest.mark.parametrize("options, n_styles", [
     ({}, 1),
-    ({"scales": (1,), "normalize": "none", "color": "luminance", "max_memory": "500M"}, 1),
+    ({"scales": (1,), "normalize": "none", "color": "luminance", "max_memory": "500M", "tile": 512}, 1),
     ({"style_masks": [np.ones((4, 4)), np.ones((4, 4))], "optimizer": "adam", "normalize_gradients": True}, 2),
     ({"style_blend": [1, 3], "init": "picture.png", "weights": "w.h5", "content_layers": []}, 2),
 ])
@@ -143,3 +155,14 @@ def test_preserve_colors_is_color_luminance():
     assert s.color == "luminance" and s.preserve_colors
     s = Settings(color="luminance").validated(1)
     assert s.preserve_colors
+
+
+def test_comparable_args_take_a_manifest_from_before_an_option_existed_at_its_default():
+    """A manifest written before --tile existed ran untiled-by-default: it compares equal to this
+    version's args of the same run (so batch skips the job instead of redoing it), not to another run's."""
+    now = Settings().validated(1).as_args()
+    before = {k: v for k, v in now.items() if k != "tile"}
+    assert comparable_args(before) == comparable_args(now)
+    assert comparable_args({**before, "quiet": True}) == comparable_args(now)
+    assert comparable_args(before) != comparable_args({**now, "tile": 32})
+    assert comparable_args({**before, "size": 17}) != comparable_args(now)

@@ -1,0 +1,162 @@
+"""The memory plan (app/picture/plan.py): the whole image where the run fits, else the largest core that
+fits (a multiple of the layers' alignment), a shorter L-BFGS history when its vectors leave no room, and
+a refusal that says what would fit; --tile N and --tile 0; the record a resumed run reads back."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+
+from scratchnst.app.files.images import long_side_dims
+from scratchnst.app.picture import memory, plan
+from scratchnst.app.picture.settings import Settings
+from scratchnst.core import host
+from scratchnst.core.preprocess import MIN_SIDE
+from scratchnst.core.tiled import plan_tiles
+from scratchnst.errors import ScratchnstError
+
+CONTENT, STYLES = (640, 480), [(512, 700)]
+GB = 2**30
+
+
+@pytest.fixture(autouse=True)
+def _two_threads(monkeypatch):
+    """The conv bands the model counts depend on the host threads: fix them."""
+    monkeypatch.setattr(host, "THREADS", 2)
+
+
+def _settings(**options) -> Settings:
+    return Settings(**{"size": 1024, "scales": (1.0,), "iterations": 1, **options}).validated(1)
+
+
+def _tiled(s: Settings, core: int, **keywords) -> int:
+    """tiled_peak_bytes of the last scale of a run of `s` in cores of `core` px (the scale before it
+    counted)."""
+    *before, side = plan.scale_sizes(s.size, s.scales)
+    dims = long_side_dims(*CONTENT, side)
+    styles = [long_side_dims(*st, max(MIN_SIDE, round(side * s.style_scale))) for st in STYLES]
+    previous = long_side_dims(*CONTENT, before[-1]) if before else None
+    return memory.tiled_peak_bytes(s, dims, styles, core, previous=previous, **keywords)
+
+
+def test_a_run_that_fits_is_untiled_with_the_untiled_estimate():
+    s = _settings(size=512, scales=(0.5, 1.0), max_memory="8G")
+    p = plan.make_plan(s, CONTENT, STYLES)
+    assert [(x.size, x.width, x.height, x.core, x.tiles) for x in p.scales] == [(256, 256, 192, None, 1), (512, 512, 384, None, 1)]
+    assert not p.tiled and p.notes == () and p.lbfgs_history == 20 and p.budget == 8 * GB
+    assert p.estimate == memory.estimate_peak_bytes(s, CONTENT, STYLES) == p.scales[-1].estimate
+
+
+def test_a_smaller_budget_gets_the_largest_core_that_fits():
+    s = _settings(scales=(0.25, 1.0), iterations=60)
+    whole = memory.estimate_peak_bytes(s, CONTENT, STYLES)
+    s = replace(s, max_memory=whole - 1)
+    p = plan.make_plan(s, CONTENT, STYLES)
+    coarse, fine = p.scales
+    assert coarse.core is None and coarse.estimate <= s.max_memory  # the coarse scale still fits whole
+    assert fine.core is not None and fine.core % 16 == 0 and fine.core >= plan.PREFERRED_CORE
+    assert fine.estimate == _tiled(s, fine.core) <= s.max_memory and p.estimate == fine.estimate
+    assert p.lbfgs_history == 20 and len(p.notes) == 1 and p.notes[0].startswith("the whole picture needs")
+    # No core that cuts the image into fewer tiles fits.
+    per_side = -(-1024 // fine.core)
+    fewer = -(-(-(-1024 // (per_side - 1))) // 16) * 16
+    assert _tiled(s, fewer) > s.max_memory
+    tiles = plan_tiles(768, 1024, fine.core, s.content_layers + s.style_layers)
+    assert fine.tiles == len(tiles) and fine.halo_overhead == round(sum(t.crop.area for t in tiles) / (768 * 1024), 4)
+    assert not fine.keep_forward and _tiled(s, fine.core, keep_forward=True) > s.max_memory
+
+
+def test_when_the_vectors_dominate_the_history_is_shortened_with_a_note():
+    s = _settings(size=2048, max_memory="2G", iterations=60)
+    p = plan.make_plan(s, CONTENT, STYLES)
+    (scale,) = p.scales
+    h = p.lbfgs_history
+    assert 1 <= h < 20 and scale.core >= plan.PREFERRED_CORE and scale.estimate <= 2 * GB
+    assert p.notes[0] == (f"--lbfgs-history {h} instead of 20: each pair is two 2048x1536 images in memory, and with more "
+                          "pairs tiles of 256 px or more do not fit in 2.00 GB allowed by --max-memory")
+    assert scale.estimate == _tiled(replace(s, lbfgs_history=h), scale.core)
+    assert _tiled(replace(s, lbfgs_history=h + 1), plan.PREFERRED_CORE) > 2 * GB  # one pair more leaves no room
+
+
+def test_a_history_longer_than_the_iterations_costs_nothing():
+    """L-BFGS adds at most one pair per iteration: 2 iterations hold 2 pairs whatever --lbfgs-history says."""
+    s = _settings(size=2048, max_memory="2G", iterations=2)
+    p = plan.make_plan(s, CONTENT, STYLES)
+    assert p.lbfgs_history == 20 and p.notes[0].startswith("the whole picture needs")
+    assert p.scales[0].estimate == _tiled(replace(s, lbfgs_history=2), p.scales[0].core) == _tiled(s, p.scales[0].core)
+
+
+def test_a_budget_too_small_for_anything_says_what_would_fit():
+    s = _settings(size=4000, max_memory="1G")
+    with pytest.raises(ScratchnstError) as info:
+        plan.make_plan(s, CONTENT, STYLES)
+    message = str(info.value)
+    assert re.match(r"^estimated peak memory [0-9.]+ GB > 1\.00 GB allowed by --max-memory, even tiled \(16-px cores, "
+                    r"--lbfgs-history 1\); largest --size that fits: \d+, or --max-memory [0-9.]+G$", message), message
+    best = int(message.split("largest --size that fits: ")[1].split(",")[0])
+    assert plan.make_plan(replace(s, size=best), CONTENT, STYLES).estimate <= GB  # the promise holds
+    with pytest.raises(ScratchnstError):
+        plan.make_plan(replace(s, size=best + 1), CONTENT, STYLES)
+    enough = memory.parse_bytes(message.split("--max-memory ")[1])
+    assert plan.make_plan(replace(s, max_memory=enough), CONTENT, STYLES).estimate <= enough
+
+
+def test_adam_is_named_when_it_would_fit():
+    s = _settings(size=3000)
+    adam = replace(s, optimizer="adam")
+    budget = _tiled(adam, 16) + 1  # Adam's 6 vectors fit, L-BFGS's 10 (one pair) do not
+    with pytest.raises(ScratchnstError, match=r", or --optimizer adam$"):
+        plan.make_plan(replace(s, max_memory=budget), CONTENT, STYLES)
+    assert plan.make_plan(replace(adam, max_memory=budget), CONTENT, STYLES).scales[0].core == 16
+
+
+def test_tile_n_tiles_every_scale_larger_than_a_core():
+    s = _settings(scales=(0.25, 1.0), tile=512, max_memory="20G")
+    coarse, fine = plan.make_plan(s, CONTENT, STYLES).scales
+    assert coarse.core is None and (fine.core, fine.tiles) == (512, 4)
+    assert fine.keep_forward and fine.estimate == _tiled(s, 512, keep_forward=True)  # the forwards fit: kept
+    tight = replace(s, max_memory=_tiled(s, 512) + 1)
+    assert not plan.make_plan(tight, CONTENT, STYLES).scales[1].keep_forward
+    with pytest.raises(ScratchnstError, match=r"even tiled \(512-px cores, --lbfgs-history 1\).*, or --tile \d+$"):
+        plan.make_plan(replace(s, size=3000, max_memory=2 * GB), CONTENT, STYLES)
+
+
+def test_tile_0_never_tiles_and_refuses_as_before():
+    s = _settings(size=2048, max_memory="2G", tile=0)
+    with pytest.raises(ScratchnstError) as info:
+        plan.make_plan(s, CONTENT, STYLES)
+    with pytest.raises(ScratchnstError) as before:
+        memory.check_fits(s, CONTENT, STYLES)
+    assert str(info.value) == str(before.value) and "largest --size that fits" in str(info.value)
+    fits = replace(s, size=256)
+    assert not plan.make_plan(fits, CONTENT, STYLES).tiled
+
+
+def test_an_unknown_budget_tiles_only_when_told(monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda xp=None: None)
+    s = _settings(size=30000)
+    p = plan.make_plan(s, CONTENT, STYLES)
+    assert not p.tiled and p.budget is None
+    p = plan.make_plan(replace(s, size=2048, tile=1024), CONTENT, STYLES)
+    assert [(x.core, x.keep_forward) for x in p.scales] == [(1024, False)] and p.lbfgs_history == 20
+
+
+def test_the_plan_reads_back_from_its_record():
+    p = plan.make_plan(_settings(size=2048, scales=(0.25, 1.0), max_memory="2G"), CONTENT, STYLES)
+    assert plan.Plan.from_dict(p.as_dict()) == p
+    with pytest.raises(ScratchnstError, match="the manifest's memory plan cannot be read"):
+        plan.Plan.from_dict({"scales": [{"size": 1}]})
+
+
+# -- through the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.weights
+@pytest.mark.usefixtures("weights_env")
+def test_a_budget_too_small_is_one_line_before_the_net(tmp_path, pics, out, tiny, run_cli, refused):
+    """Refused before the weights are read (they do not exist)."""
+    r = run_cli("stylize", *map(str, pics), "-o", str(out), *tiny.argv, "--size", "4000", "--max-memory", "1G",
+                "--weights", str(tmp_path / "no.h5"), cwd=tmp_path)
+    refused(r, out, "estimated peak memory", "allowed by --max-memory, even tiled", "largest --size that fits: ")

@@ -1,0 +1,59 @@
+"""What tiling costs: one objective evaluation untiled against tiled (developer tool, NumPy backend).
+
+    python tools/tiled_cost.py --size 1024 --core 512 [--repeats 2] [--dtype float32]
+
+The embedded pair at --size (long side), the real weights, the default layers and `normalize="size"`:
+NSTObjective.evaluate against TiledObjective.evaluate (recomputing pass 1's forwards, and keeping
+them) on targets made tile by tile (tiled_features, tiled_style_grams). Prints each evaluation's
+seconds, the ratios of the fastest, and how far the tiled loss and gradient are from the untiled
+ones. The first evaluation of each is slower (their arenas grow to their arrays at the next one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from scratchnst.app.files import images as im
+from scratchnst.app.files.weights import load_vgg16
+from scratchnst.core.objective import NSTObjective
+from scratchnst.core.preprocess import preprocess
+from scratchnst.core.tiled import TiledObjective, halo_overhead, tiled_features, tiled_style_grams
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--core", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--dtype", default="float32")
+    args = p.parse_args()
+    net = load_vgg16(None, backend="numpy", dtype=args.dtype)
+    content, style = (preprocess(im.fit_long_side(im.open_image(None, role)[0], args.size), dtype=args.dtype)
+                      for role in ("content", "style"))
+    x = np.random.default_rng(0).normal(0, 24, content.shape).astype(args.dtype)
+    whole = NSTObjective(net, content, [style], normalize="size")
+    tiled = NSTObjective(net, content, None, grams=[tiled_style_grams(net, style, whole.style_layers, args.core)],
+                         content_features=tiled_features(net, content, whole.content_layers, args.core), normalize="size")
+    runs = {"untiled": whole.evaluate, "tiled": TiledObjective(tiled, args.core).evaluate,
+            "tiled, keep_forward": TiledObjective(tiled, args.core, keep_forward=True).evaluate}
+    print(f"{content.shape[3]}x{content.shape[2]}, {args.dtype}, cores of {args.core} px: "
+          f"{len(TiledObjective(tiled, args.core).tiles)} tiles, halo overhead {halo_overhead(TiledObjective(tiled, args.core).tiles):.4f}")
+    best, results = {}, {}
+    for name, evaluate in runs.items():
+        seconds = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            results[name] = evaluate(x.copy())
+            seconds.append(time.perf_counter() - start)
+        best[name] = min(seconds)
+        print(f"{name}: {', '.join(f'{s:.2f}' for s in seconds)} s ({best[name] / best['untiled']:.2f}x untiled)", flush=True)
+    a, b = results["untiled"], results["tiled"]
+    print(f"tiled vs untiled: loss {abs(b.loss - a.loss) / abs(a.loss):.1e}, "
+          f"gradient {np.linalg.norm(b.grad - a.grad) / np.linalg.norm(a.grad):.1e} (relative, normwise)")
+
+
+if __name__ == "__main__":
+    main()
