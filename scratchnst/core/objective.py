@@ -180,12 +180,14 @@ class NSTObjective:
 
     options: ObjectiveOptions (layers, weights, normalisation); `keywords` set its fields by name,
     NSTObjective(net, content, styles, style_weight=1e3, normalize="size"). Weights left None take
-    DEFAULT_WEIGHTS[normalize]. Bad weights or layers raise ValueError naming the parameter. pixel_terms: more terms on the image, added to L with their weights.
-    grams: style_grams() of each style image, when the caller has them already (then `styles` may be
-    None). content_features: {layer: (1, C, h, w)} the content image's activations at the content
-    layers, when the caller has them already (tiled.tiled_features: then the content image is not run
-    through the net here). style_masks: one (H, W) array of weights ≥ 0 per style image, on the content's grid
-    (spatial control, see the module docstring; style_blend must then be None).
+    DEFAULT_WEIGHTS[normalize]. Bad weights or layers raise ValueError naming the parameter.
+
+    pixel_terms: more terms on the image, added to L with their weights. grams: style_grams() of
+    each style image, when the caller has them already (then `styles` may be None).
+    content_features: {layer: (1, C, h, w)}, the content image's activations at the content layers,
+    when the caller has them already (tiled.tiled_features: the content image is then not run
+    through the net here). style_masks: one (H, W) array of weights ≥ 0 per style image, on the
+    content's grid (spatial control, see the module docstring; style_blend must then be None).
     """
 
     def __init__(
