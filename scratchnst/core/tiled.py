@@ -26,6 +26,7 @@ rounding: the same sums, added in another order.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import Callable, Iterable, NamedTuple, Sequence
@@ -202,13 +203,25 @@ class TiledObjective:
     memory at once (it only matters with style layers: without, there is no pass 1). on_tile(done,
     total): called after each tile of each pass, `done` of the evaluation's `total` (the tiles times
     the passes), for a progress bar.
+
+    Each pass is one step per tile, tile_grams / tile_norms / tile_gradient(x, t, ...), whose
+    results are added up in tile order. spread: None runs the steps here; else an object whose
+    tiles(tiled, x) is a context manager giving run(step, args, reduce), which runs
+    `step(x, t, *args)` of every tile t elsewhere (run_step, on a TiledObjective of the same
+    objective and core) and calls reduce(t, result) in tile order (app/picture/spread.py: the tiles
+    as Dask tasks). The sums are then the same, in the same order: the same bytes.
     """
 
+    STEPS = ("tile_grams", "tile_norms", "tile_gradient")
+
     def __init__(self, objective: NSTObjective, core: int, *, keep_forward: bool = False,
-                 on_tile: Callable[[int, int], object] | None = None):
+                 on_tile: Callable[[int, int], object] | None = None, spread=None):
+        if keep_forward and spread is not None:
+            raise ValueError("keep_forward keeps the forward passes in this process; with spread the tiles run elsewhere")
         self.objective = objective
         self.tiles = plan_tiles(*objective.shape[2:], core, objective.layers)
-        self.core, self.keep_forward, self.on_tile = int(core), bool(keep_forward), on_tile
+        self.core, self.keep_forward, self.on_tile, self.spread = int(core), bool(keep_forward), on_tile, spread
+        self._kept = None  # during an evaluation with keep_forward: each tile's pass-1 forward
         self._arena = host.Arena()  # like NSTObjective's: the big arrays, reused by each evaluation
 
     @property
@@ -222,11 +235,10 @@ class TiledObjective:
         obj = self.objective
         if tuple(x.shape) != obj.shape:
             raise ValueError(f"x has shape {tuple(x.shape)}, the content image {obj.shape}")
-        with host.engine_threads(), host.lending(self._arena):
-            kept, tick = [] if self.keep_forward else None, self._ticker()
-            style = self._style_terms(self._gram_sums(x, kept, tick))
-            norms = self._norms(x, kept, style, tick) if obj.normalize_gradients else None
-            grad, terms = self._gradient(x, kept, style, norms, tick)
+        with host.engine_threads(), host.lending(self._arena), self._each_tile(x) as run:
+            style = self._style_terms(self._gram_sums(run))
+            norms = self._norms(run, style) if obj.normalize_gradients else None
+            grad, terms = self._gradient(x, run, style, norms)
             image_terms = obj.image_terms(x)
             for t in image_terms:
                 grad += t.weight * t.grad
@@ -237,55 +249,59 @@ class TiledObjective:
         loss, grad, _ = self.evaluate(x)
         return loss, grad
 
-    def _ticker(self) -> Callable[[], None]:
-        """tick(): one more tile of this evaluation done, told to on_tile."""
+    def run_step(self, step: str, x, t: int, *args):
+        """One tile's step as another process runs it for a spread evaluation: getattr(self, step)(x,
+        t, *args) under the engine's threads and this objective's arena, its arrays copied out of the
+        arena (they outlive the next tile's)."""
+        if step not in self.STEPS:
+            raise ValueError(f"step must be one of {', '.join(self.STEPS)}, not {step!r}")
+        with host.engine_threads(), host.lending(self._arena):
+            return _copied(getattr(self, step)(x, t, *args), self.objective.net.xp)
+
+    # -- the passes: each a step per tile, added up in tile order ------------------------------
+
+    @contextlib.contextmanager
+    def _each_tile(self, x):
+        """run(step, args, reduce) for this evaluation: each tile's step, here or spread, reduced
+        in tile order, each tile told to on_tile."""
         done, total = [0], self.passes * len(self.tiles)
 
-        def tick() -> None:
-            done[0] += 1
-            if self.on_tile is not None:
-                self.on_tile(done[0], total)
+        def ticking(reduce: Callable) -> Callable:
+            def reduced(t: int, result) -> None:
+                reduce(t, result)
+                done[0] += 1
+                if self.on_tile is not None:
+                    self.on_tile(done[0], total)
+            return reduced
 
-        return tick
+        if self.spread is not None:
+            with self.spread.tiles(self, x) as run:
+                yield lambda step, args, reduce: run(step, args, ticking(reduce))
+            return
 
-    def _forwards(self, x, kept: list | None, tick, *, last: bool = False):
-        """(tile, owned activations, caches) for each tile: pass 1's from `kept` (let go of on the
-        `last` pass), else a new forward; tick() once the caller is done with each."""
-        for t, tile in enumerate(self.tiles):
-            if kept:
-                owned, caches = kept[t]
-                if last:
-                    kept[t] = None
-            else:
-                owned, caches = tile_forward(self.objective.net, x, tile, self.objective.layers)
-            yield tile, owned, caches
-            tick()
+        def here(step: str, args: tuple, reduce: Callable) -> None:
+            reduce = ticking(reduce)
+            for t in range(len(self.tiles)):
+                reduce(t, getattr(self, step)(x, t, *args))
 
-    def _pieces(self, layer: str, whole: Box, f) -> list[tuple]:
-        """What `layer`'s style term sums Gram matrices of, on owned positions f: (1, C, h, w) at
-        `whole` on the layer's grid: [(F, None)], or with style masks [(F·√m, √m)] per region."""
-        obj = self.objective
-        if obj.style_masks is None:
-            return [(f, None)]
-        roots = [obj.net.xp.sqrt(whole.of(m)) for m, _ in obj.regions[layer]]
-        return [(f * root, root) for root in roots]
+        self._kept = [None] * len(self.tiles) if self.keep_forward else None
+        try:
+            yield here
+        finally:
+            self._kept = None
 
-    def _gram_sums(self, x, kept: list | None, tick) -> dict:
-        """Pass 1: {layer: [Σ over the tiles of each piece's Gram matrix (1, C, C)]}; appends each
-        tile's forward to `kept` (when not None). Nothing to do without style layers."""
-        obj, sums = self.objective, {}
-        if not obj.style_layers:
+    def _gram_sums(self, run) -> dict:
+        """Pass 1: {layer: [Σ over the tiles of each piece's Gram matrix (1, C, C)]}. Nothing to do
+        without style layers."""
+        sums = {}
+        if not self.objective.style_layers:
             return sums
-        for tile in self.tiles:
-            owned, caches = tile_forward(obj.net, x, tile, obj.layers)
-            for layer in obj.style_layers:
-                whole, _ = tile.owned(layer, *obj.shape[2:])
-                if whole.area:
-                    grams = [ops.gram_forward(piece)[0] for piece, _ in self._pieces(layer, whole, owned[layer])]
-                    sums[layer] = [s + g for s, g in zip(sums[layer], grams)] if layer in sums else grams
-            if kept is not None:
-                kept.append((owned, caches))
-            tick()
+
+        def add(t: int, grams: dict) -> None:
+            for layer, gs in grams.items():
+                sums[layer] = [s + g for s, g in zip(sums[layer], gs)] if layer in sums else gs
+
+        run("tile_grams", (), add)
         return sums
 
     def _style_terms(self, sums: dict) -> dict:
@@ -297,6 +313,86 @@ class TiledObjective:
             else:
                 out[layer] = [masked_gram_style_loss(g, m.sum(), a_hat) for g, (m, a_hat) in zip(grams, obj.regions[layer])]
         return out
+
+    def _norms(self, run, style: dict) -> dict:
+        """{(name, layer): Σ |d term / d activation|} over the whole layer (normalize_gradients' L1
+        norms): one more pass over the tiles."""
+        norms = {}
+
+        def add(t: int, tile_norms: dict) -> None:
+            for key, n in tile_norms.items():
+                norms[key] = norms.get(key, 0) + n
+
+        run("tile_norms", (style,), add)
+        return norms
+
+    def _gradient(self, x, run, style: dict, norms: dict | None) -> tuple:
+        """Pass 2: (dL/dx of the content and style terms, those terms with their whole values)."""
+        obj = self.objective
+        grad, content = obj.net.xp.zeros(x.shape, dtype=x.dtype), {}
+
+        def add(t: int, result: tuple) -> None:
+            dx, values = result
+            if dx is not None:
+                self.tiles[t].crop.of(grad)[...] += dx
+            for layer, value in values.items():
+                content[layer] = content.get(layer, 0) + value
+
+        run("tile_gradient", (style, norms), add)
+        terms = [Term("content", layer, obj.content_weight, content.get(layer, 0), None) for layer in obj.content_layers]
+        terms += [Term("style", layer, obj.style_weight * w, sum(v for v, _ in style.get(layer, ())), None)
+                  for layer, w in zip(obj.style_layers, obj.style_layer_weights)]
+        return grad, terms
+
+    # -- one tile's steps --------------------------------------------------------------------
+
+    def tile_grams(self, x, t: int) -> dict:
+        """Pass 1 of tile t: {layer: [the Gram matrix (1, C, C) of each piece of its owned positions]}
+        for the style layers where it owns some (a piece per style region with style masks)."""
+        obj, tile = self.objective, self.tiles[t]
+        owned, caches = tile_forward(obj.net, x, tile, obj.layers)
+        if self._kept is not None:
+            self._kept[t] = (owned, caches)
+        grams = {}
+        for layer in obj.style_layers:
+            whole, _ = tile.owned(layer, *obj.shape[2:])
+            if whole.area:
+                grams[layer] = [ops.gram_forward(piece)[0] for piece, _ in self._pieces(layer, whole, owned[layer])]
+        return grams
+
+    def tile_norms(self, x, t: int, style: dict) -> dict:
+        """Tile t's part of normalize_gradients' norms: {(name, layer): Σ |d term / d activation|}
+        over its owned positions. style: _style_terms' {layer: [(value, dE/dG)]}."""
+        tile, (owned, _) = self.tiles[t], self._forward(x, t)
+        return {(term.name, term.layer): abs(term.grad).sum() for term in self._tile_terms(tile, owned, style)}
+
+    def tile_gradient(self, x, t: int, style: dict, norms: dict | None) -> tuple:
+        """Pass 2 of tile t: (its input gradient on the crop (1, 3, h, w), halo included, or None
+        where it owns no position of a layer with a term; {layer: its part of the content term}).
+        norms: the whole layers' (None without normalize_gradients)."""
+        tile, (owned, caches) = self.tiles[t], self._forward(x, t, last=True)
+        values = {}
+        dfeats = self._dfeats(tile, self._tile_terms(tile, owned, style), norms, values)
+        return (self.objective.net.backward(dfeats, caches, consume=True) if dfeats else None), values
+
+    def _forward(self, x, t: int, *, last: bool = False) -> tuple[dict, list]:
+        """Tile t's (owned activations, caches): pass 1's when kept (let go of on the `last` pass),
+        else a new forward."""
+        if self._kept is not None and self._kept[t] is not None:
+            kept = self._kept[t]
+            if last:
+                self._kept[t] = None
+            return kept
+        return tile_forward(self.objective.net, x, self.tiles[t], self.objective.layers)
+
+    def _pieces(self, layer: str, whole: Box, f) -> list[tuple]:
+        """What `layer`'s style term sums Gram matrices of, on owned positions f: (1, C, h, w) at
+        `whole` on the layer's grid: [(F, None)], or with style masks [(F·√m, √m)] per region."""
+        obj = self.objective
+        if obj.style_masks is None:
+            return [(f, None)]
+        roots = [obj.net.xp.sqrt(whole.of(m)) for m, _ in obj.regions[layer]]
+        return [(f * root, root) for root in roots]
 
     def _tile_terms(self, tile: Tile, owned: dict, style: dict) -> list[Term]:
         """One tile's content and style terms: Term(name, layer, weight, value, grad) with the grad
@@ -319,28 +415,6 @@ class TiledObjective:
                 terms.append(Term("style", layer, obj.style_weight * w, None, df))
         return terms
 
-    def _norms(self, x, kept: list | None, style: dict, tick) -> dict:
-        """{(name, layer): Σ |d term / d activation|} over the whole layer (normalize_gradients' L1
-        norms): one more pass over the tiles (pass 1's forward when kept)."""
-        norms = {}
-        for tile, owned, _ in self._forwards(x, kept, tick):
-            for t in self._tile_terms(tile, owned, style):
-                norms[t.name, t.layer] = norms.get((t.name, t.layer), 0) + abs(t.grad).sum()
-        return norms
-
-    def _gradient(self, x, kept: list | None, style: dict, norms: dict | None, tick) -> tuple:
-        """Pass 2: (dL/dx of the content and style terms, those terms with their whole values)."""
-        obj = self.objective
-        grad, content = obj.net.xp.zeros(x.shape, dtype=x.dtype), {}
-        for tile, owned, caches in self._forwards(x, kept, tick, last=True):
-            dfeats = self._dfeats(tile, self._tile_terms(tile, owned, style), norms, content)
-            if dfeats:
-                tile.crop.of(grad)[...] += obj.net.backward(dfeats, caches, consume=True)
-        terms = [Term("content", layer, obj.content_weight, content.get(layer, 0), None) for layer in obj.content_layers]
-        terms += [Term("style", layer, obj.style_weight * w, sum(v for v, _ in style.get(layer, ())), None)
-                  for layer, w in zip(obj.style_layers, obj.style_layer_weights)]
-        return grad, terms
-
     def _dfeats(self, tile: Tile, terms: list[Term], norms: dict | None, content: dict) -> dict:
         """{layer: dL/d(activation) on the crop's grid (1, C, h, w)}: one tile's weighted term
         gradients at its owned positions, zero elsewhere (normalised by `norms` when given). Adds the
@@ -356,3 +430,12 @@ class TiledObjective:
                 dfeats[t.layer] = host.zeros(xp, (*g.shape[:2], *grid), g.dtype)
             tile.owned(t.layer, *self.objective.shape[2:])[1].of(dfeats[t.layer])[...] += g
         return dfeats
+
+
+def _copied(value, xp):
+    """value with each array in it (in dicts, lists and tuples) a copy of its own."""
+    if isinstance(value, dict):
+        return {k: _copied(v, xp) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(v, xp) for v in value)
+    return xp.array(value) if isinstance(value, xp.ndarray) else value
