@@ -130,6 +130,9 @@ def _add_stylize(subparsers) -> None:
     p.add_argument("-o", "--output", default="stylized.png", help="output image (.png, .jpg, .webp); the manifest goes beside it as .json")
     p.add_argument("--resume", metavar="OUT.json", help="continue an interrupted run from its manifest")
     _add_stylize_options(p)
+    g = p.add_argument_group("cluster (a tiled picture's tiles as Dask tasks, the same picture as without)")
+    g.add_argument("--workers", type=_positive_int, default=None, help="a local cluster of N worker processes")
+    g.add_argument("--scheduler", metavar="ADDRESS", default=None, help="an existing Dask scheduler, e.g. tcp://host:8786")
     p.set_defaults(func=_run_stylize)
 
 
@@ -198,11 +201,12 @@ def _run_stylize(args) -> int:
     if args.resume:
         if args.content is not None:
             raise ScratchnstError("--resume takes no CONTENT/STYLE: the run's manifest names them")
-        result = resume(args.resume, quiet=args.quiet)
+        result = resume(args.resume, quiet=args.quiet, workers=args.workers, scheduler=args.scheduler)
     else:
         if args.content is not None and not args.styles:
             raise ScratchnstError("give at least one STYLE image after CONTENT")
-        result = stylize(args.content, args.styles or None, out=args.output, **_settings_options(args))
+        result = stylize(args.content, args.styles or None, out=args.output, workers=args.workers, scheduler=args.scheduler,
+                         **_settings_options(args))
     print(f"{PROG}: {result.status}: wrote {result.paths.get('image')} and {result.paths.get('manifest')}", file=sys.stderr)
     if result.status == "interrupted":
         return 128 + _received_signal[0]

@@ -25,6 +25,7 @@ on loss and gradient agreeing, so the application allows it with Adam only.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Sequence
@@ -271,6 +272,25 @@ class NSTObjective:
                 raise ValueError(f"style mask {k + 1} must be finite weights ≥ 0, not all zero")
             out.append(m[None, None])
         return out
+
+    def __getstate__(self) -> dict:
+        """What pickling keeps (an objective sent to another process: a Dask worker evaluating tiles):
+        the options and targets, not the net (the other process has its own: attached), the arena,
+        or the pixel terms (functions of this process's; image_terms is the caller's part)."""
+        state = dict(self.__dict__)
+        state.update(net=None, _arena=None, pixel_terms=[])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._arena = host.Arena()
+
+    def attached(self, net) -> NSTObjective:
+        """A copy of this objective (sharing its targets) evaluated by `net`, e.g. a worker's own
+        VGG16 for an objective that arrived pickled; net must run on the targets' array module."""
+        other = copy.copy(self)
+        other.net, other._arena = net, host.Arena()
+        return other
 
     def layer_size(self, layer: str) -> tuple[int, int]:
         """(h, w): `layer`'s grid for the content image's size (the positions its terms sum over)."""

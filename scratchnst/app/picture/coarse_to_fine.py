@@ -63,15 +63,16 @@ class CoarseToFine:
     """
 
     def __init__(self, settings: Settings, inputs: Inputs, net, targets: StyleTargets, *, pixel_terms=None,
-                 on_progress=None, after_step=None):
+                 on_progress=None, after_step=None, spread=None):
         """settings: validated; inputs: read (inputs.plan, the memory plan: None runs every scale
         untiled); net: the loaded VGG16; targets: the styles' Gram targets.
         pixel_terms(content (1, 3, H, W)) -> a list of objective.PixelTerm added at each scale (video's
         temporal term). on_progress(entry) is called with each history entry; a true answer asks the
         run to stop (status "interrupted", as Ctrl-C). after_step(run) runs after each recorded
-        iteration (the periodic outputs)."""
+        iteration (the periodic outputs). spread: where the tiles of tiled scales run (spread.Spread:
+        on a Dask cluster; None: here)."""
         self.settings, self.inputs, self.net, self.xp, self.targets = settings, inputs, net, net.xp, targets
-        self.pixel_terms, self.on_progress, self.after_step = pixel_terms, on_progress, after_step
+        self.pixel_terms, self.on_progress, self.after_step, self.spread = pixel_terms, on_progress, after_step, spread
         self.sizes = scale_sizes(settings.size, settings.scales)
         self.plan = inputs.plan
         if self.plan is not None and [p.size for p in self.plan.scales] != self.sizes:
@@ -208,7 +209,9 @@ class CoarseToFine:
             shown = report.postfix(self.history[-1]) + " " if self.history else ""
             bar.set_postfix_str(f"{shown}tile {done}/{total}")
 
-        return TiledObjective(objective, core, keep_forward=plan.keep_forward, on_tile=on_tile).evaluate
+        # Spread, each tile's forward runs on some worker: none is kept for pass 2.
+        keep = plan.keep_forward and self.spread is None
+        return TiledObjective(objective, core, keep_forward=keep, on_tile=on_tile, spread=self.spread).evaluate
 
     def _optimizer_options(self) -> dict:
         s = self.settings

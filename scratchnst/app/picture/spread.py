@@ -1,0 +1,113 @@
+"""One picture's tiles on a Dask cluster (stylize --workers N, --scheduler ADDRESS): every pass of a
+tiled evaluation (core/tiled.py) as Dask tasks, one a tile, their results added here in tile order,
+so the picture is the same, byte for byte, as the one evaluated in this process.
+
+    per scale        the objective (its targets and masks, not the net) is scattered to every
+                     worker once; each worker evaluates it with its own net (cluster.WORKER_CACHE)
+                     in a TiledObjective it keeps for the scale's evaluations
+    per evaluation   the image is scattered once; per pass, what the pass needs (the style terms'
+                     dE/dG, the norms) once; then a task per tile (TiledObjective.run_step)
+    per result       held until the tiles before it are in, then added (TiledObjective's reduce)
+
+The tasks go through cluster.run_tasks, the one loop of batch and video. A worker lost
+mid-evaluation costs only its tiles: Dask runs them again on another (the image and the objective
+were broadcast, so every worker holds them). A tile that raises fails the evaluation (TileFailed,
+one line, exit 1); Ctrl-C waits for the running tiles and stops the run as in this process (a
+checkpoint of the last accepted image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Callable
+
+from scratchnst.app.cluster import WORKER_CACHE, run_tasks
+from scratchnst.core.backend import to_host
+from scratchnst.core.tiled import TiledObjective
+from scratchnst.errors import ScratchnstError
+
+
+class TileFailed(ScratchnstError):
+    """A tile's task raised on the cluster (after Dask's own rescheduling of lost workers). Exit 1."""
+
+    exit_code = 1
+
+
+class Spread:
+    """The `spread` of TiledObjective: runs each pass's tiles as tasks on `client`'s workers, which
+    load the net of `settings` (picture.settings.Settings) once each."""
+
+    def __init__(self, client, settings):
+        self.client, self.settings = client, settings
+        self._scale = None  # (the TiledObjective, its objective's future) of the current scale
+
+    def close(self) -> None:
+        """Let go of the scale's objective on the workers."""
+        if self._scale is not None:
+            self._scale[1].release()
+            self._scale = None
+
+    @contextlib.contextmanager
+    def tiles(self, tiled: TiledObjective, x):
+        """run(step, args, reduce) for one evaluation of `tiled` at x: (1, 3, H, W)."""
+        objective = self._objective(tiled)
+        image = self.client.scatter(to_host(x), broadcast=True, hash=False)
+        try:
+            yield lambda step, args, reduce: self._run(tiled, objective, image, step, args, reduce)
+        finally:
+            image.release()
+
+    def _objective(self, tiled: TiledObjective):
+        """The future of (a token, tiled's objective, its core) on every worker, scattered on the
+        scale's first evaluation (the token names the worker's TiledObjective of it)."""
+        if self._scale is None or self._scale[0] is not tiled:
+            if self._scale is not None:
+                self._scale[1].release()
+            token = uuid.uuid4().hex
+            self._scale = (tiled, self._broadcast(f"scratchnst-objective-{token}", (token, tiled.objective, tiled.core)))
+        return self._scale[1]
+
+    def _broadcast(self, key: str, value):
+        """The future of `value` (any object, a tuple included) on every worker, under Dask key `key`."""
+        return self.client.scatter({key: value}, broadcast=True, hash=False)[key]
+
+    def _run(self, tiled: TiledObjective, objective, image, step: str, args: tuple, reduce: Callable) -> None:
+        """One pass: step(x, t, *args) of every tile on the workers, reduce(t, result) in tile order."""
+        n, results, failed = len(tiled.tiles), {}, []
+        shipped = self._broadcast(f"scratchnst-args-{uuid.uuid4().hex}", args) if args else None
+        ready = [0]  # the next tile to reduce
+
+        def submit(run_id: str, _interrupt: str) -> dict:
+            return {self.client.submit(run_tile, self.settings, objective, step, image, t, shipped,
+                                       key=f"scratchnst-tile-{step}-{t + 1}-{run_id}", pure=False): t for t in range(n)}
+
+        def on_result(t: int, result) -> None:
+            results[t] = result
+            while ready[0] in results:
+                reduce(ready[0], results.pop(ready[0]))
+                ready[0] += 1
+
+        try:
+            outcome = run_tasks(self.client, submit, on_result, lambda t, line: failed.append((t, line)))
+        finally:
+            if shipped is not None:
+                shipped.release()
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        if failed:
+            t, line = min(failed)
+            raise TileFailed(f"tile {t + 1} of {n} failed on the cluster ({step}): {line}")
+
+
+def run_tile(settings, objective: tuple, step: str, x, t: int, args: tuple | None):
+    """On a worker: tile t's `step` of the shipped objective ((token, NSTObjective, core)), with this
+    worker's net, in the TiledObjective it keeps for the scale (TiledObjective.run_step)."""
+    token, shipped, core = objective
+
+    def make() -> TiledObjective:
+        return TiledObjective(shipped.attached(WORKER_CACHE.net(settings)), core)
+
+    tiled = WORKER_CACHE.of_run(token, "tiled", make)
+    xp = tiled.objective.net.xp
+    return tiled.run_step(step, xp.asarray(x), t, *(args or ()))

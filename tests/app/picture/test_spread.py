@@ -1,0 +1,147 @@
+"""A tiled picture's tiles as Dask tasks (spread.py): the same bytes as the tiles evaluated in this
+process, on an in-process cluster for every pass and option and on real `dask` processes with a
+worker SIGKILLed mid-evaluation; a tile that raises; the command line's refusals."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+from scratchnst.app.picture.settings import Settings
+from scratchnst.app.picture.spread import Spread, TileFailed
+from scratchnst.core.objective import NSTObjective
+from scratchnst.core.tiled import TiledObjective
+
+pytestmark = pytest.mark.weights
+
+
+def _objective(vgg16, rng, dtype: str, **options) -> NSTObjective:
+    net = vgg16("numpy", dtype)
+    content = rng.uniform(-100, 100, (1, 3, 40, 56)).astype(dtype)
+    styles = [rng.uniform(-100, 100, (1, 3, 36, 30)).astype(dtype) for _ in range(2)]
+    if "style_masks" in options:
+        left = np.zeros((40, 56))
+        left[:, :30] = 1
+        options["style_masks"] = [left, 1 - left]
+    else:
+        styles = styles[:1]
+    return NSTObjective(net, content, styles, **options)
+
+
+def test_an_objective_pickles_without_its_net(vgg16, rng):
+    obj = _objective(vgg16, rng, "float64")
+    back = pickle.loads(pickle.dumps(obj))
+    assert back.net is None and back.pixel_terms == []
+    assert all(np.array_equal(back.targets[k], obj.targets[k]) for k in obj.targets)
+    x = rng.uniform(-100, 100, obj.shape)
+    a, b = obj.evaluate(x), back.attached(obj.net).evaluate(x)
+    assert a.loss == b.loss and np.array_equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("dtype, options", [
+    ("float64", {}),
+    ("float32", {"normalize": "size"}),
+    ("float64", {"style_masks": True}),
+    ("float32", {"normalize_gradients": True, "tv_weight": 1e-2}),
+])
+def test_spread_tiles_give_the_bytes_of_this_process(vgg16, vgg_weights_path, rng, client, dtype, options):
+    """Every pass (the Gram sums, the norms, the gradient) on the cluster, added in tile order: the
+    loss, gradient and totals of the tiles evaluated here, bit for bit, over two evaluations."""
+    obj = _objective(vgg16, rng, dtype, **options)
+    settings = Settings(backend="numpy", dtype=dtype, weights=str(vgg_weights_path))
+    spread = Spread(client, settings)
+    seen = []
+    here = TiledObjective(obj, 16)
+    there = TiledObjective(obj, 16, spread=spread, on_tile=lambda done, total: seen.append((done, total)))
+    assert len(here.tiles) == 12
+    for step in range(2):
+        x = rng.uniform(-100, 100, obj.shape).astype(dtype)
+        a, b = here.evaluate(x), there.evaluate(x)
+        assert a.loss == b.loss and a.terms == b.terms
+        assert np.array_equal(a.grad, b.grad)
+    spread.close()
+    total = there.passes * 12
+    assert seen == [(k, total) for k in range(1, total + 1)] * 2
+
+
+def test_a_tile_that_raises_fails_the_evaluation_in_one_line(vgg16, vgg_weights_path, rng, client, monkeypatch):
+    obj = _objective(vgg16, rng, "float32")
+    real = TiledObjective.run_step
+
+    def broken(self, step, x, t, *args):
+        if t == 4:
+            raise RuntimeError("no room\nfor this tile")
+        return real(self, step, x, t, *args)
+
+    monkeypatch.setattr(TiledObjective, "run_step", broken)  # the in-process worker runs this module's class
+    spread = Spread(client, Settings(backend="numpy", dtype="float32", weights=str(vgg_weights_path)))
+    with pytest.raises(TileFailed, match=r"^tile 5 of 12 failed on the cluster \(tile_grams\): RuntimeError: no room for this tile$"):
+        TiledObjective(obj, 16, spread=spread).evaluate(obj.net.xp.zeros(obj.shape, dtype="float32"))
+    spread.close()
+
+
+# Sent to the first worker (conftest's run_on_workers): its second tile never ends there, and the
+# worker records that it holds it, so the evaluation is provably unfinished when it is killed.
+HOLD_THE_SECOND_TILE = """
+import time
+from scratchnst.core import tiled
+
+real, calls = tiled.TiledObjective.run_step, [0]
+
+def run_step(self, *args):
+    calls[0] += 1
+    if calls[0] == 2:
+        tiled.HELD_BY_TEST = True
+        time.sleep(600)
+    return real(self, *args)
+
+tiled.TiledObjective.run_step = run_step
+"""
+
+
+def _holds_a_tile(scheduler_file: str) -> bool:
+    from distributed import Client
+
+    with Client(scheduler_file=scheduler_file, timeout=30) as c:
+        held = c.run(lambda: getattr(__import__("sys").modules.get("scratchnst.core.tiled"), "HELD_BY_TEST", False))
+    return any(held.values())
+
+
+def test_a_worker_killed_mid_evaluation_costs_only_its_tiles(tmp_path, pics, tiny, dask_processes, start_cli, run_cli,
+                                                             wait_until, weights_env):
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1: the first holds a tile until it
+    is SIGKILLed; Dask runs its tiles on the second (which holds the image and the objective too:
+    they are broadcast), and the picture is the bytes of the run without a cluster."""
+    content, style = pics.content, pics.style
+    run = tiny.but(size=64, tile=32, iterations=2, dtype="float64")
+    address = dask_processes.scheduler()
+    first = dask_processes.worker("first")
+    dask_processes.run_on_workers(HOLD_THE_SECOND_TILE)
+    dask_processes.worker("second")
+    spread = start_cli("stylize", content, style, "-o", "spread.png", "--scheduler", address, *run.argv, cwd=tmp_path)
+    wait_until(lambda: _holds_a_tile(str(dask_processes.scheduler_file)), proc=spread, what="the first worker holding a tile")
+    first.kill()
+    _, err = spread.communicate(timeout=120)
+    assert spread.returncode == 0, err
+    r = run_cli("stylize", content, style, "-o", "here.png", *run.argv, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "spread.png").read_bytes() == (tmp_path / "here.png").read_bytes()
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("spread", "here"))
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert a["plan"]["scales"][0]["tiles"] == 4
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--workers", "0"], "--workers: must be > 0"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "--workers sizes a local cluster"),
+    (["--workers", "2"], "--workers and --scheduler spread the tiles of a tiled picture"),
+    (["--workers", "2", "--tile", "0"], "--workers and --scheduler spread the tiles of a tiled picture"),
+])
+def test_cluster_flags_refused_in_one_line(tmp_path, pics, out, tiny, run_cli, refused, weights_env, flags, needle):
+    r = run_cli("stylize", pics.content, pics.style, "-o", out, *tiny.argv, *flags, cwd=tmp_path)
+    refused(r, out, needle)
+    assert not re.search(r"Traceback|distributed", r.stderr)
