@@ -6,7 +6,8 @@ The embedded pair at --size (long side), the real weights, the default layers an
 NSTObjective.evaluate against TiledObjective.evaluate (recomputing pass 1's forwards, and keeping
 them) on targets made tile by tile (tiled_features, tiled_style_grams). Prints each evaluation's
 seconds, the ratios of the fastest, and how far the tiled loss and gradient are from the untiled
-ones. The first evaluation of each is slower (their arenas grow to their arrays at the next one).
+ones. The evaluations take turns, so that a change in the machine's load touches each alike; the first
+of each is slower (their arenas grow to their arrays at the next one).
 """
 
 from __future__ import annotations
@@ -41,15 +42,14 @@ def main() -> None:
             "tiled, keep_forward": TiledObjective(tiled, args.core, keep_forward=True).evaluate}
     print(f"{content.shape[3]}x{content.shape[2]}, {args.dtype}, cores of {args.core} px: "
           f"{len(TiledObjective(tiled, args.core).tiles)} tiles, halo overhead {halo_overhead(TiledObjective(tiled, args.core).tiles):.4f}")
-    best, results = {}, {}
-    for name, evaluate in runs.items():
-        seconds = []
-        for _ in range(args.repeats):
+    seconds, results = {name: [] for name in runs}, {}
+    for _ in range(args.repeats):  # in turn, so that a change in the machine's load touches each alike
+        for name, evaluate in runs.items():
             start = time.perf_counter()
             results[name] = evaluate(x.copy())
-            seconds.append(time.perf_counter() - start)
-        best[name] = min(seconds)
-        print(f"{name}: {', '.join(f'{s:.2f}' for s in seconds)} s ({best[name] / best['untiled']:.2f}x untiled)", flush=True)
+            seconds[name].append(time.perf_counter() - start)
+    for name, times in seconds.items():
+        print(f"{name}: {', '.join(f'{s:.2f}' for s in times)} s ({min(times) / min(seconds['untiled']):.2f}x untiled)", flush=True)
     a, b = results["untiled"], results["tiled"]
     print(f"tiled vs untiled: loss {abs(b.loss - a.loss) / abs(a.loss):.1e}, "
           f"gradient {np.linalg.norm(b.grad - a.grad) / np.linalg.norm(a.grad):.1e} (relative, normwise)")
