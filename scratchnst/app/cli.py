@@ -24,7 +24,7 @@ from scratchnst import gradcheck as gc
 from scratchnst.app import bench, study
 from scratchnst.app.files import weights
 from scratchnst.app.picture.color import COLORS
-from scratchnst.app.picture.settings import INITS, Settings
+from scratchnst.app.picture.settings import FIRST_SCALE, INITS, Settings
 from scratchnst.app.picture.stylize import resume, stylize
 from scratchnst.app.video.clip import parse_frames
 from scratchnst.app.video.options import DEFAULTS as VIDEO
@@ -144,7 +144,9 @@ def _add_stylize_options(p, *, size_default=DEFAULTS.size, size_help="long side 
     g = p.add_argument_group("size and schedule")
     g.add_argument("--size", type=_integer, default=size_default, help=size_help)
     g.add_argument("--iterations", type=_integer, default=iterations_default, help=iterations_help)
-    g.add_argument("--scales", type=_float_list, default=DEFAULTS.scales, help="coarse-to-fine fractions of --size, each optimised in turn")
+    g.add_argument("--scales", type=_float_list, default=DEFAULTS.scales,
+                   help=f"coarse-to-fine fractions of --size, each optimised in turn (default: 0.5,1 up to --size {2 * FIRST_SCALE}; "
+                        f"above, --size halved down to {FIRST_SCALE} px or less: 2048 -> 0.25,0.5,1)")
     g.add_argument("--seed", type=_integer, default=DEFAULTS.seed, help="random seed (noise init)")
     g = p.add_argument_group("objective")
     default_weight = lambda k: " / ".join(f"{DEFAULT_WEIGHTS[n][k]:g} with {n}" for n in NORMALIZATIONS)  # noqa: E731

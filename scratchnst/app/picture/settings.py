@@ -29,13 +29,14 @@ from scratchnst.errors import ScratchnstError, user_error
 INITS = ("noise", "content", "style")
 NOISE_STD = 24.0  # the white-noise start, in preprocessed 0..255 units
 MAX_SCALE = 4  # --scales are fractions of --size; a larger one is a size typed as a scale
+FIRST_SCALE = 512  # without --scales, the first scale is the largest halving of --size up to this (default_scales)
 
 
 @dataclass
 class Settings:
     size: int = 384
     iterations: int = 60
-    scales: tuple[float, ...] = (0.5, 1.0)
+    scales: tuple[float, ...] | None = None  # None: default_scales(size)
     seed: int = 0
     normalize: str = "size"  # objective.NORMALIZATIONS; the weights left None take its DEFAULT_WEIGHTS
     content_weight: float | None = None
@@ -112,8 +113,20 @@ def _schedule(s: Settings) -> dict:
         "max_memory": _max_memory(s.max_memory),
         "seed": int_option("seed", s.seed, minimum=0),
         "style_scale": positive_option("style-scale", s.style_scale),
-        "scales": _scales(s.scales),
+        "scales": default_scales(int_option("size", s.size)) if s.scales is None else _scales(s.scales),
     }
+
+
+def default_scales(size: int) -> tuple[float, ...]:
+    """The coarse-to-fine schedule without --scales: --size halved until it is FIRST_SCALE px or less,
+    at least once, and every size between. Up to 1024 px that is (0.5, 1); at print sizes the
+    multi-scale recipe that users of neural-style run by hand (256 → 512 → 1024 → 2048 → ...), so that
+    the first scale is near the size VGG sees detail at and each larger one refines the last:
+    2048 → (0.25, 0.5, 1), 4096 → (0.125, 0.25, 0.5, 1)."""
+    halvings = 1
+    while size / 2**halvings > FIRST_SCALE:
+        halvings += 1
+    return tuple(0.5**k for k in range(halvings, 0, -1)) + (1.0,)
 
 
 def _scales(values) -> tuple[float, ...]:

@@ -166,3 +166,18 @@ def test_comparable_args_take_a_manifest_from_before_an_option_existed_at_its_de
     assert comparable_args({**before, "quiet": True}) == comparable_args(now)
     assert comparable_args(before) != comparable_args({**now, "tile": 32})
     assert comparable_args({**before, "size": 17}) != comparable_args(now)
+
+
+@pytest.mark.parametrize("size, scales", [
+    (32, (0.5, 1.0)),
+    (384, (0.5, 1.0)),  # the default run: 192 then 384 px, as always
+    (1024, (0.5, 1.0)),  # 512 is FIRST_SCALE itself
+    (1025, (0.25, 0.5, 1.0)),  # 512.5 > 512: one more halving, 256.25
+    (2048, (0.25, 0.5, 1.0)),  # 512, 1024, 2048
+    (4096, (0.125, 0.25, 0.5, 1.0)),  # 512, 1024, 2048, 4096
+    (8192, (0.0625, 0.125, 0.25, 0.5, 1.0)),
+])
+def test_without_scales_large_sizes_start_near_512_px(size, scales):
+    """The default schedule, worked by hand: --size halved until it is 512 px or less (at least once)."""
+    assert Settings(size=size).validated(1).scales == scales
+    assert Settings(size=size, scales=[1]).validated(1).scales == (1.0,)  # --scales as given wins
