@@ -282,7 +282,10 @@ class TiledObjective:
         def here(step: str, args: tuple, reduce: Callable) -> None:
             reduce = ticking(reduce)
             for t in range(len(self.tiles)):
-                reduce(t, getattr(self, step)(x, t, *args))
+                # The arena grows to a tile's arrays after the first tile, not the first evaluation;
+                # not with keep_forward, whose tiles' arrays stay lent (each renew would pin a region).
+                with host.lending(self._arena, renew=not self.keep_forward):
+                    reduce(t, getattr(self, step)(x, t, *args))
 
         self._kept = [None] * len(self.tiles) if self.keep_forward else None
         try:
