@@ -5,9 +5,10 @@
 The embedded pair at --size (long side), the real weights, the default layers and `normalize="size"`:
 NSTObjective.evaluate against TiledObjective.evaluate (recomputing pass 1's forwards, and keeping
 them) on targets made tile by tile (tiled_features, tiled_style_grams). Prints each evaluation's
-seconds, the ratios of the fastest, and how far the tiled loss and gradient are from the untiled
-ones. The evaluations take turns, so that a change in the machine's load touches each alike; the first
-of each is slower (their arenas grow to their arrays at the next one).
+seconds (wall, and CPU over all threads: the fairer figure on a shared machine), the ratios of the
+fastest, and how far the tiled loss and gradient are from the untiled ones. The evaluations take
+turns, so that a change in the machine's load touches each alike; the first of each is slower
+(their arenas grow to their arrays during it).
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ def main() -> None:
             "tiled, keep_forward": TiledObjective(tiled, args.core, keep_forward=True).evaluate}
     print(f"{content.shape[3]}x{content.shape[2]}, {args.dtype}, cores of {args.core} px: "
           f"{len(TiledObjective(tiled, args.core).tiles)} tiles, halo overhead {halo_overhead(TiledObjective(tiled, args.core).tiles):.4f}")
-    seconds, results = {name: [] for name in runs}, {}
+    seconds, cpu, results = {name: [] for name in runs}, {name: [] for name in runs}, {}
     for _ in range(args.repeats):  # in turn, so that a change in the machine's load touches each alike
         for name, evaluate in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             results[name] = evaluate(x.copy())
             seconds[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     for name, times in seconds.items():
-        print(f"{name}: {', '.join(f'{s:.2f}' for s in times)} s ({min(times) / min(seconds['untiled']):.2f}x untiled)", flush=True)
+        print(f"{name}: {', '.join(f'{s:.2f}' for s in times)} s ({min(times) / min(seconds['untiled']):.2f}x untiled); "
+              f"CPU {', '.join(f'{s:.2f}' for s in cpu[name])} s ({min(cpu[name]) / min(cpu['untiled']):.2f}x)", flush=True)
     a, b = results["untiled"], results["tiled"]
     print(f"tiled vs untiled: loss {abs(b.loss - a.loss) / abs(a.loss):.1e}, "
           f"gradient {np.linalg.norm(b.grad - a.grad) / np.linalg.norm(a.grad):.1e} (relative, normwise)")
