@@ -108,6 +108,10 @@ class _Optimizer:
         for key in self._arrays:
             setattr(self, "_" + key, xp.array(state[key]))
 
+    def finish(self) -> None:
+        """This optimiser steps no more (its scale is done; the next one starts from x): let go of
+        what only a next step needs. x, the gradient, loss, counters and state_dict stay."""
+
     @classmethod
     def from_state(cls, state: dict, fun: Objective, xp=np):
         """Rebuild an optimiser from `state_dict()` output without evaluating `fun` again."""
@@ -241,6 +245,11 @@ class LBFGS(_Optimizer):
 
     def _reset(self) -> None:
         self._s, self._y, self._rho = [], [], []
+
+    def finish(self) -> None:
+        """The curvature pairs go (2 · history image-sized vectors): a finished optimiser keeps x,
+        its gradient and counters, and its state_dict an empty history (resumed, it steps no more)."""
+        self._reset()
 
     # -- line search --------------------------------------------------------------------------
 

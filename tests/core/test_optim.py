@@ -269,3 +269,21 @@ def test_cupy_matches_numpy(name):
         device.step()
     assert isinstance(device.x, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(device.x), host.x, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["lbfgs", "adam"])
+def test_a_finished_optimiser_keeps_its_point_and_lets_go_of_its_pairs(name):
+    """finish(): what a next scale needs of a done one (x, gradient, loss, counters) stays, and so does
+    its state_dict (restored, the same point); L-BFGS's curvature pairs go."""
+    opt = run(make_optimizer(name, rosen_start(8), rosenbrock, **({"history": 4} if name == "lbfgs" else {})), 12)
+    x, g, loss, counts = opt.x.copy(), opt.grad.copy(), opt.loss, (opt.iteration, opt.evaluations)
+    if name == "lbfgs":
+        assert len(opt.state_dict()["s"]) > 0
+    opt.finish()
+    assert np.array_equal(opt.x, x) and np.array_equal(opt.grad, g) and opt.loss == loss
+    assert (opt.iteration, opt.evaluations) == counts
+    state = roundtrip(opt.state_dict())
+    if name == "lbfgs":
+        assert state["s"].shape == (0, 8) and state["y"].shape == (0, 8) and state["rho"] == []
+    back = type(opt).from_state(state, rosenbrock)
+    assert np.array_equal(back.x, x) and back.loss == loss and back.iteration == counts[0]

@@ -108,6 +108,8 @@ class CoarseToFine:
                 if status != "done":
                     break
                 self.opt.fun = None  # the finished scale's objective (targets, arena) goes before the next is made
+                if scale_index + 1 < len(self.sizes):
+                    self.opt.finish()  # and its L-BFGS pairs (the last scale's stay, for its checkpoint)
                 bar.total = self.iteration + self.settings.iterations * (len(self.sizes) - scale_index - 1)
         except KeyboardInterrupt:
             if self.opt is None:

@@ -121,7 +121,8 @@ def tiled_peak_bytes(settings, dims: tuple[int, int], style_dims: Sequence[tuple
     settings: validated Settings; dims: (width, height) of the image at that scale; style_dims: the
     style images' at that scale (their targets are made tile by tile too); keep_forward: every
     tile's forward pass kept from pass 1 to pass 2; gpu: the run is on CuPy; previous: the (width,
-    height) of the scale before, whose optimiser lives until this one's has started.
+    height) of the scale before, whose finished optimiser (finished_vectors) lives until this one's
+    has started.
     """
     itemsize, names = _itemsize(settings), _layer_names(settings)
     largest, crops, _ = tile_pixels(dims, core, names)
@@ -134,7 +135,7 @@ def tiled_peak_bytes(settings, dims: tuple[int, int], style_dims: Sequence[tuple
     # L-BFGS adds one pair per iteration at most: a scale of fewer iterations never holds its whole history.
     vectors = optimiser_vectors(replace(settings, lbfgs_history=min(settings.lbfgs_history, settings.iterations)))
     before = previous[0] * previous[1] if previous else 0
-    image = (3 * (vectors + IMAGE_ARRAYS) + targets) * pixels * itemsize + 3 * vectors * before * itemsize
+    image = (3 * (vectors + IMAGE_ARRAYS) + targets) * pixels * itemsize + 3 * finished_vectors(settings) * before * itemsize
     masks = len(settings.style_masks or ()) * MASK_BYTES[itemsize] * pixels
     return int(BASELINE + CANONICAL_SIZE * itemsize / 4 + transforms + activations + bands + kept + image + masks)
 
@@ -152,6 +153,12 @@ def tile_pixels(dims: tuple[int, int], core: int, layers: Sequence[str]) -> tupl
 def optimiser_vectors(settings) -> int:
     """Image-sized vectors (3·H·W values) the optimiser keeps: L-BFGS 2 · history + 8, Adam 6."""
     return 2 * settings.lbfgs_history + 8 if settings.optimizer == "lbfgs" else 6
+
+
+def finished_vectors(settings) -> int:
+    """Image-sized vectors an optimiser keeps once its scale is done (optim's finish): x and its
+    gradient, and Adam's two moments."""
+    return 2 if settings.optimizer == "lbfgs" else 4
 
 
 def _net_bytes(settings, pixels: float, gpu: bool) -> tuple[float, float, float]:

@@ -160,3 +160,29 @@ def test_a_budget_too_small_is_one_line_before_the_net(tmp_path, pics, out, tiny
     r = run_cli("stylize", *map(str, pics), "-o", str(out), *tiny.argv, "--size", "4000", "--max-memory", "1G",
                 "--weights", str(tmp_path / "no.h5"), cwd=tmp_path)
     refused(r, out, "estimated peak memory", "allowed by --max-memory, even tiled", "largest --size that fits: ")
+
+
+def test_a_finished_scale_counts_only_the_vectors_it_keeps():
+    """The scale before holds x and its gradient once it is done (optim's finish), not its L-BFGS
+    pairs: 2 · 3·w·h values, worked by hand against the model without a scale before."""
+    s = _settings(size=2048, scales=(0.5, 1.0), lbfgs_history=20, iterations=60)
+    dims, previous = long_side_dims(*CONTENT, 2048), long_side_dims(*CONTENT, 1024)
+    styles = [long_side_dims(*st, 2048) for st in STYLES]
+    alone = memory.tiled_peak_bytes(s, dims, styles, 512)
+    after = memory.tiled_peak_bytes(s, dims, styles, 512, previous=previous)
+    assert after - alone == 2 * 3 * previous[0] * previous[1] * 4
+    adam = replace(s, optimizer="adam")
+    assert memory.tiled_peak_bytes(adam, dims, styles, 512, previous=previous) - memory.tiled_peak_bytes(adam, dims, styles, 512) \
+        == 4 * 3 * previous[0] * previous[1] * 4
+
+
+def test_4096_px_plans_under_4g_with_the_default_schedule():
+    """The issue's memory case, planned: the embedded pair's size at --size 4096 --max-memory 4G, the
+    default scales (512 .. 4096 px): a plan, not a refusal, every scale within the budget, the largest
+    tiled, the L-BFGS history shortened with its note."""
+    s = Settings(size=4096, max_memory="4G").validated(1)
+    p = plan.make_plan(s, (512, 512), [(512, 512)])
+    assert [x.size for x in p.scales] == [512, 1024, 2048, 4096]
+    assert all(x.estimate <= 4 * GB for x in p.scales) and p.estimate <= 4 * GB
+    assert p.scales[-1].core is not None and p.scales[-1].core % 16 == 0
+    assert p.lbfgs_history < 20 and any(n.startswith(f"--lbfgs-history {p.lbfgs_history} instead of 20") for n in p.notes)
