@@ -38,7 +38,7 @@ class Result:
     paths: dict = field(default_factory=dict)
 
 
-def stylize(content=None, styles=None, *, out=None, on_progress=None, net=None, style_cache=None, **options) -> Result:
+def stylize(content=None, styles=None, *, out=None, on_progress=None, on_picture=None, net=None, style_cache=None, **options) -> Result:
     """Stylize `content` with `styles` (paths, PIL images or uint8 RGB arrays; both default to the
     embedded pair). Options are the Settings fields (size, iterations, scales, content_weight, ...).
     With `out`, writes the image, the manifest (OUT with .json) and the extras the options ask for.
@@ -47,7 +47,9 @@ def stylize(content=None, styles=None, *, out=None, on_progress=None, net=None, 
     "failed"; the Result is on the exception's `.result`).
 
     on_progress(entry) is called with each iteration's history entry; returning True stops the run
-    as Ctrl-C does (status "interrupted", a checkpoint kept). net: an already loaded VGG16, used when
+    as Ctrl-C does (status "interrupted", a checkpoint kept). on_picture(history, picture) is called
+    after each iteration with the history so far and a function that makes the picture so far (as
+    the output would be, colour control included) when called (the studio's previews). net: an already loaded VGG16, used when
     it matches the settings (batch workers keep one). style_cache: a dict the caller keeps across
     runs, holding the Gram targets of named style images (batch jobs share them).
     """
@@ -55,17 +57,18 @@ def stylize(content=None, styles=None, *, out=None, on_progress=None, net=None, 
         styles = [styles]
     styles = style_list(styles)
     settings = Settings(**options).validated(len(styles))
-    return stylize_settings(content, styles, settings, out=out, on_progress=on_progress, net=net, style_cache=style_cache)
+    return stylize_settings(content, styles, settings, out=out, on_progress=on_progress, on_picture=on_picture, net=net, style_cache=style_cache)
 
 
-def stylize_settings(content, styles, settings: Settings, *, out=None, on_progress=None, net=None, style_cache=None) -> Result:
+def stylize_settings(content, styles, settings: Settings, *, out=None, on_progress=None, on_picture=None, net=None,
+                     style_cache=None) -> Result:
     """stylize with `settings` already validated (Settings.validated's return value, for as many
     styles as `styles` lists): the inputs are read and checked, the options are not again."""
     inputs = read_inputs(content, style_list(styles), settings, out)
-    return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress)
+    return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, on_picture=on_picture)
 
 
-def resume(manifest_path, *, quiet=None, on_progress=None, net=None, style_cache=None) -> Result:
+def resume(manifest_path, *, quiet=None, on_progress=None, on_picture=None, net=None, style_cache=None) -> Result:
     """Continue the interrupted run described by `manifest_path` (OUT.json) to its end, with the
     memory plan it recorded (tiled where it was, the same L-BFGS history)."""
     manifest, state = report.read_resumable(manifest_path)
@@ -80,15 +83,22 @@ def resume(manifest_path, *, quiet=None, on_progress=None, net=None, style_cache
     settings = settings.validated(len(styles))
     plan = Plan.from_dict(manifest["plan"]) if manifest.get("plan") else None
     inputs = read_inputs(content, styles, settings, manifest["output"], plan)
-    return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, resume_state=state)
+    return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, on_picture=on_picture,
+                resume_state=state)
 
 
-def _run(inputs: Inputs, settings: Settings, *, net, style_cache, on_progress, resume_state=None) -> Result:
+def _run(inputs: Inputs, settings: Settings, *, net, style_cache, on_progress, on_picture=None, resume_state=None) -> Result:
     """Optimise (from `resume_state`, a read checkpoint, if given) and write the outputs."""
     net = load_net(settings, net)
     outputs = Outputs(settings, inputs, net)
+
+    def after_step(run) -> None:
+        outputs.periodic(run)
+        if on_picture is not None:
+            on_picture(run.history, lambda: outputs.image(run))
+
     run = CoarseToFine(settings, inputs, net, StyleTargets(net, settings, inputs.styles, style_cache),
-                       on_progress=on_progress, after_step=outputs.periodic)
+                       on_progress=on_progress, after_step=after_step)
     status, error = run.run(resume_state)
     image, manifest, paths = outputs.finish(run, status, error)
     result = Result(image, run.history, manifest, status, paths)
