@@ -148,9 +148,9 @@ def start_studio(tmp_path, vgg_weights_path, wait_until):
         stop_server(studio)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def studio(tmp_path_factory, vgg_weights_path, wait_until):
-    """One server for a module's tests: two workers, an update every iteration."""
+    """One server for the studio's tests: two workers, an update every iteration."""
     s = start_server(wait_until, tmp_path_factory.mktemp("studio"), vgg_weights_path, "--workers", "2", "--preview-every", "0", "--checkpoint-every", "2")
     yield s
     stop_server(s)
