@@ -14,6 +14,8 @@
         out.png, out.json     the picture and the manifest stylize writes (out.ckpt.npz: its checkpoint)
         preview.png           the picture so far, written with each update
         lock                  held (flock) by the process running the run: no two ever write it
+        tasks.log             one line as each task takes the lock and one as it lets go of it:
+                              "start SESSION PID", "end SESSION STATUS" (who ran the run, when)
         study/                the study panel of the latest picture (study.json and its PNGs)
 
 Everything the server or a task writes goes through files.atomic: a reader sees the old file or the
@@ -84,6 +86,18 @@ class Run:
     @property
     def study_folder(self) -> Path:
         return self.folder / "study"
+
+    def log(self, line: str) -> None:
+        """Append `line` to tasks.log (one write of one line: appends never interleave)."""
+        with open(self.folder / "tasks.log", "a") as f:
+            f.write(f"{time.time():.3f} {line}\n")
+
+    def task_log(self) -> list[str]:
+        """tasks.log's lines, without their times."""
+        try:
+            return [line.split(" ", 1)[1] for line in (self.folder / "tasks.log").read_text().splitlines()]
+        except OSError:
+            return []
 
     def request(self) -> dict:
         return read_json(self.folder / "request.json") or {}

@@ -107,13 +107,26 @@ def run_task(folder: str, data: str, session: str, stop_name: str, preview_every
     server took the run over (that server's task finishes it)."""
     run, owner = Run(folder), Owner(data, session, stop_name)
     with holding(run, owner) as held:
-        if not held or owner.is_lost():
+        if not held:
             return "lost"
+        run.log(f"start {session} {os.getpid()}")
+        status = "failed"  # what an exception leaves (the server records its line)
+        try:
+            status = _started(run, owner, preview_every)
+        finally:
+            run.log(f"end {session} {status}")
+        return status
+
+
+def _started(run: Run, owner: Owner, preview_every: float) -> str:
+    """run_task once it holds the lock."""
+    if owner.is_lost():
+        return "lost"
+    if owner.stop_asked():
         recorded = run.state()
-        if owner.stop_asked():
-            run.write_state("stopped", **{k: recorded.get(k) for k in ("progress", "history", "total")})
-            return "stopped"
-        return _stylize(run, owner, preview_every)
+        run.write_state("stopped", **{k: recorded.get(k) for k in ("progress", "history", "total")})
+        return "stopped"
+    return _stylize(run, owner, preview_every)
 
 
 def _stylize(run: Run, owner: Owner, preview_every: float) -> str:

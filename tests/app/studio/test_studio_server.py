@@ -200,3 +200,36 @@ def test_a_server_killed_mid_run_resumes_it_to_the_bytes_of_an_uninterrupted_run
     reference = second.call("POST", "/api/runs", named).body["id"]
     assert second.wait_ended(reference)["status"] == "done"
     assert second.call("GET", f"/api/runs/{reference}/image").body == resumed
+
+
+@pytest.mark.slow
+def test_an_orphaned_task_of_a_killed_server_stops_before_the_next_server_resumes_its_run(
+        start_studio, dask_processes, weights_env, images, small_run):
+    """On a cluster of its own (--scheduler), a killed server's task lives on in its worker: the next
+    server's claim of the data folder stops it (it saves a checkpoint), and the lock keeps the resumed
+    task (on the other worker) out of the folder until then; the picture is an uninterrupted run's."""
+    address = dask_processes.scheduler()
+    dask_processes.worker("a")
+    dask_processes.worker("b")
+    options = {**small_run, "size": 48, "iterations": 24}
+    first = start_studio("--scheduler", address, "--preview-every", "0", "--checkpoint-every", "2")
+    run_id = first.upload_run(images["content"], [images["style"]], options).body["id"]
+    first.wait_iteration(run_id, 5)
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(timeout=60)
+    second = start_studio("--scheduler", address, "--preview-every", "0", data=first.data)
+    state = second.wait_ended(run_id)
+    assert state["status"] == "done", state
+    assert [e["iteration"] for e in state["history"]] == list(range(1, 25))
+    tasks_log = first.data / "runs" / run_id / "tasks.log"
+    second.wait_until(lambda: tasks_log.read_text().count(" end ") == 2, what="the resumed task to let go of the lock")
+    log = [line.split() for line in tasks_log.read_text().splitlines()]
+    sessions = [words[2] for words in log if words[1] == "start"]
+    assert len(sessions) == 2, log
+    # one writer at a time: the orphan stopped (lost its run to the new server) before the resumed task began
+    assert [words[1:3] + words[3:4] for words in log] == [
+        ["start", sessions[0], log[0][3]], ["end", sessions[0], "lost"], ["start", sessions[1], log[2][3]], ["end", sessions[1], "done"]]
+    resumed = second.call("GET", f"/api/runs/{run_id}/image").body
+    reference = second.call("POST", "/api/runs", {"content": state["content"], "styles": state["styles"], "options": options}).body["id"]
+    assert second.wait_ended(reference)["status"] == "done"
+    assert second.call("GET", f"/api/runs/{reference}/image").body == resumed
