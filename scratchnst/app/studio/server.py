@@ -201,7 +201,7 @@ class Api(tornado.web.RequestHandler):
 
     def prepare(self):
         host = self.request.host_name
-        if host not in self.server["hosts"]:
+        if self.server["token"] is None and host not in self.server["hosts"]:  # DNS rebinding (a token stops it otherwise)
             raise Refused(f"this studio answers to {', '.join(sorted(self.server['hosts']))}, not {host!r}", 403)
         origin = self.request.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != self.request.host:
@@ -398,7 +398,7 @@ class StudyPictureHandler(Api):
 
 
 class EventsHandler(Api):
-    """Server-sent events: `state` messages, each {"status", "progress", "total", "error", "from",
+    """Server-sent events: `state` messages, each {"status", "progress", "total", "error", "updated", "from",
     "entries": the history entries since the last message (from index "from")}, one whenever the
     run's recorded state changes; the stream ends after the message of an ended run."""
 
@@ -419,7 +419,7 @@ class EventsHandler(Api):
                     last, state = mark, run.state()
                     history = state.get("history") or []
                     sent = 0 if len(history) < sent else sent
-                    message = {k: state.get(k) for k in ("status", "progress", "total", "error")} | {"from": sent, "entries": history[sent:]}
+                    message = {k: state.get(k) for k in ("status", "progress", "total", "error", "updated")} | {"from": sent, "entries": history[sent:]}
                     sent = len(history)
                     self.write(f"event: state\ndata: {json.dumps(message)}\n\n")
                     await self.flush()

@@ -179,8 +179,14 @@ def test_another_address_needs_the_token_and_no_cross_origin_request_passes(star
     foreign = studio.call("POST", "/api/runs", {"content": "x"}, headers={"Origin": "http://evil.example"})
     assert foreign.status == 403 and "cross-origin" in foreign.body["error"]
     assert "Access-Control-Allow-Origin" not in studio.call("GET", "/api/runs", headers={"Origin": "http://evil.example"}).headers
-    rebound = studio.call("GET", "/api/runs", headers={"Host": "evil.example"})
-    assert rebound.status == 403
+
+
+
+def test_another_host_name_is_refused_on_the_default_address(studio):
+    """DNS rebinding: a page of another site whose name now points at 127.0.0.1 gets nothing."""
+    rebound = studio.call("GET", "/api/runs", headers={"Host": f"evil.example:{studio.base.rsplit(':', 1)[1]}"})
+    assert rebound.status == 403 and "answers to" in rebound.body["error"]
+    assert studio.call("GET", "/api/runs", headers={"Host": f"localhost:{studio.base.rsplit(':', 1)[1]}"}).status == 200
 
 
 @pytest.mark.slow

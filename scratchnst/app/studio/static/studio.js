@@ -160,13 +160,16 @@ async function select(id) {
 
 function follow(id) {
   const events = new EventSource(url(`/api/runs/${id}/events`));
+  let status = null, pictured = false;
   state.events = events;
   events.addEventListener("state", (e) => {
     if (state.run !== id) return;
     const m = JSON.parse(e.data);
     state.entries = state.entries.slice(0, m.from).concat(m.entries);
     showRun(m);
-    if (!["queued", "running"].includes(m.status)) { events.close(); loadRuns(); }
+    if (m.status !== status || (m.progress && !pictured)) loadRuns();  // the history shows the new status and thumbnail
+    status = m.status; pictured = pictured || !!m.progress;
+    if (!["queued", "running"].includes(m.status)) events.close();
   });
   events.addEventListener("end", () => events.close());
 }
