@@ -26,7 +26,7 @@ from scratchnst.app.files import weights
 from scratchnst.app.picture.color import COLORS
 from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.app.picture.stylize import resume, stylize
-from scratchnst.app.studio.inputs import Limits
+from scratchnst.app.studio import inputs as studio
 from scratchnst.app.video.clip import parse_frames
 from scratchnst.app.video.options import DEFAULTS as VIDEO
 from scratchnst.app.video.options import ITERATIONS, JOB_OPTIONS
@@ -497,14 +497,14 @@ def _run_inspect(args) -> int:
 
 
 def _add_serve(subparsers) -> None:
-    limits = Limits()
+    limits = studio.Limits()
     p = subparsers.add_parser(
         "serve", help="the web studio: pick images, watch the picture form, study its gradients (a local page)",
         description="A local web studio over the HTTP API in the README's Studio section; runs go to Dask workers.",
         formatter_class=_DefaultsFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; any other than 127.0.0.1 requires the token")
-    p.add_argument("--port", type=_nonneg_int, default=8765, help="port (0: any free one; the address is printed)")
+    p.add_argument("--host", default=studio.DEFAULT_HOST, help="address to listen on; any other than 127.0.0.1 requires the token")
+    p.add_argument("--port", type=_nonneg_int, default=studio.DEFAULT_PORT, help="port (0: any free one; the address is printed)")
     p.add_argument("--token", default=None, help="the API's token (default: generated and printed for any --host but 127.0.0.1)")
     p.add_argument("--data", metavar="DIR", default=None, help="the studio's images and runs (default: $XDG_DATA_HOME/scratchnst/studio)")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
@@ -516,15 +516,15 @@ def _add_serve(subparsers) -> None:
     g.add_argument("--max-size", type=_positive_int, default=limits.size, help="the output's long side in px (--size)")
     g.add_argument("--max-queued", type=_positive_int, default=limits.queued, help="runs queued or running at once")
     g = p.add_argument_group("runs")
-    g.add_argument("--preview-every", type=_finite_float, default=1.0, metavar="SECONDS", help="least time between two updates of a run (0: every iteration)")
-    g.add_argument("--checkpoint-every", type=_positive_int, default=5, help="iterations between two checkpoints of a run (what a restart resumes from)")
+    g.add_argument("--preview-every", type=_finite_float, default=studio.PREVIEW_EVERY_S, metavar="SECONDS", help="least time between two updates of a run (0: every iteration)")
+    g.add_argument("--checkpoint-every", type=_positive_int, default=studio.CHECKPOINT_EVERY, help="iterations between two checkpoints of a run (what a restart resumes from)")
     p.set_defaults(func=_run_serve)
 
 
 def _run_serve(args) -> int:
     from scratchnst.app.studio import server  # lazy: tornado and Dask load only for serve
 
-    limits = Limits(args.max_upload, args.max_pixels, args.max_size, args.max_queued)
+    limits = studio.Limits(args.max_upload, args.max_pixels, args.max_size, args.max_queued)
     server.serve(host=args.host, port=args.port, data=args.data, token=args.token, scheduler=args.scheduler, workers=args.workers,
                  limits=limits, preview_every=args.preview_every, checkpoint_every=args.checkpoint_every, open_browser=args.open)
     return 0

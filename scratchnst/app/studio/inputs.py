@@ -1,5 +1,6 @@
 """What the studio accepts, checked once at its edge: a run's options (stylize's, checked by Settings,
-so a bad one is the line the CLI would print) and an uploaded image (checked as stylize reads one).
+so a bad one is the line the CLI would print) and an uploaded image (checked as stylize reads one);
+serve's defaults and limits (the one home of each: the CLI's options take them from here).
 Every refusal is a ScratchnstError with one line; `status` says which HTTP status the server answers."""
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from scratchnst.errors import ScratchnstError
 # an init path), what the studio decides for every run (quiet, checkpoints, plot, iteration files).
 SERVER_CHOSEN = ("save_every", "checkpoint_every", "plot", "quiet", "weights", "style_masks")
 FORM_OPTIONS = tuple(f.name for f in fields(Settings) if f.name not in SERVER_CHOSEN)
+
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765  # serve --host: any other needs the token
+PREVIEW_EVERY_S = 2.0  # serve --preview-every: the least time between two updates (the issue's "at least every 2 s")
+CHECKPOINT_EVERY = 20  # serve --checkpoint-every: each costs ~0.2 s at 384 px (docs/benchmarks.md, "Studio")
 
 
 class Limits(NamedTuple):

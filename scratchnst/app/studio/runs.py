@@ -19,7 +19,8 @@
         study/                the study panel of the latest picture (study.json and its PNGs)
 
 Everything the server or a task writes goes through files.atomic: a reader sees the old file or the
-new one, and a killed writer leaves the old one.
+new one, and a killed writer leaves the old one (preview.png and a running run's state.json without
+the fsyncs: they are remade with every update).
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def write_json(path: Path, value: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
+def write_json(path: Path, value: dict, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=1) + "\n").encode(), durable=durable)
 
 
 class Run:
@@ -106,8 +107,9 @@ class Run:
         return read_json(self.folder / "state.json") or {"status": "failed", "error": "the run's state record is missing"}
 
     def write_state(self, status: str, **fields) -> None:
-        """Record `status` (one of STATUSES) with `fields` (progress, history, error, ...)."""
-        write_json(self.folder / "state.json", {"status": status, "updated": time.time(), **fields})
+        """Record `status` (one of STATUSES) with `fields` (progress, history, error, ...); a running
+        run's record, remade with each update, without the fsyncs (files.atomic)."""
+        write_json(self.folder / "state.json", {"status": status, "updated": time.time(), **fields}, durable=status != "running")
 
     def picture(self) -> Path | None:
         """The latest picture: the output once the run wrote it, else the preview; None before either."""

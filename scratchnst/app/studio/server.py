@@ -31,16 +31,15 @@ from tornado.netutil import bind_sockets
 
 from scratchnst.app import cluster
 from scratchnst.app.studio import task
-from scratchnst.app.studio.inputs import Limits, Refused, check_image, run_args
+from scratchnst.app.studio.inputs import (
+    CHECKPOINT_EVERY, DEFAULT_HOST, DEFAULT_PORT, PREVIEW_EVERY_S, Limits, Refused, check_image, run_args,
+)
 from scratchnst.app.studio.runs import ACTIVE, IMAGE_NAME, NotFound, Run, Store, read_json
 from scratchnst.errors import ScratchnstError, one_line
 
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 STREAM_POLL_S = 0.1  # how often an event stream looks at the run's recorded state
 DEATH_TIMEOUT_S = 10  # a local worker whose server was killed ends itself after this
 SHUTDOWN_WAIT_S = 30  # on Ctrl-C: how long running tasks get to save a checkpoint
-PREVIEW_EVERY_S = 1.0  # serve --preview-every: the least time between two updates of a run
-CHECKPOINT_EVERY = 5  # serve --checkpoint-every: iterations between two checkpoints of a run
 STATIC = resources.files("scratchnst.app.studio") / "static"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from scratchnst.app import cluster, study
 from scratchnst.app.files import images as im
 from scratchnst.app.files import report
+from scratchnst.app.files.atomic import atomic_write_bytes
 from scratchnst.app.picture.coarse_to_fine import make_objective
 from scratchnst.app.picture.inputs import open_styles
 from scratchnst.app.picture.settings import Settings
@@ -29,6 +31,7 @@ from scratchnst.core.preprocess import preprocess
 from scratchnst.errors import ScratchnstError, one_line
 
 POLL_S = cluster.POLL_S  # how often a task asks whether it should stop (and a waiting one, for the lock)
+PNG_LEVEL = 1  # the previews' zlib level: the fastest (a preview lives a second or two)
 
 
 class Owner:
@@ -98,7 +101,9 @@ class Previews:
         if now - self.last < self.every or self.owner.is_lost():
             return
         self.last = now
-        im.save_image(picture(), self.run.preview)
+        png = io.BytesIO()
+        picture().save(png, format="PNG", compress_level=PNG_LEVEL)
+        atomic_write_bytes(self.run.preview, png.getvalue(), durable=False)  # remade with every update
         self.run.write_state("running", **self.fields(history))
 
 
