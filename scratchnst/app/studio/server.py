@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import mimetypes
 import os
 import secrets
 import webbrowser
@@ -309,7 +310,7 @@ class ImagesHandler(Uploads):
 class ImageHandler(Api):
     def get(self, name: str):
         path = self.studio.store.image(name)
-        self.send_file(path, f"image/{path.suffix[1:].replace('jpg', 'jpeg')}")
+        self.send_file(path, mimetypes.guess_type(path.name)[0] or "application/octet-stream")
 
 
 @tornado.web.stream_request_body
