@@ -1,12 +1,12 @@
-"""Command line: `python -m scratchnst {stylize,batch,video,weights,gradcheck,bench,inspect}`.
+"""Command line: `python -m scratchnst {stylize,batch,video,weights,gradcheck,bench,inspect,serve}`.
 
 One `_add_<cmd>(subparsers)` per subcommand; every user error is a ScratchnstError (or an argparse
 error), printed as one line to stderr with exit code 2. Running out of memory (MemoryError, also a
 GPU's) is no mistake of the user's, so it is one line with exit code 1; any other exception is a bug
 and shows its traceback. `--debug` adds the traceback to those two one-line errors as well.
 
-Lazy imports: `batch` and `video.run` (they pull in Dask) are imported inside the functions that run
-those two commands only, so the other commands start without Dask.
+Lazy imports: `batch`, `video.run` and `studio.server` (they pull in Dask) are imported inside the
+functions that run those commands only, so the other commands start without Dask.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from scratchnst.app.files import weights
 from scratchnst.app.picture.color import COLORS
 from scratchnst.app.picture.settings import FIRST_SCALE, INITS, Settings
 from scratchnst.app.picture.stylize import resume, stylize
+from scratchnst.app.studio import inputs as studio
 from scratchnst.app.video.clip import parse_frames
 from scratchnst.app.video.options import DEFAULTS as VIDEO
 from scratchnst.app.video.options import ITERATIONS, JOB_OPTIONS
@@ -501,6 +502,40 @@ def _run_inspect(args) -> int:
     return 0
 
 
+def _add_serve(subparsers) -> None:
+    limits = studio.Limits()
+    p = subparsers.add_parser(
+        "serve", help="the web studio: pick images, watch the picture form, study its gradients (a local page)",
+        description="A local web studio over the HTTP API in the README's Studio section; runs go to Dask workers.",
+        formatter_class=_DefaultsFormatter,
+    )
+    p.add_argument("--host", default=studio.DEFAULT_HOST, help="address to listen on; any other than 127.0.0.1 requires the token")
+    p.add_argument("--port", type=_nonneg_int, default=studio.DEFAULT_PORT, help="port (0: any free one; the address is printed)")
+    p.add_argument("--token", default=None, help="the API's token (default: generated and printed for any --host but 127.0.0.1)")
+    p.add_argument("--data", metavar="DIR", default=None, help="the studio's images and runs (default: $XDG_DATA_HOME/scratchnst/studio)")
+    p.add_argument("--open", action="store_true", help="open the page in a browser")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a local cluster)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="local worker processes: runs at once (default: one per core)")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-upload", type=_positive_int, default=limits.upload_bytes, metavar="BYTES", help="bytes of the images of one request")
+    g.add_argument("--max-pixels", type=_positive_int, default=limits.pixels, help="pixels of one uploaded image")
+    g.add_argument("--max-size", type=_positive_int, default=limits.size, help="the output's long side in px (--size)")
+    g.add_argument("--max-queued", type=_positive_int, default=limits.queued, help="runs queued or running at once")
+    g = p.add_argument_group("runs")
+    g.add_argument("--preview-every", type=_finite_float, default=studio.PREVIEW_EVERY_S, metavar="SECONDS", help="least time between two updates of a run (0: every iteration)")
+    g.add_argument("--checkpoint-every", type=_positive_int, default=studio.CHECKPOINT_EVERY, help="iterations between two checkpoints of a run (what a restart resumes from)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    from scratchnst.app.studio import server  # lazy: tornado and Dask load only for serve
+
+    limits = studio.Limits(args.max_upload, args.max_pixels, args.max_size, args.max_queued)
+    server.serve(host=args.host, port=args.port, data=args.data, token=args.token, scheduler=args.scheduler, workers=args.workers,
+                 limits=limits, preview_every=args.preview_every, checkpoint_every=args.checkpoint_every, open_browser=args.open)
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 _received_signal = [signal.SIGINT]
@@ -515,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Neural style transfer from scratch: every backward pass by hand.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_stylize, _add_batch, _add_video, _add_weights, _add_gradcheck, _add_bench, _add_inspect):
+    for add in (_add_stylize, _add_batch, _add_video, _add_weights, _add_gradcheck, _add_bench, _add_inspect, _add_serve):
         add(sub)
     return parser
 

@@ -102,8 +102,9 @@ class EngineSetup(WorkerPlugin):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _local_cluster(n: int, threads: int, gpus: int, quiet: bool):
-    """A SpecCluster of n nannied worker processes on 127.0.0.1; worker i sees GPU i when gpus."""
+def _local_cluster(n: int, threads: int, gpus: int, quiet: bool, death_timeout_s: float | None = None):
+    """A SpecCluster of n nannied worker processes on 127.0.0.1; worker i sees GPU i when gpus; each
+    ends itself `death_timeout_s` after it lost the scheduler (None: Dask's default)."""
     from distributed import Nanny, Scheduler, SpecCluster
     from distributed.system import MEMORY_LIMIT
 
@@ -112,6 +113,8 @@ def _local_cluster(n: int, threads: int, gpus: int, quiet: bool):
         options = {"nthreads": threads, "host": "127.0.0.1", "dashboard": False,
                    "dashboard_address": "127.0.0.1:0", "env": env,
                    "memory_limit": MEMORY_LIMIT // n, "silence_logs": 50 if quiet else 30}
+        if death_timeout_s is not None:
+            options["death_timeout"] = death_timeout_s
         return {"cls": Nanny, "options": options}
 
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
@@ -120,9 +123,10 @@ def _local_cluster(n: int, threads: int, gpus: int, quiet: bool):
 
 @contextlib.contextmanager
 def client(scheduler: str | None = None, *, workers: int | None = None, gpus: int = 0, quiet: bool = True,
-           job_bytes: int | None = None):
+           job_bytes: int | None = None, death_timeout_s: float | None = None):
     """A distributed.Client: on the cluster at `scheduler` (an address such as tcp://host:8786), or on
     a local cluster of worker processes sized by local_layout (prepared by EngineSetup), closed on exit.
+    death_timeout_s: a local worker that lost its scheduler (its client killed) ends itself after it.
 
     A scheduler that cannot be reached raises ScratchnstError naming the address.
     """
@@ -141,7 +145,7 @@ def client(scheduler: str | None = None, *, workers: int | None = None, gpus: in
             c.close()
         return
     n, threads = local_layout(workers, gpus=gpus, job_bytes=job_bytes)
-    cluster = _local_cluster(n, threads, gpus, quiet)
+    cluster = _local_cluster(n, threads, gpus, quiet, death_timeout_s)
     try:
         with Client(cluster) as c:
             c.register_plugin(EngineSetup(engine_threads_per_worker(n)))
@@ -194,6 +198,13 @@ def run_tasks(client, submit: Callable, on_result: Callable, on_failure: Callabl
     finally:
         interrupt.clear()
     return Outcome(False, [])
+
+
+def settle_when_done(future, key, on_result: Callable, on_failure: Callable) -> None:
+    """run_tasks' reporting for one task of a long-lived client that does not wait (the studio's
+    server): once `future` completes, on_result(key, its value) or on_failure(key, its failure_line),
+    with run_tasks' failure policy; called on a thread of Dask's client."""
+    future.add_done_callback(lambda f: _settle(f, key, on_result, on_failure))
 
 
 def failure_line(exc: BaseException) -> str:

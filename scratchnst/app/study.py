@@ -118,7 +118,12 @@ def term_gradients(obj: NSTObjective, x) -> dict[str, object]:
     One forward (NSTObjective.terms), then one backward per term (so each is exactly what that term
     contributes to the objective's gradient: their sum is NSTObjective.loss_and_grad(x)[1]).
     """
-    terms, caches = obj.terms(x)
+    return gradients_of(obj, *obj.terms(x))
+
+
+def gradients_of(obj: NSTObjective, terms: list, caches: list) -> dict[str, object]:
+    """term_gradients from one forward's (terms, caches) (NSTObjective.terms), for a caller that
+    also wants the terms' values (loss_breakdown)."""
     grads = {}
     content = {}
     for t in terms:
@@ -131,6 +136,17 @@ def term_gradients(obj: NSTObjective, x) -> dict[str, object]:
     if content:
         grads = {"content": obj.net.backward(content, caches), **grads}
     return grads
+
+
+def loss_breakdown(terms: list) -> list[dict]:
+    """The per-layer loss: one row per term (NSTObjective.terms), {"term", "layer", "weight",
+    "value" (unweighted), "weighted", "share" (of the weighted total)}, as floats."""
+    rows = [{"term": t.name, "layer": t.layer, "weight": float(t.weight), "value": float(t.value),
+             "weighted": float(t.weight * t.value)} for t in terms]
+    total = sum(r["weighted"] for r in rows)
+    for r in rows:
+        r["share"] = r["weighted"] / total if total else 0.0
+    return rows
 
 
 # -- the run ----------------------------------------------------------------------------------------

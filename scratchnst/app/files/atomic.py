@@ -1,6 +1,9 @@
 """Atomic file writes: a temp file beside the target, fsync, then os.replace.
 
 A failure at any point removes the temp file and leaves an existing file at the target untouched.
+Without the fsyncs (durable=False) the replace is as atomic for readers and against a killed writer,
+but an operating-system crash may lose the new file: for files remade every second or two (the
+studio's previews and progress records), where the fsyncs would cost more than the file is worth.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from scratchnst.errors import ScratchnstError, one_line
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Yield a binary file; on clean exit it replaces `path` atomically (new files get mode 0644)."""
+def atomic_open(path: str | os.PathLike, *, durable: bool = True) -> Iterator[IO[bytes]]:
+    """Yield a binary file; on clean exit it replaces `path` atomically (new files get mode 0644),
+    fsynced unless not `durable` (see the module docstring)."""
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -28,10 +32,12 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, p)
-        _fsync_dir(p.parent)
+        if durable:
+            _fsync_dir(p.parent)
     except BaseException as exc:
         try:
             os.unlink(tmp)
@@ -50,8 +56,8 @@ def probe_writable(folder: str | os.PathLike) -> None:
     os.unlink(probe)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path) as f:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    with atomic_open(path, durable=durable) as f:
         f.write(data)
 
 

@@ -55,6 +55,19 @@ def _resize_array(x, height: int, width: int):
     return get_array_module(x).asarray(np.stack(chans)[None].astype(on_host.dtype))
 
 
+def make_objective(net, s: Settings, content, grams: list[dict], **extra) -> NSTObjective:
+    """The NSTObjective of validated Settings `s` for the preprocessed `content` (1, 3, H, W) and the
+    styles' Gram targets `grams` (StyleTargets.grams); `extra`: NSTObjective's other keywords
+    (content_features, pixel_terms, style_masks). The studio's study panel builds its objective here too."""
+    return NSTObjective(
+        net, content, None, grams=grams,
+        content_layers=s.content_layers, style_layers=s.style_layers,
+        content_weight=s.content_weight, style_weight=s.style_weight, tv_weight=s.tv_weight,
+        style_blend=s.style_blend, style_layer_weights=s.style_layer_weights, normalize=s.normalize,
+        normalize_gradients=s.normalize_gradients, **extra,
+    )
+
+
 class CoarseToFine:
     """One optimisation: the scales, the optimiser of the current one, the history and counters.
 
@@ -166,14 +179,10 @@ class CoarseToFine:
         features = None
         if core is not None:
             features = tiled_features(self.net, content, s.content_layers, core) if s.content_layers else {}
-        return NSTObjective(
-            self.net, content, None, grams=self.targets.grams(long_side, fitted, core), content_features=features,
-            content_layers=s.content_layers, style_layers=s.style_layers,
-            content_weight=s.content_weight, style_weight=s.style_weight, tv_weight=s.tv_weight,
-            style_blend=s.style_blend, style_layer_weights=s.style_layer_weights, normalize=s.normalize,
+        return make_objective(
+            self.net, s, content, self.targets.grams(long_side, fitted, core), content_features=features,
             pixel_terms=self.pixel_terms(content) if self.pixel_terms is not None else (),
             style_masks=masks_at(masks, content.shape[3], content.shape[2]) if masks is not None else None,
-            normalize_gradients=s.normalize_gradients,
         )
 
     def _start_scale(self, scale_index: int, x_previous, opt_state, bar) -> None:

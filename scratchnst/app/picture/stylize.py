@@ -42,8 +42,8 @@ class Result:
     paths: dict = field(default_factory=dict)
 
 
-def stylize(content=None, styles=None, *, out=None, on_progress=None, net=None, style_cache=None, workers=None,
-            scheduler=None, **options) -> Result:
+def stylize(content=None, styles=None, *, out=None, on_progress=None, on_picture=None, net=None, style_cache=None,
+            workers=None, scheduler=None, **options) -> Result:
     """Stylize `content` with `styles` (paths, PIL images or uint8 RGB arrays; both default to the
     embedded pair). Options are the Settings fields (size, iterations, scales, content_weight, ...).
     With `out`, writes the image, the manifest (OUT with .json) and the extras the options ask for.
@@ -52,9 +52,12 @@ def stylize(content=None, styles=None, *, out=None, on_progress=None, net=None, 
     "failed"; the Result is on the exception's `.result`).
 
     on_progress(entry) is called with each iteration's history entry; returning True stops the run
-    as Ctrl-C does (status "interrupted", a checkpoint kept). net: an already loaded VGG16, used when
-    it matches the settings (batch workers keep one). style_cache: a dict the caller keeps across
-    runs, holding the Gram targets of named style images (batch jobs share them).
+    as Ctrl-C does (status "interrupted", a checkpoint kept). on_picture(history, picture) is called
+    after each iteration with the history so far and a function that makes the picture so far (as
+    the output would be, colour control included) when called (the studio's previews). net: an
+    already loaded VGG16, used when it matches the settings (batch workers keep one). style_cache:
+    a dict the caller keeps across runs, holding the Gram targets of named style images (batch jobs
+    share them).
 
     workers (a local cluster of that many processes) or scheduler (the address of an existing Dask
     scheduler): the tiles of each tiled scale's evaluations run as Dask tasks on the cluster's
@@ -65,20 +68,22 @@ def stylize(content=None, styles=None, *, out=None, on_progress=None, net=None, 
         styles = [styles]
     styles = style_list(styles)
     settings = Settings(**options).validated(len(styles))
-    return stylize_settings(content, styles, settings, out=out, on_progress=on_progress, net=net, style_cache=style_cache,
-                            workers=workers, scheduler=scheduler)
+    return stylize_settings(content, styles, settings, out=out, on_progress=on_progress, on_picture=on_picture, net=net,
+                            style_cache=style_cache, workers=workers, scheduler=scheduler)
 
 
-def stylize_settings(content, styles, settings: Settings, *, out=None, on_progress=None, net=None, style_cache=None,
-                     workers=None, scheduler=None) -> Result:
+def stylize_settings(content, styles, settings: Settings, *, out=None, on_progress=None, on_picture=None, net=None,
+                     style_cache=None, workers=None, scheduler=None) -> Result:
     """stylize with `settings` already validated (Settings.validated's return value, for as many
     styles as `styles` lists): the inputs are read and checked, the options are not again."""
     check_cluster(workers, scheduler)
     inputs = read_inputs(content, style_list(styles), settings, out)
-    return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, cluster_at=(workers, scheduler))
+    return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, on_picture=on_picture,
+                cluster_at=(workers, scheduler))
 
 
-def resume(manifest_path, *, quiet=None, on_progress=None, net=None, style_cache=None, workers=None, scheduler=None) -> Result:
+def resume(manifest_path, *, quiet=None, on_progress=None, on_picture=None, net=None, style_cache=None, workers=None,
+           scheduler=None) -> Result:
     """Continue the interrupted run described by `manifest_path` (OUT.json) to its end, with the
     memory plan it recorded (tiled where it was, the same L-BFGS history); workers, scheduler: as
     stylize's (the same picture with or without them)."""
@@ -95,8 +100,8 @@ def resume(manifest_path, *, quiet=None, on_progress=None, net=None, style_cache
     settings = settings.validated(len(styles))
     plan = Plan.from_dict(manifest["plan"]) if manifest.get("plan") else None
     inputs = read_inputs(content, styles, settings, manifest["output"], plan)
-    return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, resume_state=state,
-                cluster_at=(workers, scheduler))
+    return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, on_picture=on_picture,
+                resume_state=state, cluster_at=(workers, scheduler))
 
 
 def check_cluster(workers, scheduler) -> None:
@@ -123,7 +128,8 @@ def _spread(settings: Settings, workers, scheduler):
             spread.close()
 
 
-def _run(inputs: Inputs, settings: Settings, *, net, style_cache, on_progress, resume_state=None, cluster_at=(None, None)) -> Result:
+def _run(inputs: Inputs, settings: Settings, *, net, style_cache, on_progress, on_picture=None, resume_state=None,
+         cluster_at=(None, None)) -> Result:
     """Optimise (from `resume_state`, a read checkpoint, if given) and write the outputs; with
     cluster_at = (workers, scheduler) naming a cluster, the tiles on its workers."""
     if cluster_at != (None, None) and (inputs.plan is None or not inputs.plan.tiled):
@@ -131,9 +137,15 @@ def _run(inputs: Inputs, settings: Settings, *, net, style_cache, on_progress, r
                               "whole: give --tile N to tile it")
     net = load_net(settings, net)
     outputs = Outputs(settings, inputs, net)
+
+    def after_step(run) -> None:
+        outputs.periodic(run)
+        if on_picture is not None:
+            on_picture(run.history, lambda: outputs.image(run))
+
     with _spread(settings, *cluster_at) as spread:
         run = CoarseToFine(settings, inputs, net, StyleTargets(net, settings, inputs.styles, style_cache),
-                           on_progress=on_progress, after_step=outputs.periodic, spread=spread)
+                           on_progress=on_progress, after_step=after_step, spread=spread)
         status, error = run.run(resume_state)
     image, manifest, paths = outputs.finish(run, status, error)
     result = Result(image, run.history, manifest, status, paths)
