@@ -22,7 +22,6 @@ from scratchnst.app.picture.inputs import Inputs, Styles, check_memory, check_si
 from scratchnst.app.picture.outputs import picture
 from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.app.picture.targets import StyleTargets
-from scratchnst.app.video import flow
 from scratchnst.core.backend import get_array_module
 from scratchnst.core.losses import temporal_loss
 from scratchnst.core.objective import PixelTerm
@@ -34,11 +33,6 @@ CONTENT = "<content image>"  # a frame's name as the content of its stylization
 def read_frame(png: Path) -> np.ndarray:
     """A finished frame of the work folder as (H, W, 3) uint8."""
     return np.asarray(Image.open(png).convert("RGB"))
-
-
-def warp_uint8(image: np.ndarray, backward: np.ndarray) -> np.ndarray:
-    """`image` ((H, W, 3) uint8) warped along the flow `backward`, rounded back to uint8."""
-    return np.clip(np.rint(flow.warp(image, backward)), 0, 255).astype(np.uint8)
 
 
 def temporal_terms(settings: Settings, weight: float, warped: np.ndarray, mask: np.ndarray):

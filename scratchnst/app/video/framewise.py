@@ -16,7 +16,7 @@ import time
 
 from scratchnst.app import cluster
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import frame_settings, read_frame, temporal_terms, warp_uint8
+from scratchnst.app.video.frame import frame_settings, read_frame, temporal_terms
 from scratchnst.app.video.options import VideoOptions
 
 
@@ -47,7 +47,7 @@ def _stylize(video, k: int, pair) -> dict | None:
     frame 0); None when stopped before the end."""
     o, warped, start, terms = video.options, None, None, None
     if pair is not None:
-        warped = warp_uint8(read_frame(video.work.png(k - 1)), pair.backward)
+        warped = flow.warp_frame(read_frame(video.work.png(k - 1)), pair.backward)
         if not o.independent:
             start = warped
             terms = temporal_terms(video.settings, o.temporal_weight, warped, pair.mask)
