@@ -1,5 +1,6 @@
-"""One frame of a video, in either mode: a finished frame read back, warped along the flow, the
-temporal term towards it, and the frame stylized (Painter).
+"""One frame of a video, in either mode: a finished frame read back, its start (fill_new: the warped
+previous output, the input frame where the motion is not reliable), the temporal term towards the
+warped frame, and the frame stylized (Painter).
 
 What every frame shares is made once per video (per worker, in multi-pass mode on Dask): the
 style images and masks, read and checked with the memory estimate; the net; the styles' Gram
@@ -33,6 +34,16 @@ CONTENT = "<content image>"  # a frame's name as the content of its stylization
 def read_frame(png: Path) -> np.ndarray:
     """A finished frame of the work folder as (H, W, 3) uint8."""
     return np.asarray(Image.open(png).convert("RGB"))
+
+
+def fill_new(warped: np.ndarray, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A warm frame's start: the warped previous output where the motion is reliable (mask > 0), the
+    input frame itself (a content start, as a picture's --init content) where it is not: pixels
+    disoccluded or come in at the frame's edge, which the warp fills with stretched border pixels.
+
+    warped, frame: (H, W, 3) uint8; mask: (H, W) consistency weights (flow.consistency_mask).
+    """
+    return np.where(mask[..., None] > 0, warped, frame)
 
 
 def temporal_terms(settings: Settings, weight: float, warped: np.ndarray, mask: np.ndarray):

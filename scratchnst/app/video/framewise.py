@@ -16,7 +16,7 @@ import time
 
 from scratchnst.app import cluster
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import frame_settings, read_frame, temporal_terms
+from scratchnst.app.video.frame import fill_new, frame_settings, read_frame, temporal_terms
 from scratchnst.app.video.options import VideoOptions
 
 
@@ -49,7 +49,7 @@ def _stylize(video, k: int, pair) -> dict | None:
     if pair is not None:
         warped = flow.warp_frame(read_frame(video.work.png(k - 1)), pair.backward)
         if not o.independent:
-            start = warped
+            start = fill_new(warped, video.clip.frames[k], pair.mask)
             terms = temporal_terms(video.settings, o.temporal_weight, warped, pair.mask)
     settings = frame_settings(video.settings, o.first_iterations, first=k == 0, warm=start is not None)
     painted = video.painter.paint(video.clip.frames[k], video.work.png(k), settings, start=start, terms=terms,
