@@ -142,19 +142,14 @@ class CoarseToFine:
         return preprocess(content, dtype=s.dtype, xp=self.xp), fitted
 
     def _start_point(self, content, fitted: Image.Image, long_side: int, previous):
-        """The first image of a scale: the previous scale's (resized), the start (an image, or a
-        preprocessed array), the content,
+        """The first image of a scale: the previous scale's (resized), the start image, the content,
         the first style image, or seeded noise (--init)."""
         s = self.settings
         _, _, h, w = content.shape
         if previous is not None:
             return _resize_array(previous, h, w)
-        start = self.inputs.start
-        if isinstance(start, Image.Image):
-            return preprocess(im.resize_to(start, w, h), dtype=s.dtype, xp=self.xp)
-        if start is not None:  # already preprocessed (a video frame kept in float)
-            x = self.xp.asarray(start, dtype=s.dtype)
-            return x if x.shape[2:] == (h, w) else _resize_array(x, h, w)
+        if self.inputs.start is not None:
+            return preprocess(im.resize_to(self.inputs.start, w, h), dtype=s.dtype, xp=self.xp)
         if s.init == "content":
             return content.copy()
         if s.init == "style":

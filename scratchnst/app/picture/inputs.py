@@ -47,7 +47,7 @@ class Inputs:
     styles: Styles
     alpha: Image.Image | None = None  # the content's alpha channel, put back on the output
     masks: list | None = None  # the style masks as (H, W) weights, one per style (--style-masks)
-    start: object = None  # the start: --init PATH's image, or a video frame's warped start (a preprocessed (1, 3, H, W) array)
+    start: Image.Image | None = None  # the start image: --init PATH's, or a video frame's warped start
     out: Path | None = None  # where the picture goes (None: nothing is written)
     plan: Plan | None = None  # the memory plan: tiled or not at each scale (None: untiled)
 

@@ -76,9 +76,9 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
 
 def warp_frame(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """A stylized frame carried along `flow`: out(p) = image(p + flow(p)), sampled with the Lanczos
-    kernel over 8×8 pixels (OpenCV's remap, positions to 1/32 px).
+    kernel over 8×8 pixels (OpenCV's remap, positions to 1/32 px), rounded to uint8.
 
-    image: (H, W, 3) uint8 (the result rounded to uint8) or float32 (kept as it is); flow: (H, W, 2). Points outside the image take the nearest border value,
+    image: (H, W, 3) uint8; flow: (H, W, 2). Points outside the image take the nearest border value,
     as in warp. Bilinear sampling at a fractional offset f averages neighbours with weights f, 1 − f:
     carried from frame to frame, its blur adds up (a 1-px pan whose flow is off by a few hundredths
     of a pixel: 60 % of the strokes' |Laplacian| gone after 60 frames); Lanczos keeps it, and unlike

@@ -11,7 +11,6 @@ memory, as the same uint8 image a PNG would hold.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,14 +19,12 @@ import numpy as np
 from PIL import Image
 
 from scratchnst.app.files import images as im
-from scratchnst.app.files.atomic import atomic_write_bytes
 from scratchnst.app.picture.coarse_to_fine import CoarseToFine
 from scratchnst.app.picture.inputs import Inputs, Styles, check_memory, check_sizes, load_net, read_masks
 from scratchnst.app.picture.outputs import picture
 from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.app.picture.targets import StyleTargets
-from scratchnst.app.video import flow
-from scratchnst.core.backend import get_array_module, to_host
+from scratchnst.core.backend import get_array_module
 from scratchnst.core.losses import temporal_loss
 from scratchnst.core.objective import PixelTerm
 from scratchnst.core.preprocess import preprocess
@@ -45,31 +42,9 @@ def fill_new(warped: np.ndarray, frame: np.ndarray, mask: np.ndarray) -> np.ndar
     input frame itself (a content start, as a picture's --init content) where it is not: pixels
     disoccluded or come in at the frame's edge, which the warp fills with stretched border pixels.
 
-    warped: (H, W, 3) uint8, or a preprocessed (1, 3, H, W) array (then so is the result); frame:
-    (H, W, 3) uint8; mask: (H, W) consistency weights (flow.consistency_mask).
+    warped, frame: (H, W, 3) uint8; mask: (H, W) consistency weights (flow.consistency_mask).
     """
-    if warped.ndim == 4:
-        return np.where(mask[None, None] > 0, warped, preprocess(frame, dtype=warped.dtype)).astype(warped.dtype)
     return np.where(mask[..., None] > 0, warped, frame)
-
-
-def warp_kept(x: np.ndarray, backward: np.ndarray) -> np.ndarray:
-    """A frame kept in float (a preprocessed (1, 3, H, W) array, unclipped) warped along `backward`
-    (flow.warp_frame's Lanczos kernel): the next frame's start and temporal target without the
-    clipping to 0..255 and the rounding of its PNG (docs/benchmarks.md, "Video crispness (issue #27)")."""
-    hwc = np.ascontiguousarray(x[0].transpose(1, 2, 0), dtype=np.float32)
-    return np.ascontiguousarray(flow.warp_frame(hwc, backward).transpose(2, 0, 1)[None])
-
-
-def read_kept(path: Path) -> np.ndarray:
-    """A finished frame kept in float (Painter.paint's `keep`) as its (1, 3, H, W) float32 array."""
-    return np.load(path, allow_pickle=False)
-
-
-def save_array(path: Path, x: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, x, allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def sharpness(frame: np.ndarray) -> float:
@@ -96,18 +71,14 @@ def settled(change: float, window: int):
 
 
 def temporal_terms(settings: Settings, weight: float, warped: np.ndarray, mask: np.ndarray):
-    """CoarseToFine's pixel_terms: the temporal term of `weight` towards `warped` ((H, W, 3) uint8,
-    brought to the size and colour space of each scale's content array; or a frame kept in float, a
-    preprocessed (1, 3, H, W) array of the content's size, as it is) under `mask` ((H, W))."""
-    kept = warped.ndim == 4
-    target_img = None if kept else Image.fromarray(im.luma_rgb(warped) if settings.preserve_colors else warped)
+    """CoarseToFine's pixel_terms: the temporal term of `weight` towards `warped` ((H, W, 3) uint8)
+    under `mask` ((H, W)), both brought to the size and colour space of each scale's content array."""
+    target_img = Image.fromarray(im.luma_rgb(warped) if settings.preserve_colors else warped)
 
     def terms(content):
         _, _, h, w = content.shape
         xp = get_array_module(content)
-        if kept and warped.shape[2:] != (h, w):
-            raise ValueError(f"the kept frame is {warped.shape[3]}x{warped.shape[2]} but the scale is {w}x{h}")
-        target = xp.asarray(warped, dtype=settings.dtype) if kept else preprocess(im.resize_to(target_img, w, h), dtype=settings.dtype, xp=xp)
+        target = preprocess(im.resize_to(target_img, w, h), dtype=settings.dtype, xp=xp)
         c = mask if mask.shape == (h, w) else np.asarray(Image.fromarray(mask, mode="F").resize((w, h), Image.Resampling.BILINEAR))
         c = xp.asarray(c[None, None], dtype=settings.dtype)
         return [PixelTerm("temporal", weight, lambda x: temporal_loss(x, target, c))]
@@ -161,11 +132,10 @@ class Painter:
             self.checked.add(settings.scales)
 
     def paint(self, frame: np.ndarray, png: Path, settings: Settings, *, start: np.ndarray | None = None, terms=None,
-              on_progress=None, stop_when=None, keep: Path | None = None) -> tuple[dict, np.ndarray] | None:
+              on_progress=None, stop_when=None) -> tuple[dict, np.ndarray] | None:
         """Stylize `frame` ((H, W, 3) uint8) with `settings` (frame_settings of the video's) from
-        `start` ((H, W, 3) uint8, or a preprocessed (1, 3, H, W) float array; else --init), with the
-        pixel terms `terms`, stopping early where `stop_when` (settled) says; write it to `png`, and
-        with `keep` the optimiser's own image (unclipped float32, preprocessed) to that .npy first.
+        `start` ((H, W, 3) uint8, else --init), with the pixel terms `terms`, stopping early where
+        `stop_when` (settled) says; write it to `png`.
 
         Returns (its record: iterations, evaluations, why it stopped ("settled", "converged": the
         optimiser's own tolerance, or "iterations"), the last loss terms, seconds, sharpness; the
@@ -180,7 +150,7 @@ class Painter:
             self.targets = StyleTargets(self.net, self.settings, self.styles, self.style_cache)
         content, _ = im.open_image(Image.fromarray(frame), "content")
         inputs = Inputs(content, CONTENT, self.styles, masks=self.masks,
-                        start=self.start if start is None else Image.fromarray(start) if start.dtype == np.uint8 else start)
+                        start=Image.fromarray(start) if start is not None else self.start)
         run = CoarseToFine(settings, inputs, self.net, self.targets, pixel_terms=terms, on_progress=on_progress, stop_when=stop_when)
         status, error = run.run()
         if error is not None:
@@ -188,8 +158,6 @@ class Painter:
         if status != "done":
             return None
         out = np.asarray(picture(run.opt.x, settings, content))
-        if keep is not None:
-            save_array(keep, to_host(run.opt.x).astype(np.float32))
         im.save_image(out, png)
         last = run.history[-1] if run.history else {}
         record = {

@@ -1,15 +1,12 @@
 """`scratchnst video`, frame by frame without flicker (Ruder, Dosovitskiy & Brox 2016).
 
 The flow of every frame pair, submitted at once to Dask workers (flow.pair_flow) → frame by frame:
-the previous output, as the optimiser left it (unclipped float, frame.warp_kept), warped along the
-flow starts the frame (the input frame where the motion is not reliable: frame.fill_new) and is its
-temporal target where the motion is reliable (frame.temporal_terms: PixelTerm "temporal",
-losses.temporal_loss) → Painter → the work folder (the frame's .npy and PNG, then state.json).
+the previous output warped along the flow starts the frame and is its temporal target where the
+motion is reliable (frame.temporal_terms: PixelTerm "temporal", losses.temporal_loss) → Painter →
+the work folder (the frame's PNG, then state.json).
 
-Each frame starts from the previous frame's .npy in the work folder, never from a result kept in
-memory, so a resumed run makes the bytes an uninterrupted one makes. The float start matters: the
-PNG's clipping to 0..255 alone raised the style loss of a frame by a fifth (docs/benchmarks.md,
-"Video crispness (issue #27)").
+Each frame starts from the previous frame's PNG, never from a result kept in memory, so a resumed
+run makes the bytes an uninterrupted one makes.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import time
 
 from scratchnst.app import cluster
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import fill_new, frame_settings, read_frame, read_kept, settled, temporal_terms, warp_kept
+from scratchnst.app.video.frame import fill_new, frame_settings, read_frame, settled, temporal_terms
 from scratchnst.app.video.options import STOP_WINDOW, VideoOptions
 
 
@@ -50,15 +47,14 @@ def _stylize(video, k: int, pair) -> dict | None:
     frame 0); None when stopped before the end."""
     o, warped, start, terms = video.options, None, None, None
     if pair is not None:
-        warped = flow.warp_frame(read_frame(video.work.png(k - 1)), pair.backward)  # the flicker measure's
+        warped = flow.warp_frame(read_frame(video.work.png(k - 1)), pair.backward)
         if not o.independent:
-            kept = warp_kept(read_kept(video.work.kept(k - 1)), pair.backward)
-            start = fill_new(kept, video.clip.frames[k], pair.mask)
-            terms = temporal_terms(video.settings, o.temporal_weight, kept, pair.mask)
+            start = fill_new(warped, video.clip.frames[k], pair.mask)
+            terms = temporal_terms(video.settings, o.temporal_weight, warped, pair.mask)
     settings = frame_settings(video.settings, o.first_iterations, first=k == 0, warm=start is not None)
     stop_when = settled(o.stop_change, STOP_WINDOW) if start is not None else None
     painted = video.painter.paint(video.clip.frames[k], video.work.png(k), settings, start=start, terms=terms,
-                                  on_progress=video.on_progress, stop_when=stop_when, keep=video.work.kept(k))
+                                  on_progress=video.on_progress, stop_when=stop_when)
     if painted is None:
         return None
     record, out = painted

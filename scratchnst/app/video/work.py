@@ -1,5 +1,4 @@
-"""OUT.work/ beside a video's OUT: its finished frames (PNGs; frame by frame, each also as the optimiser's
-unclipped float array, .npy, which starts the next frame) and state.json, until the video is complete.
+"""OUT.work/ beside a video's OUT: its finished frames (PNGs) and state.json, until the video is complete.
 
 state.json holds the run's identity (its input, styles, frames and every option that changes a
 frame) and a record per finished frame, written after the frame's PNG. A stopped run (Ctrl-C,
@@ -45,10 +44,6 @@ class WorkFolder:
     def png(self, k: int, pass_: int | None = None) -> Path:
         return frame_png(self.path, k, pass_)
 
-    def kept(self, k: int) -> Path:
-        """Frame k as the optimiser left it (frame by frame), unclipped: OUT.work/frame_k.npy."""
-        return frame_png(self.path, k).with_suffix(".npy")
-
     def open(self, resume: bool | str) -> list[dict]:
         """The records of the frames already finished (none for a fresh run). resume: False starts
         afresh (refusing a folder that holds an unfinished run), True continues the folder's run
@@ -82,8 +77,7 @@ class WorkFolder:
             if theirs.get(key) != value:
                 raise ScratchnstError(f"{self.path}: --resume with other {key} than the interrupted run; give the same input and options, or delete the folder")
         records = state["frames"]
-        kept = [self.kept(r["index"]) for r in records if "pass" not in r]  # frame by frame: each frame also kept in float
-        if not all(self.png(r["index"], r.get("pass")).is_file() for r in records) or not all(p.is_file() for p in kept):
+        if not all(self.png(r["index"], r.get("pass")).is_file() for r in records):
             raise ScratchnstError(f"{self.path}: finished frames are missing from the work folder; delete it to start again")
         return records
 

@@ -1,5 +1,5 @@
-"""scratchnst.app.video.frame, one frame: its start (the warped previous output, kept in float and
-unclipped, and the input frame where the motion is not reliable), the stopping rule of a frame started warm (stops a converged frame, not a
+"""scratchnst.app.video.frame, one frame: its start (the warped previous output, the input frame where
+the motion is not reliable), the stopping rule of a frame started warm (stops a converged frame, not a
 fresh one), and the sharpness the manifest records."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import pytest
 
 from scratchnst.app.picture.inputs import open_styles, style_list
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import Painter, fill_new, frame_settings, read_kept, save_array, settled, sharpness, warp_kept
+from scratchnst.app.video.frame import Painter, fill_new, frame_settings, settled, sharpness
 from scratchnst.app.video.options import STOP_WINDOW, validated_settings, video_settings
-from scratchnst.core.preprocess import preprocess
 
 pytest.importorskip("cv2")
 
@@ -29,24 +28,6 @@ def test_new_content_starts_from_the_input_frame(pan):
     assert new[:, W - DX:].all() and new[H - DY:, :].all()
     assert np.array_equal(start[new], pan[3][new]) and np.array_equal(start[~new], warped[~new])
     assert not np.array_equal(warped[:, W - DX:], pan[3][:, W - DX:])  # what the warp alone put there
-
-
-def test_a_frame_kept_in_float_is_carried_unclipped(pan, rng, tmp_path):
-    """The optimiser's own image (preprocessed, beyond 0..255 where it likes) is what starts the next
-    frame: saved and read back exactly, carried along the known motion without clipping, and filled
-    with the preprocessed input frame where the mask says so."""
-    (W, H), (DX, DY) = pan.size, pan.motion
-    x = rng.normal(0, 150, (1, 3, H, W)).astype(np.float32)  # far outside the PNG's range
-    save_array(tmp_path / "k.npy", x)
-    assert np.array_equal(read_kept(tmp_path / "k.npy"), x)
-    backward = np.tile(np.array([DX, DY], np.float32), (H, W, 1))
-    carried = warp_kept(x, backward)
-    assert carried.shape == x.shape and carried.dtype == np.float32
-    assert np.allclose(carried[..., : H - DY, : W - DX], x[..., DY:, DX:], atol=1e-3)
-    mask = flow.inside_mask(backward).astype(np.float32)
-    start = fill_new(carried, pan[3], mask)
-    new = mask == 0
-    assert np.array_equal(start[0][:, new], preprocess(pan[3])[0][:, new]) and np.array_equal(start[0][:, ~new], carried[0][:, ~new])
 
 
 def test_settled_asks_for_a_fall_of_the_loss_over_the_window():
