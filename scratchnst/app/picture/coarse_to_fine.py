@@ -221,8 +221,8 @@ class CoarseToFine:
         return opts
 
     def _optimise_scale(self, bar) -> str:
-        """Step self.opt to this scale's iterations (or convergence, or stop_when's reason): "done"; "failed" at a non-finite
-        value (the start's too); "interrupted" when on_progress asks to stop."""
+        """Step self.opt to this scale's iterations (or convergence, or stop_when's reason): "done";
+        "failed" at a non-finite value (the start's too); "interrupted" when on_progress asks to stop."""
         while self.opt.iteration < self.settings.iterations and not self.opt.converged:
             before = self.opt.evaluations
             self.opt.step()
