@@ -29,7 +29,7 @@ from scratchnst.app.picture.stylize import resume, stylize
 from scratchnst.app.studio import inputs as studio
 from scratchnst.app.video.clip import parse_frames
 from scratchnst.app.video.options import DEFAULTS as VIDEO
-from scratchnst.app.video.options import ITERATIONS, JOB_OPTIONS
+from scratchnst.app.video.options import ITERATIONS, JOB_OPTIONS, STOP_WINDOW
 from scratchnst.core import host
 from scratchnst.core.backend import BACKENDS, DTYPES
 from scratchnst.core.checks import unknown
@@ -290,6 +290,9 @@ def _add_video_options(g) -> None:
     g.add_argument("--passes", type=_nonneg_int, default=VIDEO.passes, help=(
         "a multi-pass mode after Ruder et al.: P passes over all frames, each frame of a pass a Dask task (pass 1 every frame "
         "on its own, then --iterations per frame and pass from its last result blended with its two neighbours'); 0: frame by frame"))
+    g.add_argument("--stop-change", type=_number, default=VIDEO.stop_change, metavar="R", help=(
+        f"a frame started from the warped previous one stops once its loss fell by less than R (relative) over {STOP_WINDOW} "
+        "iterations, --iterations the cap; 0: always --iterations"))
     g.add_argument("--blend", type=_number, default=VIDEO.blend, help="multi-pass: weight of the warped neighbours in each frame's start")
 
 

@@ -76,16 +76,20 @@ class CoarseToFine:
     """
 
     def __init__(self, settings: Settings, inputs: Inputs, net, targets: StyleTargets, *, pixel_terms=None,
-                 on_progress=None, after_step=None, spread=None):
+                 on_progress=None, after_step=None, spread=None, stop_when=None):
         """settings: validated; inputs: read (inputs.plan, the memory plan: None runs every scale
         untiled); net: the loaded VGG16; targets: the styles' Gram targets.
         pixel_terms(content (1, 3, H, W)) -> a list of objective.PixelTerm added at each scale (video's
         temporal term). on_progress(entry) is called with each history entry; a true answer asks the
         run to stop (status "interrupted", as Ctrl-C). after_step(run) runs after each recorded
         iteration (the periodic outputs). spread: where the tiles of tiled scales run (spread.Spread:
-        on a Dask cluster; None: here)."""
+        on a Dask cluster; None: here). stop_when(history) -> a reason (str) or None, asked after each
+        recorded iteration: a reason ends the scale as done before --iterations (`stopped` keeps it;
+        video's stopping rule for frames started warm)."""
         self.settings, self.inputs, self.net, self.xp, self.targets = settings, inputs, net, net.xp, targets
-        self.pixel_terms, self.on_progress, self.after_step, self.spread = pixel_terms, on_progress, after_step, spread
+        self.pixel_terms, self.on_progress, self.after_step = pixel_terms, on_progress, after_step
+        self.spread, self.stop_when = spread, stop_when
+        self.stopped: str | None = None  # stop_when's reason, once it gave one
         self.sizes = scale_sizes(settings.size, settings.scales)
         self.plan = inputs.plan
         if self.plan is not None and [p.size for p in self.plan.scales] != self.sizes:
@@ -232,8 +236,8 @@ class CoarseToFine:
         return opts
 
     def _optimise_scale(self, bar) -> str:
-        """Step self.opt to this scale's iterations (or convergence): "done"; "failed" at a non-finite
-        value (the start's too); "interrupted" when on_progress asks to stop."""
+        """Step self.opt to this scale's iterations (or convergence, or stop_when's reason): "done";
+        "failed" at a non-finite value (the start's too); "interrupted" when on_progress asks to stop."""
         while self.opt.iteration < self.settings.iterations and not self.opt.converged:
             before = self.opt.evaluations
             self.opt.step()
@@ -247,6 +251,9 @@ class CoarseToFine:
             bar.set_postfix_str(report.postfix(self.history[-1]))
             if self.after_step is not None:
                 self.after_step(self)
+            if self.stop_when is not None and (reason := self.stop_when(self.history)):
+                self.stopped = reason
+                break
         return "failed" if self.opt.nonfinite else "done"
 
     # -- records --------------------------------------------------------------------------------

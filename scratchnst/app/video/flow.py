@@ -1,5 +1,6 @@
-"""Motion between video frames: optical flow (OpenCV's DIS, the only part not ours), bilinear warping
-along it, and the forward–backward consistency mask of Ruder, Dosovitskiy & Brox (2016).
+"""Motion between video frames: optical flow (OpenCV's DIS, the only part not ours), warping along it
+(bilinear for flows and masks; Lanczos for a stylized frame carried to the next, warp_frame), and the
+forward–backward consistency mask of Ruder, Dosovitskiy & Brox (2016).
 
 Flow convention: flow (H, W, 2) from frame a to frame b holds, for every pixel p = (x, y) of a, the
 displacement (dx, dy) to where that point is in b: a(p) ≈ b(p + flow(p)). To bring the previous
@@ -71,6 +72,26 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     top = img[y0, x0] * (1 - wx) + img[y0, x1] * wx
     bottom = img[y1, x0] * (1 - wx) + img[y1, x1] * wx
     return top * (1 - wy) + bottom * wy
+
+
+def warp_frame(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """A stylized frame carried along `flow`: out(p) = image(p + flow(p)), sampled with the Lanczos
+    kernel over 8×8 pixels (OpenCV's remap, positions to 1/32 px), rounded to uint8.
+
+    image: (H, W, 3) uint8; flow: (H, W, 2). Points outside the image take the nearest border value,
+    as in warp. Bilinear sampling at a fractional offset f averages neighbours with weights f, 1 − f:
+    carried from frame to frame, its blur adds up (a 1-px pan whose flow is off by a few hundredths
+    of a pixel: 60 % of the strokes' |Laplacian| gone after 60 frames); Lanczos keeps it, and unlike
+    OpenCV's bicubic (a = −0.75) does not ring more with every frame (docs/benchmarks.md, "Video
+    crispness (issue #27)").
+    """
+    H, W = flow.shape[:2]
+    if image.shape[:2] != (H, W):
+        raise ValueError(f"image is {image.shape[:2]} but the flow is {(H, W)}")
+    _, cv2 = video_libs()
+    xs, ys = sample_points(flow)
+    return cv2.remap(np.ascontiguousarray(image), xs.astype(np.float32), ys.astype(np.float32), cv2.INTER_LANCZOS4,
+                     borderMode=cv2.BORDER_REPLICATE)
 
 
 def inside_mask(flow: np.ndarray) -> np.ndarray:

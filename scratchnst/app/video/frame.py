@@ -1,5 +1,7 @@
-"""One frame of a video, in either mode: a finished frame read back, warped along the flow, the
-temporal term towards it, and the frame stylized (Painter).
+"""One frame of a video, in either mode: a finished frame read back, its start (fill_new: the warped
+previous output, the input frame where the motion is not reliable), the temporal term towards the
+warped frame, the stopping rule of a frame started warm (settled), and the frame stylized (Painter),
+its sharpness recorded.
 
 What every frame shares is made once per video (per worker, in multi-pass mode on Dask): the
 style images and masks, read and checked with the memory estimate; the net; the styles' Gram
@@ -22,7 +24,6 @@ from scratchnst.app.picture.inputs import Inputs, Styles, check_memory, check_si
 from scratchnst.app.picture.outputs import picture
 from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.app.picture.targets import StyleTargets
-from scratchnst.app.video import flow
 from scratchnst.core.backend import get_array_module
 from scratchnst.core.losses import temporal_loss
 from scratchnst.core.objective import PixelTerm
@@ -36,9 +37,37 @@ def read_frame(png: Path) -> np.ndarray:
     return np.asarray(Image.open(png).convert("RGB"))
 
 
-def warp_uint8(image: np.ndarray, backward: np.ndarray) -> np.ndarray:
-    """`image` ((H, W, 3) uint8) warped along the flow `backward`, rounded back to uint8."""
-    return np.clip(np.rint(flow.warp(image, backward)), 0, 255).astype(np.uint8)
+def fill_new(warped: np.ndarray, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A warm frame's start: the warped previous output where the motion is reliable (mask > 0), the
+    input frame itself (a content start, as a picture's --init content) where it is not: pixels
+    disoccluded or come in at the frame's edge, which the warp fills with stretched border pixels.
+
+    warped, frame: (H, W, 3) uint8; mask: (H, W) consistency weights (flow.consistency_mask).
+    """
+    return np.where(mask[..., None] > 0, warped, frame)
+
+
+def sharpness(frame: np.ndarray) -> float:
+    """Mean |Laplacian| of a frame's luma (0..255), over the pixels with four neighbours: how much stroke
+    detail it carries (the manifest's per-frame `sharpness`). frame: (H, W, 3), BT.601 luma."""
+    y = frame.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    lap = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+    return float(np.abs(lap).mean())
+
+
+def settled(change: float, window: int):
+    """CoarseToFine's stop_when for a frame started warm: "settled" once the loss fell by less than
+    `change` (relative to the loss now) over the last `window` iterations; None (no rule) for change 0."""
+    if not change:
+        return None
+
+    def stop(history: list[dict]) -> str | None:
+        if len(history) <= window:
+            return None
+        before, now = history[-1 - window]["loss"], history[-1]["loss"]
+        return "settled" if before - now < change * abs(now) else None
+
+    return stop
 
 
 def temporal_terms(settings: Settings, weight: float, warped: np.ndarray, mask: np.ndarray):
@@ -103,13 +132,15 @@ class Painter:
             self.checked.add(settings.scales)
 
     def paint(self, frame: np.ndarray, png: Path, settings: Settings, *, start: np.ndarray | None = None, terms=None,
-              on_progress=None) -> tuple[dict, np.ndarray] | None:
+              on_progress=None, stop_when=None) -> tuple[dict, np.ndarray] | None:
         """Stylize `frame` ((H, W, 3) uint8) with `settings` (frame_settings of the video's) from
-        `start` ((H, W, 3) uint8, else --init), with the pixel terms `terms`; write it to `png`.
+        `start` ((H, W, 3) uint8, else --init), with the pixel terms `terms`, stopping early where
+        `stop_when` (settled) says; write it to `png`.
 
-        Returns (its record: iterations, evaluations, the last loss terms, seconds; the output
-        (H, W, 3) uint8), or None when stopped before the end (Ctrl-C, or on_progress asked): the
-        frame is not finished.
+        Returns (its record: iterations, evaluations, why it stopped ("settled", "converged": the
+        optimiser's own tolerance, or "iterations"), the last loss terms, seconds, sharpness; the
+        output (H, W, 3) uint8), or None when stopped before the end (Ctrl-C, or on_progress asked):
+        the frame is not finished.
         Raises picture.coarse_to_fine.NonFiniteError for a NaN/inf loss.
         """
         started = time.perf_counter()
@@ -120,7 +151,7 @@ class Painter:
         content, _ = im.open_image(Image.fromarray(frame), "content")
         inputs = Inputs(content, CONTENT, self.styles, masks=self.masks,
                         start=Image.fromarray(start) if start is not None else self.start)
-        run = CoarseToFine(settings, inputs, self.net, self.targets, pixel_terms=terms, on_progress=on_progress)
+        run = CoarseToFine(settings, inputs, self.net, self.targets, pixel_terms=terms, on_progress=on_progress, stop_when=stop_when)
         status, error = run.run()
         if error is not None:
             raise error
@@ -131,7 +162,8 @@ class Painter:
         last = run.history[-1] if run.history else {}
         record = {
             "iterations": len(run.history), "evaluations": run.evaluations,
+            "stopped": run.stopped or ("converged" if run.opt.converged else "iterations"),
             **{name: last.get(name) for name in ("loss", "content", "style", "tv", "temporal")},
-            "stylize_s": round(time.perf_counter() - started, 3),
+            "stylize_s": round(time.perf_counter() - started, 3), "sharpness": round(sharpness(out), 3),
         }
         return record, out

@@ -16,8 +16,8 @@ import time
 
 from scratchnst.app import cluster
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import frame_settings, read_frame, temporal_terms, warp_uint8
-from scratchnst.app.video.options import VideoOptions
+from scratchnst.app.video.frame import fill_new, frame_settings, read_frame, settled, temporal_terms
+from scratchnst.app.video.options import STOP_WINDOW, VideoOptions
 
 
 def run(video, records: list[dict]) -> tuple[str, list[dict]]:
@@ -47,13 +47,14 @@ def _stylize(video, k: int, pair) -> dict | None:
     frame 0); None when stopped before the end."""
     o, warped, start, terms = video.options, None, None, None
     if pair is not None:
-        warped = warp_uint8(read_frame(video.work.png(k - 1)), pair.backward)
+        warped = flow.warp_frame(read_frame(video.work.png(k - 1)), pair.backward)
         if not o.independent:
-            start = warped
+            start = fill_new(warped, video.clip.frames[k], pair.mask)
             terms = temporal_terms(video.settings, o.temporal_weight, warped, pair.mask)
     settings = frame_settings(video.settings, o.first_iterations, first=k == 0, warm=start is not None)
+    stop_when = settled(o.stop_change, STOP_WINDOW) if start is not None else None
     painted = video.painter.paint(video.clip.frames[k], video.work.png(k), settings, start=start, terms=terms,
-                                  on_progress=video.on_progress)
+                                  on_progress=video.on_progress, stop_when=stop_when)
     if painted is None:
         return None
     record, out = painted

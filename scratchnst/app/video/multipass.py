@@ -39,7 +39,7 @@ from scratchnst.app.picture.inputs import open_styles, style_list
 from scratchnst.app.picture.memory import estimate_peak_bytes
 from scratchnst.app.picture.settings import Settings
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import Painter, Shared, frame_settings, read_frame, temporal_terms, warp_uint8
+from scratchnst.app.video.frame import Painter, Shared, frame_settings, read_frame, temporal_terms
 from scratchnst.app.video.work import frame_png
 from scratchnst.core.backend import backend_name
 
@@ -104,7 +104,7 @@ def run_frame(job: FrameJob, frame: np.ndarray, pairs, painter: Painter, on_prog
     if p > 1:
         start = read_frame(frame_png(work, k, p - 1))
         if job.neighbours:
-            warped = [warp_uint8(read_frame(frame_png(work, n, p - 1)), pair.backward) for n, pair in zip(job.neighbours, pairs)]
+            warped = [flow.warp_frame(read_frame(frame_png(work, n, p - 1)), pair.backward) for n, pair in zip(job.neighbours, pairs)]
             masks = [pair.mask for pair in pairs]
             start = blend(start, warped, masks, job.blend)
             terms = temporal_terms(s, job.temporal_weight, *temporal_target(warped, masks))
@@ -125,7 +125,7 @@ def run_frame(job: FrameJob, frame: np.ndarray, pairs, painter: Painter, on_prog
 def score(work: str, pass_: int, k: int, pair) -> float:
     """The temporal error of frame k ≥ 1 of a pass against frame k − 1 of it warped to frame k
     (pair: flow.pair_flow(frame k − 1, frame k)): the flicker measure of frame-by-frame mode."""
-    previous = warp_uint8(read_frame(frame_png(Path(work), k - 1, pass_)), pair.backward)
+    previous = flow.warp_frame(read_frame(frame_png(Path(work), k - 1, pass_)), pair.backward)
     return flow.temporal_error(read_frame(frame_png(Path(work), k, pass_)), previous, pair.mask)
 
 

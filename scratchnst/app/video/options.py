@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from scratchnst.app.picture.settings import Settings, int_option, weight_option
 from scratchnst.errors import ScratchnstError
 
-ITERATIONS = 20  # --iterations of a video: each frame after the first; docs/benchmarks.md, "Video"
+ITERATIONS = 20  # --iterations of a video: each frame after the first, the cap of the stopping rule; docs/benchmarks.md, "Video"
+STOP_WINDOW = 3  # --stop-change: the loss's relative fall over this many iterations; docs/benchmarks.md, "Video crispness (issue #27)"
 PICTURE_ONLY = ("save_every", "checkpoint_every", "plot", "tile")  # Settings fields of one picture only: its extra outputs, its tiles
 RUN_WIDE = {"run_wide": True}  # field metadata: an option of where the run goes (the cluster), not of its frames
 
@@ -26,6 +27,8 @@ class VideoOptions:
     independent: bool = False  # the baseline: every frame from --init, no warp, no temporal term
     fps: float | None = None  # frame rate of a folder of frames (a video keeps its own)
     passes: int = 0  # 0: frame by frame; P: Ruder et al.'s multi-pass mode, P passes over all frames (multipass.py)
+    stop_change: float = 0.0  # a frame started warm stops once its loss fell by less than this (relative) over STOP_WINDOW
+    # iterations; 0: always --iterations (docs/benchmarks.md, "Video crispness (issue #27)")
     blend: float = 1.0  # multi-pass: δ, the weight of the warped neighbours in a frame's start (Ruder et al.'s
     # blendWeight; 3 gave the same flicker: docs/benchmarks.md, "Multi-pass")
     workers: int | None = field(default=None, metadata=RUN_WIDE)  # local Dask workers (None: cluster's default; 0: no Dask)
@@ -42,9 +45,13 @@ class VideoOptions:
             int_option("workers", self.workers, minimum=0)
         int_option("passes", self.passes, minimum=0)
         blend = weight_option("blend", self.blend)
+        stop_change = weight_option("stop-change", self.stop_change)
+        if stop_change >= 1:
+            raise ScratchnstError(f"--stop-change is a relative change of the loss, below 1 (got {self.stop_change!r}; 0 turns the rule off)")
         if self.passes and self.independent:
             raise ScratchnstError("--independent is the frame-by-frame baseline: give it without --passes (--passes 1 stylizes every frame independently)")
-        return replace(self, temporal_weight=temporal_weight, first_iterations=first, blend=blend, frames=tuple(self.frames))
+        return replace(self, temporal_weight=temporal_weight, first_iterations=first, blend=blend, stop_change=stop_change,
+                       frames=tuple(self.frames))
 
 
 JOB_OPTIONS = tuple(f.name for f in fields(VideoOptions) if not f.metadata.get("run_wide"))  # a batch video job's own

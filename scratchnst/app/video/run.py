@@ -72,6 +72,7 @@ class VideoRun:
             "frames": [self.clip.first, self.clip.first + len(self.clip.frames)], "frames_sha256": self.frames_sha256,
             "args": self.settings.as_args(),
             "temporal_weight": o.temporal_weight, "first_iterations": o.first_iterations, "independent": o.independent,
+            "stop_change": o.stop_change,
             **({"passes": o.passes, "blend": o.blend} if o.passes else {}),
         }
 
@@ -139,11 +140,11 @@ def same_run(manifest: dict, source, styles, settings: Settings, options: VideoO
     options and frames. settings, options: validated (options.validated_settings, VideoOptions.validated).
     Read without decoding the clip: settings.size None (the input's size) is the manifest's
     source_size, and frames A: (to the end) matches any end."""
-    keys = ("temporal_weight", "first_iterations", "independent", "fps", "passes", "blend")
+    keys = ("temporal_weight", "first_iterations", "independent", "fps", "passes", "blend", "stop_change")
     try:
         size = settings.size or max(manifest["source_size"])
         ours = {"inputs": [source, *styles], "args": replace(settings, size=size).as_args(), **{k: getattr(options, k) for k in keys}}
-        recorded = {"passes": 0, "blend": DEFAULTS.blend, **manifest["video"]}  # manifests from before --passes
+        recorded = {"passes": 0, "blend": DEFAULTS.blend, "stop_change": DEFAULTS.stop_change, **manifest["video"]}  # manifests from before these options
         theirs = {"inputs": [manifest["input"], *manifest["styles"]], "args": manifest["args"], **{k: recorded[k] for k in keys}}
         for identity in (ours, theirs):
             identity["inputs"] = [str(Path(p).resolve()) for p in identity["inputs"]]

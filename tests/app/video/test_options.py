@@ -13,7 +13,7 @@ def test_video_options_validated_is_a_new_object_and_the_defaults_have_one_home(
     checked = given.validated()
     assert checked is not given and (given.first_iterations, given.frames) == (None, [2, None])
     assert (checked.first_iterations, checked.frames) == (Settings().iterations, (2, None))
-    assert options.JOB_OPTIONS == ("temporal_weight", "first_iterations", "frames", "independent", "fps", "passes", "blend")
+    assert options.JOB_OPTIONS == ("temporal_weight", "first_iterations", "frames", "independent", "fps", "passes", "stop_change", "blend")
     parser = build_parser()
     video_args = parser.parse_args(["video", "in.mp4", "s.png", "-o", "o.mp4"])
     batch_args = parser.parse_args(["batch", "--videos", "in.mp4", "--styles", "s.png", "-o", "out"])

@@ -52,12 +52,16 @@ def _bad_inputs(tmp, pan_mp4, pan):
         "output is the input": ([str(pan_mp4), "-o", str(pan_mp4)], "overwrite the input"),
         "--passes with --independent": ([str(pan_mp4), "--passes", "2", "--independent"], "without --passes"),
         "--blend negative": ([str(pan_mp4), "--passes", "2", "--blend", "-1"], "--blend must be"),
+        "--stop-change negative": ([str(pan_mp4), "--stop-change", "-0.1"], "--stop-change must be"),
+        "--stop-change 1 or more": ([str(pan_mp4), "--stop-change", "1"], "--stop-change is a relative change"),
+        "--stop-change not a number": ([str(pan_mp4), "--stop-change", "x"], "--stop-change"),
     }
 
 
 CASES = ["not a video", "zero frames (file)", "zero frames (folder)", "unreadable stream", "--frames out of range",
          "--frames start past the end", "--frames malformed", "frames of varying size", "missing input",
-         "unknown output suffix", "output is the input", "--passes with --independent", "--blend negative"]
+         "unknown output suffix", "output is the input", "--passes with --independent", "--blend negative",
+         "--stop-change negative", "--stop-change 1 or more", "--stop-change not a number"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -133,7 +137,8 @@ def test_videos_run_as_parallel_batch_jobs_and_a_rerun_skips_them(tmp_path, pan,
 def test_a_stopped_video_job_resumes_at_its_first_unfinished_frame(tmp_path, pan, style, batch_tiny, weights_env, write_clip, dask_processes,
                                                                    ctrl_c_from_worker, run_cli):
     write_clip(tmp_path / "a.mp4", pan)
-    job = {"video": "a.mp4", "styles": [str(style)], "output": "a/", "frames": "0:6", "temporal_weight": 500, "iterations": 8}
+    job = {"video": "a.mp4", "styles": [str(style)], "output": "a/", "frames": "0:6", "temporal_weight": 500, "iterations": 8,
+           "stop_change": 0}  # every later frame its 8 iterations: the Ctrl-C below lands at a known step
     (tmp_path / "jobs.jsonl").write_text(json.dumps(job) + "\n")
     address = dask_processes.scheduler()
     dask_processes.worker("w1")

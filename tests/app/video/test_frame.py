@@ -1,0 +1,63 @@
+"""scratchnst.app.video.frame, one frame: its start (the warped previous output, the input frame where
+the motion is not reliable), the stopping rule of a frame started warm (stops a converged frame, not a
+fresh one), and the sharpness the manifest records."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from scratchnst.app.picture.inputs import open_styles, style_list
+from scratchnst.app.video import flow
+from scratchnst.app.video.frame import Painter, fill_new, frame_settings, settled, sharpness
+from scratchnst.app.video.options import STOP_WINDOW, validated_settings, video_settings
+
+pytest.importorskip("cv2")
+
+
+def test_new_content_starts_from_the_input_frame(pan):
+    """Frame 3 of the pan from frame 2: the columns and rows that came in at the edge (and any pixel
+    the mask finds unreliable) start as frame 3 itself, not as frame 2's border pixels stretched."""
+    (W, H), (DX, DY) = pan.size, pan.motion
+    pair = flow.pair_flow(pan[2], pan[3])
+    warped = flow.warp_frame(pan[2], pair.backward)
+    start = fill_new(warped, pan[3], pair.mask)
+    new = pair.mask == 0
+    assert new[:, W - DX:].all() and new[H - DY:, :].all()
+    assert np.array_equal(start[new], pan[3][new]) and np.array_equal(start[~new], warped[~new])
+    assert not np.array_equal(warped[:, W - DX:], pan[3][:, W - DX:])  # what the warp alone put there
+
+
+def test_settled_asks_for_a_fall_of_the_loss_over_the_window():
+    stop = settled(0.01, 3)
+    history = [{"loss": v} for v in (100.0, 90.0, 89.5, 89.3, 89.2)]
+    assert [stop(history[:n]) for n in range(1, 6)] == [None, None, None, None, "settled"]  # 100 → 89.3: 12%; 90 → 89.2: 0.9%
+    assert stop([{"loss": v} for v in (100.0, 90.0, 89.0, 88.0, 88.0)]) is None  # 90 → 88 is 2.3%: not yet
+    assert settled(0.0, 3) is None
+
+
+def test_sharpness_is_the_mean_absolute_laplacian_of_the_luma():
+    flat = np.full((6, 7, 3), 90, np.uint8)
+    dot = flat.copy()
+    dot[3, 3] = 190  # luma +100: |Laplacian| 400 there and 100 at its four neighbours, over 4·5 inner pixels
+    assert sharpness(flat) == 0 and sharpness(dot) == pytest.approx(800 / 20)
+
+
+@pytest.mark.weights
+def test_the_stopping_rule_stops_a_converged_frame_and_not_a_fresh_one(tmp_path, pan, style, weights_env):
+    """Capped at 12 iterations: a frame from noise is still falling fast at 12 and runs them all; the
+    same frame restarted from its own result after 100 iterations (rounded to uint8, as every video
+    frame is) settles first."""
+    (W, H), cap = pan.size, 12
+    settings = replace(validated_settings(video_settings(iterations=cap, scales=(1.0,), quiet=True), 1), size=max(W, H))
+    painter = Painter(open_styles(style_list([str(style)])), settings, (W, H))
+    warm = frame_settings(settings, cap, first=False, warm=True)
+    rule = settled(0.01, STOP_WINDOW)
+    fresh, _ = painter.paint(pan[0], tmp_path / "fresh.png", warm, stop_when=rule)  # from --init noise
+    assert (fresh["iterations"], fresh["stopped"]) == (cap, "iterations"), fresh
+    done, out = painter.paint(pan[0], tmp_path / "done.png", frame_settings(settings, 100, first=True, warm=False))
+    again, _ = painter.paint(pan[0], tmp_path / "again.png", warm, start=out, stop_when=rule)
+    assert again["stopped"] == "settled" and STOP_WINDOW < again["iterations"] < cap, again
+    assert again["loss"] < 1.1 * done["loss"] and again["sharpness"] > 0
