@@ -194,6 +194,15 @@ def test_an_evaluation_loads_no_application_module():
     assert proc.stdout.split() == ["[]"]
 
 
+def test_the_command_line_and_the_api_start_without_dask_or_the_web_server():
+    """Importing the CLI and the Python API loads neither Dask nor tornado: only batch, video, serve and
+    a stylize run on a cluster do, where they are used (lazy imports)."""
+    code = "import sys, scratchnst, scratchnst.app.cli\nprint(sorted(m for m in ('distributed', 'dask', 'tornado') if m in sys.modules))\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]"]
+
+
 def test_no_module_shares_a_name_with_the_standard_library():
     stdlib = set(sys.stdlib_module_names)
     clashes = [p.relative_to(PACKAGE) for p in PACKAGE.rglob("*.py") if p.stem in stdlib and p.stem not in ("__init__", "__main__")]

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
-from scratchnst.app import cluster
 from scratchnst.app.files import report
 from scratchnst.app.files.images import DEFAULT
 from scratchnst.app.picture.coarse_to_fine import CoarseToFine, NonFiniteError
@@ -26,7 +25,6 @@ from scratchnst.app.picture.inputs import Inputs, load_net, read_inputs, style_l
 from scratchnst.app.picture.outputs import Outputs
 from scratchnst.app.picture.plan import Plan
 from scratchnst.app.picture.settings import Settings
-from scratchnst.app.picture.spread import Spread
 from scratchnst.app.picture.targets import StyleTargets
 from scratchnst.errors import ScratchnstError
 
@@ -119,6 +117,10 @@ def _spread(settings: Settings, workers, scheduler):
     if workers is None and scheduler is None:
         yield None
         return
+    # Lazy imports: Dask (cluster, spread) only for a run that asks for a cluster.
+    from scratchnst.app import cluster
+    from scratchnst.app.picture.spread import Spread
+
     with cluster.client(scheduler, workers=workers) as c:
         cluster.check_workers(c, [], [], "stylize")
         spread = Spread(c, settings)
