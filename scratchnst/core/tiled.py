@@ -204,25 +204,21 @@ class TiledObjective:
     total): called after each tile of each pass, `done` of the evaluation's `total` (the tiles times
     the passes), for a progress bar.
 
-    Each pass is one step per tile, tile_grams / tile_norms / tile_gradient(x, t, ...), whose
-    results are added up in tile order. spread: None runs the steps here; else an object whose
-    tiles(tiled, x) is a context manager giving run(step, args, reduce), which runs
-    `step(x, t, *args)` of every tile t elsewhere (run_step, on a TiledObjective of the same
-    objective and core) and calls reduce(t, result) in tile order (app/picture/spread.py: the tiles
-    as Dask tasks). The sums are then the same, in the same order: the same bytes.
+    Each pass is one step per tile (TileSteps), whose results are added up here in tile order.
+    spread: None runs the steps here; else an object whose tiles(tiled, x) is a context manager
+    giving run(step, args, reduce), which runs `step(x, t, *args)` of every tile t elsewhere
+    (TileSteps.run, on TileSteps of the same objective and core) and calls reduce(t, result) in tile
+    order (app/picture/spread.py: the tiles as Dask tasks). The sums are then the same, in the same
+    order: the same bytes.
     """
-
-    STEPS = ("tile_grams", "tile_norms", "tile_gradient")
 
     def __init__(self, objective: NSTObjective, core: int, *, keep_forward: bool = False,
                  on_tile: Callable[[int, int], object] | None = None, spread=None):
         if keep_forward and spread is not None:
             raise ValueError("keep_forward keeps the forward passes in this process; with spread the tiles run elsewhere")
-        self.objective = objective
-        self.tiles = plan_tiles(*objective.shape[2:], core, objective.layers)
-        self.core, self.keep_forward, self.on_tile, self.spread = int(core), bool(keep_forward), on_tile, spread
-        self._kept = None  # during an evaluation with keep_forward: each tile's pass-1 forward
-        self._arena = host.Arena()  # like NSTObjective's: the big arrays, reused by each evaluation
+        self.steps = TileSteps(objective, core)
+        self.objective, self.tiles, self.core = objective, self.steps.tiles, self.steps.core
+        self.keep_forward, self.on_tile, self.spread = bool(keep_forward), on_tile, spread
 
     @property
     def passes(self) -> int:
@@ -235,7 +231,7 @@ class TiledObjective:
         obj = self.objective
         if tuple(x.shape) != obj.shape:
             raise ValueError(f"x has shape {tuple(x.shape)}, the content image {obj.shape}")
-        with host.engine_threads(), host.lending(self._arena), self._each_tile(x) as run:
+        with host.engine_threads(), host.lending(self.steps.arena), self._each_tile(x) as run:
             style = self._style_terms(self._gram_sums(run))
             norms = self._norms(run, style) if obj.normalize_gradients else None
             grad, terms = self._gradient(x, run, style, norms)
@@ -248,15 +244,6 @@ class TiledObjective:
         """(L(x) as a float, dL/dx shaped like x)."""
         loss, grad, _ = self.evaluate(x)
         return loss, grad
-
-    def run_step(self, step: str, x, t: int, *args):
-        """One tile's step as another process runs it for a spread evaluation: getattr(self, step)(x,
-        t, *args) under the engine's threads and this objective's arena, its arrays copied out of the
-        arena (they outlive the next tile's)."""
-        if step not in self.STEPS:
-            raise ValueError(f"step must be one of {', '.join(self.STEPS)}, not {step!r}")
-        with host.engine_threads(), host.lending(self._arena):
-            return _copied(getattr(self, step)(x, t, *args), self.objective.net.xp)
 
     # -- the passes: each a step per tile, added up in tile order ------------------------------
 
@@ -284,14 +271,14 @@ class TiledObjective:
             for t in range(len(self.tiles)):
                 # The arena grows to a tile's arrays after the first tile, not the first evaluation;
                 # not with keep_forward, whose tiles' arrays stay lent (each renew would pin a region).
-                with host.lending(self._arena, renew=not self.keep_forward):
-                    reduce(t, getattr(self, step)(x, t, *args))
+                with host.lending(self.steps.arena, renew=not self.keep_forward):
+                    reduce(t, getattr(self.steps, step)(x, t, *args))
 
-        self._kept = [None] * len(self.tiles) if self.keep_forward else None
+        self.steps.kept = [None] * len(self.tiles) if self.keep_forward else None
         try:
             yield here
         finally:
-            self._kept = None
+            self.steps.kept = None
 
     def _gram_sums(self, run) -> dict:
         """Pass 1: {layer: [Σ over the tiles of each piece's Gram matrix (1, C, C)]}. Nothing to do
@@ -347,15 +334,43 @@ class TiledObjective:
                   for layer, w in zip(obj.style_layers, obj.style_layer_weights)]
         return grad, terms
 
-    # -- one tile's steps --------------------------------------------------------------------
+
+class TileSteps:
+    """One tile's part of each pass of a tiled evaluation of `objective` in cores of `core` px:
+    tile_grams (pass 1), tile_norms (normalize_gradients' pass), tile_gradient (pass 2), each
+    (x, t, ...) for tile t of `tiles`. TiledObjective runs them here and adds their results in tile
+    order; a worker of a spread evaluation runs them through run().
+
+    kept: None, or during an evaluation with keep_forward a list with each tile's pass-1 forward
+    (owned activations, caches), used by the later passes. arena: the big host arrays, reused from
+    tile to tile and evaluation to evaluation (as NSTObjective's).
+    """
+
+    NAMES = ("tile_grams", "tile_norms", "tile_gradient")
+
+    def __init__(self, objective: NSTObjective, core: int):
+        self.objective = objective
+        self.tiles = plan_tiles(*objective.shape[2:], core, objective.layers)
+        self.core = int(core)
+        self.kept: list | None = None
+        self.arena = host.Arena()
+
+    def run(self, step: str, x, t: int, *args):
+        """One tile's step as another process runs it for a spread evaluation: getattr(self, step)(x,
+        t, *args) under the engine's threads and this arena, its arrays copied out of the arena (they
+        outlive the next tile's)."""
+        if step not in self.NAMES:
+            raise ValueError(f"step must be one of {', '.join(self.NAMES)}, not {step!r}")
+        with host.engine_threads(), host.lending(self.arena):
+            return _copied(getattr(self, step)(x, t, *args), self.objective.net.xp)
 
     def tile_grams(self, x, t: int) -> dict:
         """Pass 1 of tile t: {layer: [the Gram matrix (1, C, C) of each piece of its owned positions]}
         for the style layers where it owns some (a piece per style region with style masks)."""
         obj, tile = self.objective, self.tiles[t]
         owned, caches = tile_forward(obj.net, x, tile, obj.layers)
-        if self._kept is not None:
-            self._kept[t] = (owned, caches)
+        if self.kept is not None:
+            self.kept[t] = (owned, caches)
         grams = {}
         for layer in obj.style_layers:
             whole, _ = tile.owned(layer, *obj.shape[2:])
@@ -381,10 +396,10 @@ class TiledObjective:
     def _forward(self, x, t: int, *, last: bool = False) -> tuple[dict, list]:
         """Tile t's (owned activations, caches): pass 1's when kept (let go of on the `last` pass),
         else a new forward."""
-        if self._kept is not None and self._kept[t] is not None:
-            kept = self._kept[t]
+        if self.kept is not None and self.kept[t] is not None:
+            kept = self.kept[t]
             if last:
-                self._kept[t] = None
+                self.kept[t] = None
             return kept
         return tile_forward(self.objective.net, x, self.tiles[t], self.objective.layers)
 

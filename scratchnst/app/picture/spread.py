@@ -4,9 +4,9 @@ so the picture is the same, byte for byte, as the one evaluated in this process.
 
     per scale        the objective (its targets and masks, not the net) is scattered to every
                      worker once; each worker evaluates it with its own net (cluster.WORKER_CACHE)
-                     in a TiledObjective it keeps for the scale's evaluations
+                     in the TileSteps it keeps for the scale's evaluations
     per evaluation   the image is scattered once; per pass, what the pass needs (the style terms'
-                     dE/dG, the norms) once; then a task per tile (TiledObjective.run_step)
+                     dE/dG, the norms) once; then a task per tile (TileSteps.run)
     per result       held until the tiles before it are in, then added (TiledObjective's reduce)
 
 The tasks go through cluster.run_tasks, the one loop of batch and video. A worker lost
@@ -24,7 +24,7 @@ from typing import Callable
 
 from scratchnst.app.cluster import WORKER_CACHE, run_tasks
 from scratchnst.core.backend import to_host
-from scratchnst.core.tiled import TiledObjective
+from scratchnst.core.tiled import TiledObjective, TileSteps
 from scratchnst.errors import ScratchnstError
 
 
@@ -60,7 +60,7 @@ class Spread:
 
     def _objective(self, tiled: TiledObjective):
         """The future of (a token, tiled's objective, its core) on every worker, scattered on the
-        scale's first evaluation (the token names the worker's TiledObjective of it)."""
+        scale's first evaluation (the token names the worker's TileSteps of it)."""
         if self._scale is None or self._scale[0] is not tiled:
             if self._scale is not None:
                 self._scale[1].release()
@@ -102,12 +102,11 @@ class Spread:
 
 def run_tile(settings, objective: tuple, step: str, x, t: int, args: tuple | None):
     """On a worker: tile t's `step` of the shipped objective ((token, NSTObjective, core)), with this
-    worker's net, in the TiledObjective it keeps for the scale (TiledObjective.run_step)."""
+    worker's net, by the TileSteps it keeps for the scale (TileSteps.run)."""
     token, shipped, core = objective
 
-    def make() -> TiledObjective:
-        return TiledObjective(shipped.attached(WORKER_CACHE.net(settings)), core)
+    def make() -> TileSteps:
+        return TileSteps(shipped.attached(WORKER_CACHE.net(settings)), core)
 
-    tiled = WORKER_CACHE.of_run(token, "tiled", make)
-    xp = tiled.objective.net.xp
-    return tiled.run_step(step, xp.asarray(x), t, *(args or ()))
+    steps = WORKER_CACHE.of_run(token, "tiles", make)
+    return steps.run(step, steps.objective.net.xp.asarray(x), t, *(args or ()))

@@ -14,7 +14,7 @@ import pytest
 from scratchnst.app.picture.settings import Settings
 from scratchnst.app.picture.spread import Spread, TileFailed
 from scratchnst.core.objective import NSTObjective
-from scratchnst.core.tiled import TiledObjective
+from scratchnst.core.tiled import TiledObjective, TileSteps
 
 pytestmark = pytest.mark.weights
 
@@ -70,14 +70,14 @@ def test_spread_tiles_give_the_bytes_of_this_process(vgg16, vgg_weights_path, rn
 
 def test_a_tile_that_raises_fails_the_evaluation_in_one_line(vgg16, vgg_weights_path, rng, client, monkeypatch):
     obj = _objective(vgg16, rng, "float32")
-    real = TiledObjective.run_step
+    real = TileSteps.run
 
     def broken(self, step, x, t, *args):
         if t == 4:
             raise RuntimeError("no room\nfor this tile")
         return real(self, step, x, t, *args)
 
-    monkeypatch.setattr(TiledObjective, "run_step", broken)  # the in-process worker runs this module's class
+    monkeypatch.setattr(TileSteps, "run", broken)  # the in-process worker runs this module's class
     spread = Spread(client, Settings(backend="numpy", dtype="float32", weights=str(vgg_weights_path)))
     with pytest.raises(TileFailed, match=r"^tile 5 of 12 failed on the cluster \(tile_grams\): RuntimeError: no room for this tile$"):
         TiledObjective(obj, 16, spread=spread).evaluate(obj.net.xp.zeros(obj.shape, dtype="float32"))
@@ -90,16 +90,16 @@ HOLD_THE_SECOND_TILE = """
 import time
 from scratchnst.core import tiled
 
-real, calls = tiled.TiledObjective.run_step, [0]
+real, calls = tiled.TileSteps.run, [0]
 
-def run_step(self, *args):
+def run(self, *args):
     calls[0] += 1
     if calls[0] == 2:
         tiled.HELD_BY_TEST = True
         time.sleep(600)
     return real(self, *args)
 
-tiled.TiledObjective.run_step = run_step
+tiled.TileSteps.run = run
 """
 
 
