@@ -25,7 +25,7 @@ from scratchnst.app import bench, study
 from scratchnst.app.files import weights
 from scratchnst.app.picture.color import COLORS
 from scratchnst.app.picture.settings import FIRST_SCALE, INITS, Settings
-from scratchnst.app.picture.stylize import resume, stylize
+from scratchnst.app.picture.stylize import check_cluster, resume, stylize
 from scratchnst.app.studio import inputs as studio
 from scratchnst.app.video.clip import parse_frames
 from scratchnst.app.video.options import DEFAULTS as VIDEO
@@ -254,8 +254,7 @@ def _run_batch(args) -> int:
         raise ScratchnstError("give --jobs, or --contents/--videos and --styles, not both")
     if not args.jobs and not ((args.contents or args.videos) and args.styles):
         raise ScratchnstError("give --contents and --styles (or --videos and --styles, or --jobs JOBS.jsonl)")
-    if args.scheduler and args.workers:
-        raise ScratchnstError("--workers sizes a local cluster; the cluster at --scheduler has its own")
+    check_cluster(args.workers, args.scheduler)
     jobs = b.read_jobs(args.jobs) if args.jobs else b.grid(args.contents or [], args.styles, args.videos or [])
     # size and iterations default by kind (a picture's, a video's); the video options concern video jobs only
     options = {k: v for k, v in _settings_options(args).items() if v is not None} | _video_options(args)

@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 from scratchnst.app.files.atomic import probe_writable
 from scratchnst.app.picture.inputs import load_net, net_key
 from scratchnst.app.picture.memory import available_bytes
+from scratchnst.app.picture.settings import int_option
 from scratchnst.core import host
 from scratchnst.app.engine import array_module
 from scratchnst.core.backend import backend_name
@@ -58,9 +59,7 @@ def local_layout(workers: int | None = None, *, gpus: int = 0, job_bytes: int | 
     """
     if workers is None:
         workers = gpus if gpus else min(cores(), _jobs_that_fit(job_bytes))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ScratchnstError(f"--workers must be a whole number > 0 (got {workers!r})")
-    return workers, 1
+    return int_option("workers", workers), 1
 
 
 def _jobs_that_fit(job_bytes: int | None) -> int:

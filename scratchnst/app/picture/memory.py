@@ -27,7 +27,8 @@ time, and what stays image-sized (tiled_peak_bytes):
                                                             the image's or a style image's tiles
   + ACT_FACTOR * E * (Σ crops) * itemsize                   every tile's forward, with keep_forward
   + (optimiser vectors + IMAGE_ARRAYS) * 3 * H * W * itemsize   L-BFGS's pairs: at most one per iteration
-  + the previous scale's optimiser vectors                  until this scale's optimiser has started
+  + the previous scale's finished optimiser                x and its gradient (finished_vectors), until
+                                                            this scale's optimiser has started
   + content targets                                         Σ over the content layers of channels /
                                                             stride² values per pixel (relu4_1: 8)
   + MASK_BYTES per pixel and style mask

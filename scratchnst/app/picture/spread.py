@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import weakref
 from typing import Callable
 
 from scratchnst.app.cluster import WORKER_CACHE, run_tasks
@@ -40,7 +41,9 @@ class Spread:
 
     def __init__(self, client, settings):
         self.client, self.settings = client, settings
-        self._scale = None  # (the TiledObjective, its objective's future) of the current scale
+        # (a weak reference to the scale's TiledObjective, its objective's future): weak, so that a
+        # finished scale's objective and targets go when the run lets go of them (coarse_to_fine).
+        self._scale = None
 
     def close(self) -> None:
         """Let go of the scale's objective on the workers."""
@@ -61,11 +64,11 @@ class Spread:
     def _objective(self, tiled: TiledObjective):
         """The future of (a token, tiled's objective, its core) on every worker, scattered on the
         scale's first evaluation (the token names the worker's TileSteps of it)."""
-        if self._scale is None or self._scale[0] is not tiled:
+        if self._scale is None or self._scale[0]() is not tiled:
             if self._scale is not None:
                 self._scale[1].release()
             token = uuid.uuid4().hex
-            self._scale = (tiled, self._broadcast(f"scratchnst-objective-{token}", (token, tiled.objective, tiled.core)))
+            self._scale = (weakref.ref(tiled), self._broadcast(f"scratchnst-objective-{token}", (token, tiled.objective, tiled.core)))
         return self._scale[1]
 
     def _broadcast(self, key: str, value):

@@ -24,7 +24,7 @@ from scratchnst.app.picture.coarse_to_fine import CoarseToFine, NonFiniteError
 from scratchnst.app.picture.inputs import Inputs, load_net, read_inputs, style_list
 from scratchnst.app.picture.outputs import Outputs
 from scratchnst.app.picture.plan import Plan
-from scratchnst.app.picture.settings import Settings
+from scratchnst.app.picture.settings import Settings, int_option
 from scratchnst.app.picture.targets import StyleTargets
 from scratchnst.errors import ScratchnstError
 
@@ -104,9 +104,9 @@ def resume(manifest_path, *, quiet=None, on_progress=None, on_picture=None, net=
 
 def check_cluster(workers, scheduler) -> None:
     """ScratchnstError unless workers (None or a whole number > 0) and scheduler (None or an address)
-    leave one way to find the cluster."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ScratchnstError(f"--workers must be a whole number > 0 (got {workers!r})")
+    leave one way to find the cluster (stylize's and batch's)."""
+    if workers is not None:
+        int_option("workers", workers)
     if workers is not None and scheduler is not None:
         raise ScratchnstError("--workers sizes a local cluster; the cluster at --scheduler has its own")
 
