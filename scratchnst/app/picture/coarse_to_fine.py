@@ -206,7 +206,7 @@ class CoarseToFine:
             with user_error("the checkpoint"):  # a checkpoint of another optimiser than its manifest names
                 opt = OPTIMIZERS[s.optimizer].from_state(opt_state, fun, xp=self.xp)
         else:
-            opt = make_optimizer(s.optimizer, self._start_point(content, fitted, long_side, x_previous), fun, **self._optimizer_options())
+            opt = make_optimizer(s.optimizer, self._start_point(content, fitted, long_side, x_previous), fun, **self._optimizer_options(scale_index))
             self.evaluations += 1
         # The run's iteration count at this optimiser's iteration 0 (for the interrupt handler).
         self.opt, self.scale_index, self.opt_base = opt, scale_index, self.iteration - opt.iteration
@@ -228,11 +228,11 @@ class CoarseToFine:
         keep = plan.keep_forward and self.spread is None
         return TiledObjective(objective, core, keep_forward=keep, on_tile=on_tile, spread=self.spread).evaluate
 
-    def _optimizer_options(self) -> dict:
+    def _optimizer_options(self, scale_index: int) -> dict:
         s = self.settings
         opts = {"learning_rate": s.learning_rate}
         if s.optimizer == "lbfgs":
-            opts["history"] = self.plan.lbfgs_history if self.plan is not None else s.lbfgs_history
+            opts["history"] = self.plan.scales[scale_index].history if self.plan is not None else s.lbfgs_history
         return opts
 
     def _optimise_scale(self, bar) -> str:

@@ -10,9 +10,11 @@ models are memory.py's: estimate_peak_bytes for the whole image, tiled_peak_byte
     --tile N      every scale larger than one core is tiled in cores of N px
     (default)     a scale whose whole run fits stays untiled; else the largest core (a multiple of
                   the layers' alignment) whose tiled run fits
-    history       when no core of PREFERRED_CORE px or more fits beside L-BFGS's image-sized
-                  vectors, the largest --lbfgs-history with which one does (a note on stderr); at one
-                  pair, any core down to the alignment
+    history       at a scale where no core of PREFERRED_CORE px or more fits beside L-BFGS's
+                  image-sized vectors, the largest --lbfgs-history with which one does (a note on
+                  stderr); at one pair, any core down to the alignment. Each scale has its own: a
+                  finished scale's pairs are dropped (optim's finish), so the small scales keep the
+                  whole history and only the largest ones shorten it
     keep_forward  where the chosen core's every forward pass fits too (saves pass 2's forwards)
     refused       not even one pair and the smallest core fit: the message says what would (a
                   smaller --size, a larger --max-memory, Adam)
@@ -40,11 +42,13 @@ PREFERRED_CORE = 256
 @dataclass(frozen=True)
 class ScalePlan:
     """How one scale is evaluated: the whole image at once (core None), or in `tiles` tiles of
-    `core`-px cores whose crops hold `halo_overhead` times the image's pixels."""
+    `core`-px cores whose crops hold `halo_overhead` times the image's pixels; L-BFGS keeps
+    `history` pairs there."""
 
     size: int  # the scale's long side
     width: int
     height: int
+    history: int
     core: int | None = None
     tiles: int = 1
     halo_overhead: float = 1.0
@@ -54,11 +58,10 @@ class ScalePlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """The plan of a run: each scale's, the L-BFGS history it uses, the budget (None: unknown) and
-    the estimate of the run's peak (bytes), and the notes the run prints."""
+    """The plan of a run: each scale's, the budget (None: unknown) and the estimate of the run's
+    peak (bytes), and the notes the run prints."""
 
     scales: tuple[ScalePlan, ...]
-    lbfgs_history: int
     budget: int | None
     estimate: int
     notes: tuple[str, ...] = ()
@@ -69,15 +72,18 @@ class Plan:
 
     def as_dict(self) -> dict:
         """The manifest's "plan"."""
-        return {"budget": self.budget, "estimate": self.estimate, "lbfgs_history": self.lbfgs_history,
-                "notes": list(self.notes), "scales": [asdict(s) for s in self.scales]}
+        return {"budget": self.budget, "estimate": self.estimate, "notes": list(self.notes),
+                "scales": [asdict(s) for s in self.scales]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
-        """The plan a manifest recorded (as_dict's); ScratchnstError when it is not one."""
+        """The plan a manifest recorded (as_dict's, or the one history of every scale that manifests
+        before 0.1.0's per-scale histories record); ScratchnstError when it is not one."""
         try:
-            scales = tuple(ScalePlan(**s) for s in d["scales"])
-            return cls(scales, int(d["lbfgs_history"]), d["budget"], int(d["estimate"]), tuple(d.get("notes", ())))
+            scales = tuple(ScalePlan(**{"history": d.get("lbfgs_history"), **s}) for s in d["scales"])
+            if any(not isinstance(s.history, int) for s in scales):
+                raise TypeError
+            return cls(scales, d["budget"], int(d["estimate"]), tuple(d.get("notes", ())))
         except (KeyError, TypeError, ValueError):
             raise ScratchnstError("the manifest's memory plan cannot be read") from None
 
@@ -106,29 +112,29 @@ def make_plan(settings, content_size: tuple[int, int], style_sizes, xp=None) -> 
     geometry = _Geometry(settings, content_size, style_sizes)
     if settings.tile == 0:
         need = check_fits(settings, content_size, style_sizes, xp)
-        return Plan(_untiled(settings, geometry, gpu), settings.lbfgs_history, budget(settings, xp)[0], need)
+        return Plan(_untiled(settings, geometry, gpu), budget(settings, xp)[0], need)
     limit, where = budget(settings, xp)
     need = estimate_peak_bytes(settings, content_size, style_sizes, gpu=gpu)
     if settings.tile is None and (limit is None or need <= limit):
-        return Plan(_untiled(settings, geometry, gpu), settings.lbfgs_history, limit, need)
-    found = _search(settings, geometry, limit, gpu)
-    if found is None:
+        return Plan(_untiled(settings, geometry, gpu), limit, need)
+    scales = _search(settings, geometry, limit, gpu)
+    if scales is None:
         raise _refusal(settings, geometry, limit, where, gpu)
-    history, scales = found
     notes = []
-    if history != settings.lbfgs_history:
-        w, h = geometry.scales[-1][1]
+    if shortened := [s for s in scales if s.history != settings.lbfgs_history]:
+        at = ", ".join(f"{s.history} at {s.width}x{s.height}" for s in shortened)
         tiles = f"tiles of {settings.tile} px" if settings.tile else f"tiles of {PREFERRED_CORE} px or more"
-        notes.append(f"--lbfgs-history {history} instead of {settings.lbfgs_history}: each pair is two {w}x{h} images "
-                     f"in memory, and with more pairs {tiles} do not fit in {format_bytes(limit)} {where}")
+        notes.append(f"--lbfgs-history {at} instead of {settings.lbfgs_history}: each pair is two images of the scale's "
+                     f"size in memory, and with more pairs {tiles} do not fit in {format_bytes(limit)} {where}")
     if settings.tile is None and any(s.core for s in scales):
         tiled = ", ".join(f"{s.width}x{s.height} in {s.tiles} tiles of {s.core}-px cores" for s in scales if s.core)
         notes.append(f"the whole picture needs {format_bytes(need)} > {format_bytes(limit)} {where}: tiled, {tiled}")
-    return Plan(tuple(scales), history, limit, max(s.estimate for s in scales), tuple(notes))
+    return Plan(tuple(scales), limit, max(s.estimate for s in scales), tuple(notes))
 
 
 def _untiled(settings, geometry: _Geometry, gpu: bool) -> tuple[ScalePlan, ...]:
-    return tuple(ScalePlan(side, *dims, estimate=_whole(settings, geometry, side, gpu)) for side, dims, _ in geometry.scales)
+    return tuple(ScalePlan(side, *dims, settings.lbfgs_history, estimate=_whole(settings, geometry, side, gpu))
+                 for side, dims, _ in geometry.scales)
 
 
 def _whole(settings, geometry: _Geometry, side: int, gpu: bool) -> int:
@@ -137,20 +143,27 @@ def _whole(settings, geometry: _Geometry, side: int, gpu: bool) -> int:
     return estimate_peak_bytes(at, geometry.content_size, geometry.style_sizes, gpu=gpu)
 
 
-def _search(settings, geometry: _Geometry, limit: int | None, gpu: bool) -> tuple[int, list[ScalePlan]] | None:
-    """(the L-BFGS history, each scale's plan) of the first that fits: the history as given and
-    down to one pair with cores of PREFERRED_CORE px or more, then one pair with any core; None.
-    A history longer than the iterations holds no more pairs than they make: it is kept as given."""
+def _search(settings, geometry: _Geometry, limit: int | None, gpu: bool) -> list[ScalePlan] | None:
+    """Each scale's plan, the first of its own that fits: the history as given and down to one pair
+    with cores of PREFERRED_CORE px or more, then one pair with any core; None when a scale fits
+    none. A history longer than the iterations holds no more pairs than they make: it is kept as
+    given."""
     held = min(settings.lbfgs_history, settings.iterations)
     if settings.optimizer != "lbfgs" or limit is None:
         tries = [(held, 0)]
     else:
         tries = [(h, PREFERRED_CORE) for h in range(held, 0, -1)] + [(1, 0)]
-    for history, floor in tries:
-        scales = _scales(replace(settings, lbfgs_history=history), geometry, limit, gpu, floor)
-        if scales is not None:
-            return (settings.lbfgs_history if history == held else history), scales
-    return None
+    scales, previous = [], None
+    for side, dims, style_dims in geometry.scales:
+        for history, floor in tries:
+            scale = _scale(replace(settings, lbfgs_history=history), geometry, (side, dims, style_dims, previous), limit, gpu, floor)
+            if scale is not None:
+                scales.append(replace(scale, history=settings.lbfgs_history if history == held else history))
+                break
+        else:
+            return None
+        previous = dims
+    return scales
 
 
 def _scales(settings, geometry: _Geometry, limit: int | None, gpu: bool, floor: int) -> list[ScalePlan] | None:
@@ -175,7 +188,7 @@ def _scale(settings, geometry: _Geometry, scale: tuple, limit: int | None, gpu: 
     if settings.tile is None or max(dims) <= settings.tile:
         whole = _whole(settings, geometry, side, gpu)
         if fits(whole):
-            return ScalePlan(side, *dims, estimate=whole)
+            return ScalePlan(side, *dims, settings.lbfgs_history, estimate=whole)
         if settings.tile is not None:
             return None
     names = (*settings.content_layers, *settings.style_layers)
@@ -193,7 +206,8 @@ def _scale(settings, geometry: _Geometry, scale: tuple, limit: int | None, gpu: 
         return None
     keep = bool(settings.style_layers) and limit is not None and fits(estimate(core, True))
     _, crops, tiles = tile_pixels(dims, core, names)
-    return ScalePlan(side, *dims, core, tiles, round(crops / (dims[0] * dims[1]), 4), keep, estimate(core, keep))
+    return ScalePlan(side, *dims, settings.lbfgs_history, core, tiles, round(crops / (dims[0] * dims[1]), 4), keep,
+                     estimate(core, keep))
 
 
 def _even_core(dims: tuple[int, int], core: int, align: int, names) -> int:
@@ -223,7 +237,7 @@ def _refusal(settings, geometry: _Geometry, limit: int, where: str, gpu: bool) -
     if settings.tile:  # the cores the planner would choose
         found = _search(replace(settings, tile=None), geometry, limit, gpu)
         if found is not None:
-            hints.append(f"or --tile {max(s.core or 0 for s in found[1])}")
+            hints.append(f"or --tile {max(s.core or 0 for s in found)}")
     what = f"{core}-px cores" + (", --lbfgs-history 1" if settings.optimizer == "lbfgs" else "")
     return ScratchnstError(
         f"estimated peak memory {format_bytes(need)} > {format_bytes(limit)} {where}, even tiled ({what}); {', '.join(hints)}"

@@ -113,9 +113,9 @@ def test_a_tiled_run_is_the_untiled_run_and_the_manifest_records_it(tmp_path, pi
     plan = json.loads((tmp_path / "tiled.json").read_text())["plan"]
     tiles = plan_tiles(53, 64, 32, ["relu4_1", "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])
     assert plan["scales"] == [{"size": 64, "width": 64, "height": 53, "core": 32, "tiles": 4,
-                               "halo_overhead": round(halo_overhead(tiles), 4), "keep_forward": plan["scales"][0]["keep_forward"],
-                               "estimate": plan["estimate"]}]
-    assert plan["lbfgs_history"] == 20 and plan["notes"] == [] and plan["budget"] > plan["estimate"] > 0
+                               "history": 20, "halo_overhead": round(halo_overhead(tiles), 4),
+                               "keep_forward": plan["scales"][0]["keep_forward"], "estimate": plan["estimate"]}]
+    assert plan["notes"] == [] and plan["budget"] > plan["estimate"] > 0
     assert tiled.manifest["args"]["tile"] == 32
 
 
@@ -130,11 +130,15 @@ def test_the_progress_bar_shows_the_tiles(tmp_path, pics, tiny, run_cli):
 def test_the_run_uses_the_plans_history(tmp_path, pics, monkeypatch):
     """A plan that shortened the L-BFGS history: the optimiser keeps that many pairs."""
     made = picture_inputs.make_plan
-    monkeypatch.setattr(picture_inputs, "make_plan", lambda *a, **k: replace(made(*a, **k), lbfgs_history=2))
+    monkeypatch.setattr(picture_inputs, "make_plan", lambda *a, **k: _with_history(made(*a, **k), 2))
     result = _run(pics, tmp_path / "o.png", size=48, iterations=4, tile=16, checkpoint_every=4)
     state = report.read_checkpoint(result.paths["checkpoint"])["optimizer"]
     assert state["options"]["history"] == 2 and 1 <= len(state["s"]) <= 2
-    assert result.manifest["plan"]["lbfgs_history"] == 2 and result.manifest["args"]["lbfgs_history"] == 20
+    assert result.manifest["plan"]["scales"][0]["history"] == 2 and result.manifest["args"]["lbfgs_history"] == 20
+
+
+def _with_history(p, history):
+    return replace(p, scales=tuple(replace(s, history=history) for s in p.scales))
 
 
 def test_a_tiled_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path, pics, monkeypatch):

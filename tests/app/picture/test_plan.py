@@ -45,7 +45,7 @@ def test_a_run_that_fits_is_untiled_with_the_untiled_estimate():
     s = _settings(size=512, scales=(0.5, 1.0), max_memory="8G")
     p = plan.make_plan(s, CONTENT, STYLES)
     assert [(x.size, x.width, x.height, x.core, x.tiles) for x in p.scales] == [(256, 256, 192, None, 1), (512, 512, 384, None, 1)]
-    assert not p.tiled and p.notes == () and p.lbfgs_history == 20 and p.budget == 8 * GB
+    assert not p.tiled and p.notes == () and [x.history for x in p.scales] == [20, 20] and p.budget == 8 * GB
     assert p.estimate == memory.estimate_peak_bytes(s, CONTENT, STYLES) == p.scales[-1].estimate
 
 
@@ -58,7 +58,7 @@ def test_a_smaller_budget_gets_the_largest_core_that_fits():
     assert coarse.core is None and coarse.estimate <= s.max_memory  # the coarse scale still fits whole
     assert fine.core is not None and fine.core % 16 == 0 and fine.core >= plan.PREFERRED_CORE
     assert fine.estimate == _tiled(s, fine.core) <= s.max_memory and p.estimate == fine.estimate
-    assert p.lbfgs_history == 20 and len(p.notes) == 1 and p.notes[0].startswith("the whole picture needs")
+    assert coarse.history == fine.history == 20 and len(p.notes) == 1 and p.notes[0].startswith("the whole picture needs")
     # No core that cuts the image into fewer tiles fits.
     per_side = -(-1024 // fine.core)
     fewer = -(-(-(-1024 // (per_side - 1))) // 16) * 16
@@ -72,10 +72,10 @@ def test_when_the_vectors_dominate_the_history_is_shortened_with_a_note():
     s = _settings(size=2048, max_memory="2G", iterations=60)
     p = plan.make_plan(s, CONTENT, STYLES)
     (scale,) = p.scales
-    h = p.lbfgs_history
+    h = scale.history
     assert 1 <= h < 20 and scale.core >= plan.PREFERRED_CORE and scale.estimate <= 2 * GB
-    assert p.notes[0] == (f"--lbfgs-history {h} instead of 20: each pair is two 2048x1536 images in memory, and with more "
-                          "pairs tiles of 256 px or more do not fit in 2.00 GB allowed by --max-memory")
+    assert p.notes[0] == (f"--lbfgs-history {h} at 2048x1536 instead of 20: each pair is two images of the scale's size in "
+                          "memory, and with more pairs tiles of 256 px or more do not fit in 2.00 GB allowed by --max-memory")
     assert scale.estimate == _tiled(replace(s, lbfgs_history=h), scale.core)
     assert _tiled(replace(s, lbfgs_history=h + 1), plan.PREFERRED_CORE) > 2 * GB  # one pair more leaves no room
 
@@ -84,7 +84,7 @@ def test_a_history_longer_than_the_iterations_costs_nothing():
     """L-BFGS adds at most one pair per iteration: 2 iterations hold 2 pairs whatever --lbfgs-history says."""
     s = _settings(size=2048, max_memory="2G", iterations=2)
     p = plan.make_plan(s, CONTENT, STYLES)
-    assert p.lbfgs_history == 20 and p.notes[0].startswith("the whole picture needs")
+    assert p.scales[0].history == 20 and p.notes[0].startswith("the whole picture needs")
     assert p.scales[0].estimate == _tiled(replace(s, lbfgs_history=2), p.scales[0].core) == _tiled(s, p.scales[0].core)
 
 
@@ -140,7 +140,7 @@ def test_an_unknown_budget_tiles_only_when_told(monkeypatch):
     p = plan.make_plan(s, CONTENT, STYLES)
     assert not p.tiled and p.budget is None
     p = plan.make_plan(replace(s, size=2048, tile=1024), CONTENT, STYLES)
-    assert [(x.core, x.keep_forward) for x in p.scales] == [(1024, False)] and p.lbfgs_history == 20
+    assert [(x.core, x.keep_forward, x.history) for x in p.scales] == [(1024, False, 20)]
 
 
 def test_the_plan_reads_back_from_its_record():
@@ -148,6 +148,38 @@ def test_the_plan_reads_back_from_its_record():
     assert plan.Plan.from_dict(p.as_dict()) == p
     with pytest.raises(ScratchnstError, match="the manifest's memory plan cannot be read"):
         plan.Plan.from_dict({"scales": [{"size": 1}]})
+
+
+def test_a_plan_recorded_with_one_history_reads_as_that_history_at_every_scale():
+    """Manifests before per-scale histories record one "lbfgs_history" for the run (resume reads them)."""
+    p = plan.make_plan(_settings(size=2048, scales=(0.25, 1.0), max_memory="2G"), CONTENT, STYLES)
+    old = p.as_dict()
+    old["lbfgs_history"] = 3
+    for scale in old["scales"]:
+        del scale["history"]
+    assert [s.history for s in plan.Plan.from_dict(old).scales] == [3, 3]
+    del old["lbfgs_history"]
+    with pytest.raises(ScratchnstError, match="the manifest's memory plan cannot be read"):
+        plan.Plan.from_dict(old)
+
+
+def test_only_the_scales_that_need_it_shorten_the_history():
+    """A finished scale's pairs are dropped, so each scale's history is its own: at 8192 px in 16G
+    the small scales keep all 20 pairs and only the tiled large ones shorten it, each named in the
+    note."""
+    s = Settings(size=8192, max_memory="16G").validated(1)
+    p = plan.make_plan(s, (512, 512), [(512, 512)])
+    assert [x.size for x in p.scales] == [512, 1024, 2048, 4096, 8192]
+    assert [x.history for x in p.scales[:3]] == [20, 20, 20] and 1 <= p.scales[-1].history < 20
+    assert all(x.estimate <= 16 * GB for x in p.scales)
+    shortened = [x for x in p.scales if x.history < 20]
+    at = ", ".join(f"{x.history} at {x.width}x{x.height}" for x in shortened)
+    assert p.notes[0].startswith(f"--lbfgs-history {at} instead of 20: ")
+    for x in shortened:  # one pair more leaves no room for a core of PREFERRED_CORE px
+        dims = (x.width, x.height)
+        previous = long_side_dims(512, 512, x.size // 2)
+        more = memory.tiled_peak_bytes(replace(s, lbfgs_history=x.history + 1), dims, [dims], plan.PREFERRED_CORE, previous=previous)
+        assert more > 16 * GB
 
 
 # -- through the command line -----------------------------------------------------------------------
@@ -185,4 +217,5 @@ def test_4096_px_plans_under_4g_with_the_default_schedule():
     assert [x.size for x in p.scales] == [512, 1024, 2048, 4096]
     assert all(x.estimate <= 4 * GB for x in p.scales) and p.estimate <= 4 * GB
     assert p.scales[-1].core is not None and p.scales[-1].core % 16 == 0
-    assert p.lbfgs_history < 20 and any(n.startswith(f"--lbfgs-history {p.lbfgs_history} instead of 20") for n in p.notes)
+    h = p.scales[-1].history
+    assert h < 20 and any(n.startswith(f"--lbfgs-history {h} at 4096x4096 instead of 20") for n in p.notes)
