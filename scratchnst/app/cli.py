@@ -83,6 +83,12 @@ def _int_at_least(minimum: int):
 _integer, _positive_int, _nonneg_int = _int_at_least(-(2**63)), _int_at_least(1), _int_at_least(0)
 
 
+def _iterations(text: str) -> int | tuple[int, ...]:
+    """An argparse type for --iterations: a whole number, or comma-separated ones (one per scale)."""
+    values = tuple(_integer(t) for t in text.split(","))
+    return values if len(values) > 1 else values[0]
+
+
 def _number(text: str) -> float:
     """An argparse type: any number; whether it is in range is Settings' (or the objective's) to say."""
     try:
@@ -138,13 +144,14 @@ def _add_stylize(subparsers) -> None:
 
 
 def _add_stylize_options(p, *, size_default=DEFAULTS.size, size_help="long side of the output in px",
-                         iterations_default=DEFAULTS.iterations, iterations_help="optimiser iterations at each scale",
+                         iterations_default=DEFAULTS.iterations,
+                         iterations_help="optimiser iterations at each scale, or one number per scale (e.g. 100,50,20)",
                          per_image: bool = True) -> None:
     """The Settings options of stylize, registered on `p` (batch and video reuse them; per_image=False leaves
     out the per-image outputs: --save-every, --checkpoint-every, --plot, and --tile: a video is not tiled)."""
     g = p.add_argument_group("size and schedule")
     g.add_argument("--size", type=_integer, default=size_default, help=size_help)
-    g.add_argument("--iterations", type=_integer, default=iterations_default, help=iterations_help)
+    g.add_argument("--iterations", type=_iterations, default=iterations_default, help=iterations_help)
     g.add_argument("--scales", type=_float_list, default=DEFAULTS.scales,
                    help=f"coarse-to-fine fractions of --size, each optimised in turn (default: 0.5,1 up to --size {2 * FIRST_SCALE}; "
                         f"above, --size halved down to {FIRST_SCALE} px or less: 2048 -> 0.25,0.5,1)")

@@ -14,6 +14,8 @@ BAD_OPTIONS = [
     (["--size", "big"], "--size"),
     (["--size", "1.5"], "--size"),
     (["--iterations", "0"], "--iterations"),
+    (["--iterations", "10,x"], "--iterations"),
+    (["--iterations", "10,5,2"], "--iterations has 3 values for 1 scales"),
     (["--scales", "0.5,,1"], "--scales"),
     (["--scales", "0"], "--scales"),
     (["--scales", "10"], "--scales"),

@@ -91,6 +91,7 @@ class CoarseToFine:
         self.spread, self.stop_when = spread, stop_when
         self.stopped: str | None = None  # stop_when's reason, once it gave one
         self.sizes = scale_sizes(settings.size, settings.scales)
+        self.iterations = settings.scale_iterations()
         self.plan = inputs.plan
         if self.plan is not None and [p.size for p in self.plan.scales] != self.sizes:
             raise ScratchnstError(f"the memory plan is for scales of {[p.size for p in self.plan.scales]} px, the run's {self.sizes}")
@@ -114,7 +115,7 @@ class CoarseToFine:
 
     def _run(self, resume_state) -> tuple[str, NonFiniteError | None]:
         first_scale, opt_state = self._restore(resume_state)
-        bar = report.progress_bar(self.settings.iterations * len(self.sizes), initial=self.iteration, disable=self.settings.quiet)
+        bar = report.progress_bar(sum(self.iterations), initial=self.iteration, disable=self.settings.quiet)
         status, x = "done", None
         try:
             for scale_index in range(first_scale, len(self.sizes)):
@@ -127,7 +128,7 @@ class CoarseToFine:
                 self.opt.fun = None  # the finished scale's objective (targets, arena) goes before the next is made
                 if scale_index + 1 < len(self.sizes):
                     self.opt.finish()  # and its L-BFGS pairs (the last scale's stay, for its checkpoint)
-                bar.total = self.iteration + self.settings.iterations * (len(self.sizes) - scale_index - 1)
+                bar.total = self.iteration + sum(self.iterations[scale_index + 1:])
         except KeyboardInterrupt:
             if self.opt is None:
                 raise  # interrupted before there was anything to save
@@ -238,7 +239,7 @@ class CoarseToFine:
     def _optimise_scale(self, bar) -> str:
         """Step self.opt to this scale's iterations (or convergence, or stop_when's reason): "done";
         "failed" at a non-finite value (the start's too); "interrupted" when on_progress asks to stop."""
-        while self.opt.iteration < self.settings.iterations and not self.opt.converged:
+        while self.opt.iteration < self.iterations[self.scale_index] and not self.opt.converged:
             before = self.opt.evaluations
             self.opt.step()
             self.evaluations += self.opt.evaluations - before

@@ -148,15 +148,16 @@ def _search(settings, geometry: _Geometry, limit: int | None, gpu: bool) -> list
     with cores of PREFERRED_CORE px or more, then one pair with any core; None when a scale fits
     none. A history longer than the iterations holds no more pairs than they make: it is kept as
     given."""
-    held = min(settings.lbfgs_history, settings.iterations)
-    if settings.optimizer != "lbfgs" or limit is None:
-        tries = [(held, 0)]
-    else:
-        tries = [(h, PREFERRED_CORE) for h in range(held, 0, -1)] + [(1, 0)]
     scales, previous = [], None
-    for side, dims, style_dims in geometry.scales:
+    for (side, dims, style_dims), iterations in zip(geometry.scales, settings.scale_iterations()):
+        held = min(settings.lbfgs_history, iterations)
+        if settings.optimizer != "lbfgs" or limit is None:
+            tries = [(held, 0)]
+        else:
+            tries = [(h, PREFERRED_CORE) for h in range(held, 0, -1)] + [(1, 0)]
         for history, floor in tries:
-            scale = _scale(replace(settings, lbfgs_history=history), geometry, (side, dims, style_dims, previous), limit, gpu, floor)
+            at = replace(settings, lbfgs_history=history, iterations=iterations)
+            scale = _scale(at, geometry, (side, dims, style_dims, previous), limit, gpu, floor)
             if scale is not None:
                 scales.append(replace(scale, history=settings.lbfgs_history if history == held else history))
                 break
@@ -170,8 +171,8 @@ def _scales(settings, geometry: _Geometry, limit: int | None, gpu: bool, floor: 
     """Each scale's plan with cores of `floor` px or more (or the one of --tile), or None when one
     of them does not fit."""
     scales, previous = [], None
-    for side, dims, style_dims in geometry.scales:
-        scale = _scale(settings, geometry, (side, dims, style_dims, previous), limit, gpu, floor)
+    for (side, dims, style_dims), iterations in zip(geometry.scales, settings.scale_iterations()):
+        scale = _scale(replace(settings, iterations=iterations), geometry, (side, dims, style_dims, previous), limit, gpu, floor)
         if scale is None:
             return None
         scales.append(scale)
@@ -227,7 +228,7 @@ def _refusal(settings, geometry: _Geometry, limit: int, where: str, gpu: bool) -
     core = settings.tile or alignment(names)
     _, dims, style_dims = geometry.scales[-1]
     previous = geometry.scales[-2][1] if len(geometry.scales) > 1 else None
-    need = tiled_peak_bytes(least, dims, style_dims, core, gpu=gpu, previous=previous)
+    need = tiled_peak_bytes(replace(least, iterations=1), dims, style_dims, core, gpu=gpu, previous=previous)
     fits_at = lambda s: _scales(s, _Geometry(s, geometry.content_size, geometry.style_sizes), limit, gpu, 0) is not None  # noqa: E731
     best = largest_passing(MIN_SIDE, settings.size, lambda size: fits_at(replace(least, size=size)))
     hints = [f"largest --size that fits: {best}" if best else "not even the smallest size fits",

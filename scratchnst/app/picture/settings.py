@@ -35,7 +35,7 @@ FIRST_SCALE = 512  # without --scales, the first scale is the largest halving of
 @dataclass
 class Settings:
     size: int = 384
-    iterations: int = 60
+    iterations: int | tuple[int, ...] = 60  # every scale's, or one per scale (scale_iterations)
     scales: tuple[float, ...] | None = None  # None: default_scales(size)
     seed: int = 0
     normalize: str = "size"  # objective.NORMALIZATIONS; the weights left None take its DEFAULT_WEIGHTS
@@ -78,6 +78,10 @@ class Settings:
         tile = _tile(self.tile, objective["content_layers"] + objective["style_layers"])
         return replace(self, **schedule, **objective, **engine, tile=tile, **_outputs(self, n_styles, objective["style_blend"]))
 
+    def scale_iterations(self) -> tuple[int, ...]:
+        """Each scale's iterations, of validated settings: --iterations at every scale, or its values."""
+        return tuple(self.iterations) if isinstance(self.iterations, tuple) else (self.iterations,) * len(self.scales)
+
     def as_args(self) -> dict:
         """JSON-ready dict of every resolved option (the manifest's "args"; in-memory masks by a name)."""
         args = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: it would deep-copy mask arrays
@@ -104,16 +108,17 @@ def comparable_args(args: dict) -> dict:
 
 def _schedule(s: Settings) -> dict:
     """Size, iterations, scales, seed, the per-image outputs' periods and the memory limit."""
+    scales = default_scales(int_option("size", s.size)) if s.scales is None else _scales(s.scales)
     return {
         "size": int_option("size", s.size),
-        "iterations": int_option("iterations", s.iterations),
+        "iterations": _iterations(s.iterations, len(scales)),
         "save_every": int_option("save-every", s.save_every, minimum=0),
         "checkpoint_every": int_option("checkpoint-every", s.checkpoint_every, minimum=0),
         "lbfgs_history": int_option("lbfgs-history", s.lbfgs_history),
         "max_memory": _max_memory(s.max_memory),
         "seed": int_option("seed", s.seed, minimum=0),
         "style_scale": positive_option("style-scale", s.style_scale),
-        "scales": default_scales(int_option("size", s.size)) if s.scales is None else _scales(s.scales),
+        "scales": scales,
     }
 
 
@@ -139,6 +144,16 @@ def _scales(values) -> tuple[float, ...]:
         if v > MAX_SCALE:
             raise ScratchnstError(f"--scales are fractions of --size (got {v}; use values like 0.5,1)")
     return scales
+
+
+def _iterations(value, n_scales: int) -> int | tuple[int, ...]:
+    """--iterations: a whole number > 0 (every scale's), or a list of them, one per scale."""
+    if isinstance(value, (tuple, list)):
+        values = tuple(int_option("iterations", v) for v in value)
+        if len(values) != n_scales:
+            raise ScratchnstError(f"--iterations has {len(values)} values for {n_scales} scales: give one number, or one per scale")
+        return values
+    return int_option("iterations", value)
 
 
 def _max_memory(value) -> int | None:

@@ -91,7 +91,7 @@ class Previews:
 
     def __init__(self, run: Run, owner: Owner, settings: Settings, every: float):
         self.run, self.owner, self.every, self.last = run, owner, every, float("-inf")
-        self.total = settings.iterations * len(settings.scales)
+        self.total = sum(settings.scale_iterations())
 
     def fields(self, history: list) -> dict:
         return {"progress": history[-1] if history else None, "history": history, "total": self.total}

@@ -33,6 +33,31 @@ def test_multiscale_runs_each_scale(pics, tiny):
     assert res.image.size == (48, 40)
 
 
+def test_each_scale_runs_its_own_iterations_and_resumes_with_them(tmp_path, pics, tiny):
+    """--iterations 3,1: three at the coarse scale, one at the fine; a run interrupted in its coarse
+    scale resumes to the uninterrupted run's losses and bytes."""
+    options = tiny.but(size=48, iterations=(3, 1), scales=(0.5, 1.0), checkpoint_every=1)
+    whole = sty.stylize(str(pics.content), [str(pics.style)], out=tmp_path / "whole.png", **options)
+    assert [h["size"] for h in whole.history] == [24, 24, 24, 48]
+    assert whole.manifest["args"]["iterations"] == [3, 1]
+    calls = {"n": 0}
+    original = CoarseToFine._record
+
+    def record(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    out = tmp_path / "cut.png"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(CoarseToFine, "_record", record)
+        assert sty.stylize(str(pics.content), [str(pics.style)], out=out, **options).status == "interrupted"
+    resumed = sty.resume(out.with_suffix(".json"), quiet=True)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    assert out.read_bytes() == (tmp_path / "whole.png").read_bytes()
+
+
 # -- non-finite ------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,9 @@ BAD = [
     ({"size": 1.5}, "--size must be a whole number > 0 (got 1.5)"),
     ({"size": True}, "--size must be a whole number > 0 (got True)"),
     ({"iterations": None}, "--iterations must be a whole number > 0 (got None)"),
+    ({"iterations": [10, 0]}, "--iterations must be a whole number > 0 (got 0)"),
+    ({"iterations": [10, 5, 2]}, "--iterations has 3 values for 2 scales: give one number, or one per scale"),
+    ({"iterations": [10, 5], "size": 2048}, "--iterations has 2 values for 3 scales: give one number, or one per scale"),
     ({"seed": -1}, "--seed must be a whole number ≥ 0 (got -1)"),
     ({"save_every": -1}, "--save-every must be a whole number ≥ 0 (got -1)"),
     ({"checkpoint_every": "5"}, "--checkpoint-every must be a whole number ≥ 0 (got '5')"),
@@ -116,6 +119,7 @@ def test_tile_is_checked_against_the_runs_layers():
     ({"scales": (1,), "normalize": "none", "color": "luminance", "max_memory": "500M", "tile": 512}, 1),
     ({"style_masks": [np.ones((4, 4)), np.ones((4, 4))], "optimizer": "adam", "normalize_gradients": True}, 2),
     ({"style_blend": [1, 3], "init": "picture.png", "weights": "w.h5", "content_layers": []}, 2),
+    ({"iterations": [30, 10], "scales": [0.5, 1]}, 1),
 ])
 def test_validating_twice_changes_nothing(options, n_styles):
     once = Settings(**options).validated(n_styles)
@@ -181,3 +185,11 @@ def test_without_scales_large_sizes_start_near_512_px(size, scales):
     """The default schedule, worked by hand: --size halved until it is 512 px or less (at least once)."""
     assert Settings(size=size).validated(1).scales == scales
     assert Settings(size=size, scales=[1]).validated(1).scales == (1.0,)  # --scales as given wins
+
+
+def test_iterations_are_every_scales_or_one_per_scale():
+    assert Settings(size=2048).validated(1).scale_iterations() == (60, 60, 60)
+    per_scale = Settings(size=2048, iterations=[100, 50, 20]).validated(1)
+    assert per_scale.iterations == (100, 50, 20) and per_scale.scale_iterations() == (100, 50, 20)
+    assert per_scale.as_args()["iterations"] == [100, 50, 20]
+    assert Settings.from_args(per_scale.as_args()).validated(1) == per_scale  # as a manifest records it
