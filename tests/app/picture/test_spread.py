@@ -1,12 +1,14 @@
 """A tiled picture's tiles as Dask tasks (spread.py): the same bytes as the tiles evaluated in this
 process, on an in-process cluster for every pass and option and on real `dask` processes with a
-worker SIGKILLed mid-evaluation; a tile that raises; the command line's refusals."""
+worker SIGKILLed mid-evaluation, or Ctrl-C mid-evaluation and a resume; a tile that raises; the
+command line's refusals."""
 
 from __future__ import annotations
 
 import json
 import pickle
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -133,6 +135,54 @@ def test_a_worker_killed_mid_evaluation_costs_only_its_tiles(tmp_path, pics, tin
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("spread", "here"))
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     assert a["plan"]["scales"][0]["tiles"] == 4
+
+
+# Sent to the worker: its tenth tile (in the run's second evaluation) waits until the test has sent
+# Ctrl-C and released it, and the worker records that it holds it: the signal provably lands while
+# an evaluation is spread.
+HOLD_THE_TENTH_TILE_UNTIL_RELEASED = """
+import time
+from scratchnst.core import tiled
+
+real, calls = tiled.TileSteps.run, [0]
+
+def run(self, *args):
+    calls[0] += 1
+    if calls[0] == 10:
+        tiled.HELD_BY_TEST = True
+        while not getattr(tiled, "RELEASED_BY_TEST", False):
+            time.sleep(0.05)
+    return real(self, *args)
+
+tiled.TileSteps.run = run
+"""
+
+
+def test_ctrl_c_mid_evaluation_saves_and_resumes_to_the_bytes_of_this_process(tmp_path, pics, tiny, dask_processes,
+                                                                           start_cli, run_cli, wait_until, weights_env):
+    """Ctrl-C while a worker holds a tile: the running tile finishes (cluster.run_tasks), the run stops
+    as it does in one process (exit 130, OUT, an interrupted manifest and a checkpoint), and
+    `--resume` on the cluster ends at the bytes and losses of the run without one."""
+    content, style = pics.content, pics.style
+    run = tiny.but(size=64, tile=32, iterations=3, dtype="float64")
+    address = dask_processes.scheduler()
+    dask_processes.worker("only")
+    dask_processes.run_on_workers(HOLD_THE_TENTH_TILE_UNTIL_RELEASED)
+    spread = start_cli("stylize", content, style, "-o", "spread.png", "--scheduler", address, *run.argv, cwd=tmp_path)
+    wait_until(lambda: _holds_a_tile(str(dask_processes.scheduler_file)), proc=spread, what="the worker holding a tile")
+    spread.send_signal(signal.SIGINT)
+    dask_processes.run_on_workers("from scratchnst.core import tiled\ntiled.RELEASED_BY_TEST = True")
+    _, err = spread.communicate(timeout=120)
+    assert spread.returncode == 130 and "Traceback" not in err, err
+    m = json.loads((tmp_path / "spread.json").read_text())
+    assert m["status"] == "interrupted" and len(m["history"]) < 3 and (tmp_path / "spread.png").is_file()
+    r = run_cli("stylize", "--resume", "spread.json", "--scheduler", address, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("stylize", content, style, "-o", "here.png", *run.argv, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "spread.png").read_bytes() == (tmp_path / "here.png").read_bytes()
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("spread", "here"))
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]] and a["status"] == "done"
 
 
 @pytest.mark.parametrize("flags, needle", [
