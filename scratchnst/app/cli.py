@@ -24,7 +24,8 @@ from scratchnst import gradcheck as gc
 from scratchnst.app import bench, study
 from scratchnst.app.files import weights
 from scratchnst.app.picture.color import COLORS
-from scratchnst.app.picture.settings import FIRST_SCALE, INITS, Settings
+from scratchnst.app.picture.settings import FIRST_SCALE, INITS, LARGE_ITERATIONS, LARGE_SCALE, Settings
+from scratchnst.app.picture.settings import ITERATIONS as PICTURE_ITERATIONS
 from scratchnst.app.picture.stylize import check_cluster, resume, stylize
 from scratchnst.app.studio import inputs as studio
 from scratchnst.app.video.clip import parse_frames
@@ -144,8 +145,9 @@ def _add_stylize(subparsers) -> None:
 
 
 def _add_stylize_options(p, *, size_default=DEFAULTS.size, size_help="long side of the output in px",
-                         iterations_default=DEFAULTS.iterations,
-                         iterations_help="optimiser iterations at each scale, or one number per scale (e.g. 100,50,20)",
+                         iterations_default=None,
+                         iterations_help=(f"optimiser iterations at each scale, or one number per scale (e.g. 100,50,20) "
+                                          f"(default: {PICTURE_ITERATIONS} at each scale; {LARGE_ITERATIONS} at scales above {LARGE_SCALE} px)"),
                          per_image: bool = True) -> None:
     """The Settings options of stylize, registered on `p` (batch and video reuse them; per_image=False leaves
     out the per-image outputs: --save-every, --checkpoint-every, --plot, and --tile: a video is not tiled)."""
@@ -248,7 +250,8 @@ def _add_batch(subparsers) -> None:
     _add_stylize_options(
         p, size_default=None, size_help=f"long side of the output in px (default: {DEFAULTS.size} for a picture; a video's own)",
         iterations_default=None,
-        iterations_help=f"optimiser iterations at each scale (default: {DEFAULTS.iterations}; for a video, each frame after the first: {ITERATIONS})",
+        iterations_help=(f"optimiser iterations at each scale (default: a picture's, {PICTURE_ITERATIONS} at each scale; "
+                         f"for a video, each frame after the first: {ITERATIONS})"),
     )
     _add_video_options(p.add_argument_group("video jobs (--videos, or the video lines of --jobs)"))
     p.set_defaults(func=_run_batch)
@@ -289,7 +292,7 @@ def _frames_range(text: str) -> tuple[int, int | None]:
 def _add_video_options(g) -> None:
     """video's own options (video.options.JOB_OPTIONS), on the argument group `g` of video or batch."""
     g.add_argument("--temporal-weight", type=_number, default=VIDEO.temporal_weight, help="weight of the temporal term (0: warped start only)")
-    g.add_argument("--first-iterations", type=_positive_int, default=DEFAULTS.iterations, help="optimiser iterations at each scale for the first frame")
+    g.add_argument("--first-iterations", type=_positive_int, default=PICTURE_ITERATIONS, help="optimiser iterations at each scale for the first frame")
     g.add_argument("--frames", type=_frames_range, default=VIDEO.frames, metavar="A:B", help="input frames A (inclusive) to B (exclusive), 0-based (default: all)")
     g.add_argument("--independent", action="store_true", help="the flickering baseline: every frame from --init with --scales, no warp, no temporal term")
     g.add_argument("--fps", type=_number, default=None, help="frame rate of a folder of frames (default: 25; a video keeps its own)")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 from scratchnst.app.picture.color import COLORS
 from scratchnst.app.picture.masks import mask_name
 from scratchnst.app.picture.memory import parse_bytes
+from scratchnst.app.picture.plan import scale_sizes
 from scratchnst.core.backend import BACKENDS, DTYPES
 from scratchnst.core.checks import check_choice
 from scratchnst.core.objective import (
@@ -30,12 +31,15 @@ INITS = ("noise", "content", "style")
 NOISE_STD = 24.0  # the white-noise start, in preprocessed 0..255 units
 MAX_SCALE = 4  # --scales are fractions of --size; a larger one is a size typed as a scale
 FIRST_SCALE = 512  # without --scales, the first scale is the largest halving of --size up to this (default_scales)
+ITERATIONS = 60  # without --iterations, each scale's up to LARGE_SCALE px (default_iterations)
+LARGE_SCALE = 1024  # px: without --iterations, a larger scale refines the one before in LARGE_ITERATIONS
+LARGE_ITERATIONS = 30  # docs/benchmarks.md, "Iterations at print sizes"
 
 
 @dataclass
 class Settings:
     size: int = 384
-    iterations: int | tuple[int, ...] = 60  # every scale's, or one per scale (scale_iterations)
+    iterations: int | tuple[int, ...] | None = None  # every scale's, or one per scale; None: default_iterations
     scales: tuple[float, ...] | None = None  # None: default_scales(size)
     seed: int = 0
     normalize: str = "size"  # objective.NORMALIZATIONS; the weights left None take its DEFAULT_WEIGHTS
@@ -111,7 +115,7 @@ def _schedule(s: Settings) -> dict:
     scales = default_scales(int_option("size", s.size)) if s.scales is None else _scales(s.scales)
     return {
         "size": int_option("size", s.size),
-        "iterations": _iterations(s.iterations, len(scales)),
+        "iterations": default_iterations(s.size, scales) if s.iterations is None else _iterations(s.iterations, len(scales)),
         "save_every": int_option("save-every", s.save_every, minimum=0),
         "checkpoint_every": int_option("checkpoint-every", s.checkpoint_every, minimum=0),
         "lbfgs_history": int_option("lbfgs-history", s.lbfgs_history),
@@ -132,6 +136,16 @@ def default_scales(size: int) -> tuple[float, ...]:
     while size / 2**halvings > FIRST_SCALE:
         halvings += 1
     return tuple(0.5**k for k in range(halvings, 0, -1)) + (1.0,)
+
+
+def default_iterations(size: int, scales: tuple[float, ...]) -> int | tuple[int, ...]:
+    """Each scale's iterations without --iterations: ITERATIONS, and LARGE_ITERATIONS at the scales
+    larger than LARGE_SCALE px, which refine a picture that already has its look (measured: docs/
+    benchmarks.md, "Iterations at print sizes"). A run with no such scale has the one number."""
+    sides = scale_sizes(size, scales)
+    if max(sides) <= LARGE_SCALE:
+        return ITERATIONS
+    return tuple(ITERATIONS if side <= LARGE_SCALE else LARGE_ITERATIONS for side in sides)
 
 
 def _scales(values) -> tuple[float, ...]:

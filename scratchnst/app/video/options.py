@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
+from scratchnst.app.picture.settings import ITERATIONS as PICTURE_ITERATIONS
 from scratchnst.app.picture.settings import Settings, int_option, weight_option
 from scratchnst.errors import ScratchnstError
 
@@ -22,7 +23,7 @@ class VideoOptions:
     """What video adds to the stylize Settings."""
 
     temporal_weight: float = 1000.0  # on the "size"-normalised objective; docs/benchmarks.md, "Video"
-    first_iterations: int | None = Settings.iterations  # the first frame's (None: Settings().iterations)
+    first_iterations: int | None = PICTURE_ITERATIONS  # the first frame's, at each scale (None: a picture's)
     frames: tuple[int, int | None] = (0, None)  # input frames A:B
     independent: bool = False  # the baseline: every frame from --init, no warp, no temporal term
     fps: float | None = None  # frame rate of a folder of frames (a video keeps its own)
@@ -38,7 +39,7 @@ class VideoOptions:
         """A new VideoOptions, checked and normalised (first_iterations resolved, frames a tuple);
         ScratchnstError naming the option otherwise. Self is left as it is."""
         temporal_weight = weight_option("temporal-weight", self.temporal_weight)
-        first = int_option("first-iterations", Settings.iterations if self.first_iterations is None else self.first_iterations)
+        first = int_option("first-iterations", PICTURE_ITERATIONS if self.first_iterations is None else self.first_iterations)
         if self.fps is not None and not weight_option("fps", self.fps) > 0:
             raise ScratchnstError(f"--fps must be > 0 (got {self.fps!r})")
         if self.workers is not None:

@@ -175,10 +175,13 @@ def test_only_the_scales_that_need_it_shorten_the_history():
     shortened = [x for x in p.scales if x.history < 20]
     at = ", ".join(f"{x.history} at {x.width}x{x.height}" for x in shortened)
     assert p.notes[0].startswith(f"--lbfgs-history {at} instead of 20: ")
-    for x in shortened:  # one pair more leaves no room for a core of PREFERRED_CORE px
+    for x, iterations in zip(p.scales, s.scale_iterations()):  # one pair more leaves no room for a core of PREFERRED_CORE px
+        if x.history == 20:
+            continue
         dims = (x.width, x.height)
         previous = long_side_dims(512, 512, x.size // 2)
-        more = memory.tiled_peak_bytes(replace(s, lbfgs_history=x.history + 1), dims, [dims], plan.PREFERRED_CORE, previous=previous)
+        more = replace(s, lbfgs_history=x.history + 1, iterations=iterations)
+        more = memory.tiled_peak_bytes(more, dims, [dims], plan.PREFERRED_CORE, previous=previous)
         assert more > 16 * GB
 
 

@@ -17,7 +17,7 @@ BAD = [
     ({"size": "big"}, "--size must be a whole number > 0 (got 'big')"),
     ({"size": 1.5}, "--size must be a whole number > 0 (got 1.5)"),
     ({"size": True}, "--size must be a whole number > 0 (got True)"),
-    ({"iterations": None}, "--iterations must be a whole number > 0 (got None)"),
+    ({"iterations": "many"}, "--iterations must be a whole number > 0 (got 'many')"),
     ({"iterations": [10, 0]}, "--iterations must be a whole number > 0 (got 0)"),
     ({"iterations": [10, 5, 2]}, "--iterations has 3 values for 2 scales: give one number, or one per scale"),
     ({"iterations": [10, 5], "size": 2048}, "--iterations has 2 values for 3 scales: give one number, or one per scale"),
@@ -188,8 +188,23 @@ def test_without_scales_large_sizes_start_near_512_px(size, scales):
 
 
 def test_iterations_are_every_scales_or_one_per_scale():
-    assert Settings(size=2048).validated(1).scale_iterations() == (60, 60, 60)
+    assert Settings(size=2048, iterations=60).validated(1).scale_iterations() == (60, 60, 60)
     per_scale = Settings(size=2048, iterations=[100, 50, 20]).validated(1)
     assert per_scale.iterations == (100, 50, 20) and per_scale.scale_iterations() == (100, 50, 20)
     assert per_scale.as_args()["iterations"] == [100, 50, 20]
     assert Settings.from_args(per_scale.as_args()).validated(1) == per_scale  # as a manifest records it
+
+
+@pytest.mark.parametrize("size, scales, iterations", [
+    (384, None, 60),
+    (1024, None, 60),
+    (2048, None, (60, 60, 30)),
+    (4096, None, (60, 60, 30, 30)),
+    (3000, [1], (30,)),
+    (3000, [0.25, 1], (60, 30)),
+])
+def test_without_iterations_scales_above_1024_px_refine_in_fewer(size, scales, iterations):
+    """Worked by hand: 60 at each scale up to 1024 px, 30 above (they refine a picture that has its look)."""
+    s = Settings(size=size, scales=scales).validated(1)
+    assert s.iterations == iterations
+    assert Settings(size=size, scales=scales, iterations=7).validated(1).iterations == 7

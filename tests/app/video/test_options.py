@@ -4,7 +4,7 @@ option names have one home that the CLI (video's and batch's options) takes them
 from __future__ import annotations
 
 from scratchnst.app.cli import build_parser
-from scratchnst.app.picture.settings import Settings
+from scratchnst.app.picture.settings import ITERATIONS, Settings
 from scratchnst.app.video import options
 
 
@@ -12,7 +12,7 @@ def test_video_options_validated_is_a_new_object_and_the_defaults_have_one_home(
     given = options.VideoOptions(first_iterations=None, frames=[2, None])
     checked = given.validated()
     assert checked is not given and (given.first_iterations, given.frames) == (None, [2, None])
-    assert (checked.first_iterations, checked.frames) == (Settings().iterations, (2, None))
+    assert (checked.first_iterations, checked.frames) == (ITERATIONS, (2, None))
     assert options.JOB_OPTIONS == ("temporal_weight", "first_iterations", "frames", "independent", "fps", "passes", "stop_change", "blend")
     parser = build_parser()
     video_args = parser.parse_args(["video", "in.mp4", "s.png", "-o", "o.mp4"])
