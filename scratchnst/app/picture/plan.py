@@ -77,8 +77,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
-        """The plan a manifest recorded (as_dict's, or the one history of every scale that manifests
-        before 0.1.0's per-scale histories record); ScratchnstError when it is not one."""
+        """The plan a manifest recorded (as_dict's; a manifest from before each scale had its own
+        history records one, "lbfgs_history", for all); ScratchnstError when it is not one."""
         try:
             scales = tuple(ScalePlan(**{"history": d.get("lbfgs_history"), **s}) for s in d["scales"])
             if any(not isinstance(s.history, int) for s in scales):
@@ -148,14 +148,29 @@ def _search(settings, geometry: _Geometry, limit: int | None, gpu: bool) -> list
     with cores of PREFERRED_CORE px or more, then one pair with any core; None when a scale fits
     none. A history longer than the iterations holds no more pairs than they make: it is kept as
     given."""
+
+    def tries(held: int) -> list[tuple[int, int]]:
+        if settings.optimizer != "lbfgs" or limit is None:
+            return [(held, 0)]
+        return [(h, PREFERRED_CORE) for h in range(held, 0, -1)] + [(1, 0)]
+
+    return _each_scale(settings, geometry, limit, gpu, tries)
+
+
+def _scales(settings, geometry: _Geometry, limit: int | None, gpu: bool, floor: int) -> list[ScalePlan] | None:
+    """Each scale's plan with the history as given and cores of `floor` px or more (or the one of
+    --tile), or None when one of them does not fit."""
+    return _each_scale(settings, geometry, limit, gpu, lambda held: [(held, floor)])
+
+
+def _each_scale(settings, geometry: _Geometry, limit: int | None, gpu: bool, tries) -> list[ScalePlan] | None:
+    """Each scale's plan: the first of tries(held) that fits, (history, the least core) pairs, where
+    held is the pairs the scale's iterations can make (min(history, iterations)); None when a scale
+    fits none. A scale after the first counts the one before's finished optimiser (_scale)."""
     scales, previous = [], None
     for (side, dims, style_dims), iterations in zip(geometry.scales, settings.scale_iterations()):
         held = min(settings.lbfgs_history, iterations)
-        if settings.optimizer != "lbfgs" or limit is None:
-            tries = [(held, 0)]
-        else:
-            tries = [(h, PREFERRED_CORE) for h in range(held, 0, -1)] + [(1, 0)]
-        for history, floor in tries:
+        for history, floor in tries(held):
             at = replace(settings, lbfgs_history=history, iterations=iterations)
             scale = _scale(at, geometry, (side, dims, style_dims, previous), limit, gpu, floor)
             if scale is not None:
@@ -163,19 +178,6 @@ def _search(settings, geometry: _Geometry, limit: int | None, gpu: bool) -> list
                 break
         else:
             return None
-        previous = dims
-    return scales
-
-
-def _scales(settings, geometry: _Geometry, limit: int | None, gpu: bool, floor: int) -> list[ScalePlan] | None:
-    """Each scale's plan with cores of `floor` px or more (or the one of --tile), or None when one
-    of them does not fit."""
-    scales, previous = [], None
-    for (side, dims, style_dims), iterations in zip(geometry.scales, settings.scale_iterations()):
-        scale = _scale(replace(settings, iterations=iterations), geometry, (side, dims, style_dims, previous), limit, gpu, floor)
-        if scale is None:
-            return None
-        scales.append(scale)
         previous = dims
     return scales
 
