@@ -55,13 +55,21 @@ def _bad_inputs(tmp, pan_mp4, pan):
         "--stop-change negative": ([str(pan_mp4), "--stop-change", "-0.1"], "--stop-change must be"),
         "--stop-change 1 or more": ([str(pan_mp4), "--stop-change", "1"], "--stop-change is a relative change"),
         "--stop-change not a number": ([str(pan_mp4), "--stop-change", "x"], "--stop-change"),
+        "--long-term not numbers": ([str(pan_mp4), "--long-term", "1,x"], "--long-term: expected a whole number"),
+        "--long-term 0": ([str(pan_mp4), "--long-term", "1,0"], "--long-term must be a whole number > 0"),
+        "--long-term negative": ([str(pan_mp4), "--long-term", "1,-10"], "--long-term must be a whole number > 0"),
+        "--long-term without 1": ([str(pan_mp4), "--long-term", "10,20"], "--long-term must include 1"),
+        "--long-term twice": ([str(pan_mp4), "--long-term", "1,10,10"], "listed twice"),
+        "--long-term with --passes": ([str(pan_mp4), "--long-term", "1,10", "--passes", "2"], "without --passes"),
+        "--long-term with --independent": ([str(pan_mp4), "--long-term", "1,10", "--independent"], "without --independent"),
     }
 
 
 CASES = ["not a video", "zero frames (file)", "zero frames (folder)", "unreadable stream", "--frames out of range",
          "--frames start past the end", "--frames malformed", "frames of varying size", "missing input",
          "unknown output suffix", "output is the input", "--passes with --independent", "--blend negative",
-         "--stop-change negative", "--stop-change 1 or more", "--stop-change not a number"]
+         "--stop-change negative", "--stop-change 1 or more", "--stop-change not a number", "--long-term not numbers", "--long-term 0",
+         "--long-term negative", "--long-term without 1", "--long-term twice", "--long-term with --passes", "--long-term with --independent"]
 
 
 @pytest.mark.parametrize("case", CASES)
