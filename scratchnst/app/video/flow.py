@@ -145,7 +145,7 @@ def pair_flow(previous: np.ndarray, current: np.ndarray) -> PairFlow:
     """Both flows between an earlier frame and the current one ((H, W, 3) uint8), and the current
     one's mask. A frame j > 1 back is measured directly, not by chaining the consecutive flows: a
     chain breaks wherever a point was out of view in between, which is where the long-term term
-    matters (docs/benchmarks.md, "Video: long-term consistency (issue #27)").
+    matters (docs/benchmarks.md, "Video crispness (issue #27)", "Long-term consistency").
 
     One independent task per frame pair: video submits them to Dask ahead of the frames.
     """
