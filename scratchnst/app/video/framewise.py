@@ -82,7 +82,7 @@ def _long_term(video, k: int, pairs: dict, warped) -> tuple[np.ndarray, np.ndarr
     masks are disjoint, so the term is Ruder et al.'s sum over j); and {j: the share of frame k held to
     frame k − j}. Returns (target (H, W, 3) uint8, mask (H, W) float32, shares)."""
     masks = flow.long_term_masks({j: p.mask for j, p in pairs.items()})
-    used = [j for j, c in masks.items() if c.any()]  # an earlier output no pixel is held to is not read
+    used = [j for j, c in masks.items() if j == 1 or c.any()]  # an earlier output no pixel is held to is not read
     outputs = [warped if j == 1 else flow.warp_frame(read_frame(video.work.png(k - j)), pairs[j].backward) for j in used]
     target, total = held_to(outputs, [masks[j] for j in used])
     return target, total.astype(np.float32), {str(j): round(float(c.mean()), 4) for j, c in masks.items()}
@@ -109,8 +109,8 @@ class _Flows:
         return [j for j in self.offsets if k - j >= 0]
 
     def _submit_until(self, stop: int) -> None:
+        r = self.remote
         for k in range(self.next, min(stop, len(self.frames))):
-            r = self.remote
             self.futures[k] = {j: self.client.submit(flow.pair_flow, r[k - j - self.lo], r[k - self.lo], pure=False) for j in self._pairs(k)}
         self.next = max(self.next, stop)
 

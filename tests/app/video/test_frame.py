@@ -76,3 +76,5 @@ def test_held_to_is_the_sum_of_the_terms_under_disjoint_masks(rng):
     x = rng.uniform(0, 255, (4, 5, 3))
     terms = sum(c[..., None] * (x - w) ** 2 for c, w in zip(masks, warped))
     assert np.allclose(total[..., None] * (x - m) ** 2, terms)
+    none, c = held_to(warped[:1], [np.zeros((4, 5), np.float32)])  # a scene cut: nothing held
+    assert none.shape == (4, 5, 3) and not c.any()
