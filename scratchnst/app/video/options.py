@@ -22,7 +22,7 @@ RUN_WIDE = {"run_wide": True}  # field metadata: an option of where the run goes
 class VideoOptions:
     """What video adds to the stylize Settings."""
 
-    temporal_weight: float = 1000.0  # on the "size"-normalised objective; docs/benchmarks.md, "Video"
+    temporal_weight: float = 300.0  # on the "size"-normalised objective; docs/benchmarks.md, "Style drift: measured on what is written"
     first_iterations: int | None = Settings.iterations  # the first frame's (None: Settings().iterations)
     frames: tuple[int, int | None] = (0, None)  # input frames A:B
     independent: bool = False  # the baseline: every frame from --init, no warp, no temporal term
