@@ -130,7 +130,7 @@ def test_videos_run_as_parallel_batch_jobs_and_a_rerun_skips_them(tmp_path, pan,
     manifest = json.loads(Path(jobs[0]["manifest"]).read_text())
     ran = {"size": 32, "iterations": 2, "first_iterations": 2, "scales": [1]}
     for changed, same in [({}, True), ({"temporal_weight": 999}, False), ({"frames": "0:5"}, False), ({"frames": "0:6"}, True), ({"size": 48}, False),
-                          ({"passes": 2}, False)]:
+                          ({"passes": 2}, False), ({"long_term": [1, 3]}, False), ({"long_term": []}, True)]:
         job = batch.Job(str(tmp_path / "a.mp4"), [str(style)], jobs[0]["output"], {**ran, **changed}, kind="video")
         assert video.same_run(manifest, job.content, job.styles, *batch.video_job_settings(job)) is same, changed
     stamps = [os.stat(j["output"]).st_mtime_ns for j in jobs[:2]]
