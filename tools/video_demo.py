@@ -3,13 +3,16 @@
     python tools/video_demo.py clip IMAGE OUT.mp4 [--frames 8] [--size 256] [--dx 3] [--zoom 0.004]
     python tools/video_demo.py bench CLIP STYLE --size 256 [--runs ours,warm,independent,multipass] [--passes 6] [--known-dx DX] [...]
     python tools/video_demo.py strip OUT.jpg [--frames 4] [--every 1] [--size 160]
+    python tools/video_demo.py written OUT_DIR/ [--every 6]
 
 `clip` writes a pan (dx px per frame) with a slow zoom; `bench` stylizes a clip with the temporal term
 (ours), with the warped start only (warm: --temporal-weight 0), independently, and in multi-pass mode
 (--passes, on a local Dask cluster of --workers), and prints the temporal error and seconds per frame
 of each (from the manifests) and of each pass of the multi-pass run; `strip` makes the docs picture:
-every --every-th frame of ours above the independent baseline, from the embedded default pair.
-Nothing it writes belongs in the repository except the strip.
+every --every-th frame of ours above the independent baseline, from the embedded default pair;
+`written` scores a finished run written as a folder of frames (its OUT.json beside it): the style term
+of each frame as written (its PNG, clipped to 0..255 and rounded) beside the manifest's (the optimiser's
+last image, unclipped), each over frame 0's. Nothing it writes belongs in the repository except the strip.
 """
 
 from __future__ import annotations
@@ -115,6 +118,33 @@ def strip(args) -> None:
     print(f"{args.out}: {Path(args.out).stat().st_size // 1024} KB")
 
 
+def written(args) -> None:
+    from dataclasses import replace
+
+    from scratchnst.app.picture.coarse_to_fine import make_objective
+    from scratchnst.app.picture.inputs import load_net, open_styles, style_list
+    from scratchnst.app.picture.settings import Settings
+    from scratchnst.app.picture.targets import StyleTargets
+    from scratchnst.core.preprocess import preprocess
+
+    out = Path(args.out_dir)
+    m = json.loads(out.with_suffix(".json").read_text())
+    s = replace(Settings.from_args(m["args"]), quiet=True)
+    net = load_net(s)
+    targets = StyleTargets(net, s, open_styles(style_list(None if m["styles"] == [im.DEFAULT] else m["styles"])))
+    png = []
+    for f in sorted(out.glob("*.png")):
+        img = Image.open(f).convert("RGB")
+        x = preprocess(img, dtype=s.dtype, xp=net.xp)
+        png.append(make_objective(net, s, x, targets.grams(max(img.size), img)).evaluate(x).terms["style"])
+    kept = np.array([f["style"] for f in m["frames"]])
+    png = np.array(png)
+    print(f"frame 0's style term: {kept[0]:.4g} (the optimiser's), {png[0]:.4g} as written ({png[0] / kept[0]:.3f}x)")
+    for name, v in (("the optimiser's", kept / kept[0]), ("as written", png / png[0])):
+        print(f"later / frame 0, {name}: mean {v[1:].mean():.3f}, max {v[1:].max():.3f}, min {v[1:].min():.3f}; "
+              f"every {args.every}th frame: {' '.join(f'{r:.3f}' for r in v[::args.every])}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -140,8 +170,13 @@ def main() -> None:
         q.add_argument("--zoom", type=float, default=0.004)
         q.add_argument("--iterations", type=int, default=30)
         q.add_argument("--first-iterations", type=int, default=60)
+    w = sub.add_parser("written")
+    w.add_argument("out_dir")
+    w.add_argument("--every", type=int, default=6)
     args = p.parse_args()
-    if args.cmd == "clip":
+    if args.cmd == "written":
+        written(args)
+    elif args.cmd == "clip":
         write_clip(pan_zoom_frames(Image.open(args.image).convert("RGB"), args.frames, args.size, args.dx, args.zoom), args.out)
     elif args.cmd == "bench":
         if args.temporal_weight is None:

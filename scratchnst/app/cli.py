@@ -110,6 +110,10 @@ def _float_list(text: str) -> tuple[float, ...]:
     return tuple(_number(part) for part in _split(text))
 
 
+def _whole_list(text: str) -> tuple[int, ...]:
+    return tuple(_integer(part) for part in _split(text))
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     return tuple(_split(text, allow_empty=True))
 
@@ -303,6 +307,10 @@ def _add_video_options(g) -> None:
         f"a frame started from the warped previous one stops once its loss fell by less than R (relative) over {STOP_WINDOW} "
         "iterations, --iterations the cap; 0: always --iterations"))
     g.add_argument("--blend", type=_number, default=VIDEO.blend, help="multi-pass: weight of the warped neighbours in each frame's start")
+    g.add_argument("--long-term", type=_whole_list, default=VIDEO.long_term, metavar="J", help=(
+        "Ruder et al.'s long-term consistency: each frame is held to the outputs of the frames j back, for each j of the comma list "
+        "J (1 among them, e.g. 1,10,20,40), where no closer one is reliable, so content that comes back looks as it did; "
+        "default: the previous frame only"))
 
 
 def _video_options(args) -> dict:

@@ -107,9 +107,11 @@ def test_video_jobs_names_and_options(tmp_path, pictures):
     assert (options.temporal_weight, options.frames, options.workers) == (10.0, (0, None), 0)  # the flows in the job's process
     assert b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", {"frames": [2, None]}, kind="video"))[1].frames == (2, None)
     assert b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", {}, kind="video"))[0].size is None  # the input's size
+    assert b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", {"long_term": [40, 1, 10]}, kind="video"))[1].long_term == (1, 10, 40)
     for opts, needle in [({"save_every": 1}, "unknown option 'save_every' \\(a video job takes video's options"), ({"frames": "4:2"}, "A:B"),
                          ({"frames": 3}, '"frames" takes "A:B" or \\[A, B\\]'), ({"independent": "yes"}, '"independent" takes true or false'),
-                         ({"temporal_weight": -1}, "--temporal-weight must be a finite number"), ({"scales": "x"}, "--scales takes a list of numbers \\(got 'x'\\)")]:
+                         ({"temporal_weight": -1}, "--temporal-weight must be a finite number"), ({"scales": "x"}, "--scales takes a list of numbers \\(got 'x'\\)"),
+                         ({"long_term": "1,10"}, "--long-term takes a list of frame offsets"), ({"long_term": [10]}, "--long-term must include 1")]:
         with pytest.raises(ScratchnstError, match=needle):
             b.video_job_settings(b.Job("v.mp4", [style], "o.mp4", opts, kind="video"))
 

@@ -116,8 +116,25 @@ def consistency_mask(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
     return (~occluded & ~boundary & inside_mask(backward)).astype(np.float32)
 
 
+def long_term_masks(masks: dict) -> dict:
+    """Ruder et al.'s long-term masks (section 3.2): frame t is held to frame t − j only where no
+    closer frame of J is reliable, c_long_j = max(c_j − Σ_{j' < j} c_j', 0).
+
+    masks: {j: c_j}, the (H, W) consistency mask of frame t against frame t − j for each offset j
+    of J that the clip has. Returns {j: c_long_j} (float32), as many. Binary masks give binary,
+    disjoint long-term masks whose sum is 1 wherever any c_j is.
+    """
+    out, closer = {}, 0.0
+    for j in sorted(masks):
+        c = masks[j].astype(np.float32)
+        out[j] = np.maximum(c - closer, 0).astype(np.float32)
+        closer = closer + c
+    return out
+
+
 class PairFlow(NamedTuple):
-    """What frame t needs of the motion from t − 1: the backward flow, the mask, and the seconds spent."""
+    """What frame t needs of the motion from an earlier frame (t − 1, or t − j for the long-term
+    term): the backward flow, the mask, and the seconds spent."""
 
     backward: np.ndarray
     mask: np.ndarray
@@ -125,9 +142,12 @@ class PairFlow(NamedTuple):
 
 
 def pair_flow(previous: np.ndarray, current: np.ndarray) -> PairFlow:
-    """Both flows between two consecutive frames ((H, W, 3) uint8) and frame `current`'s mask.
+    """Both flows between an earlier frame and the current one ((H, W, 3) uint8), and the current
+    one's mask. A frame j > 1 back is measured directly, not by chaining the consecutive flows: a
+    chain breaks wherever a point was out of view in between, which is where the long-term term
+    matters (docs/benchmarks.md, "Video crispness (issue #27)", "Long-term consistency").
 
-    One independent task per frame pair: video submits them all to Dask at the start.
+    One independent task per frame pair: video submits them to Dask ahead of the frames.
     """
     start = time.perf_counter()
     backward = estimate_flow(current, previous)

@@ -1,7 +1,7 @@
 """One frame of a video, in either mode: a finished frame read back, its start (fill_new: the warped
 previous output, the input frame where the motion is not reliable), the temporal term towards the
-warped frame, the stopping rule of a frame started warm (settled), and the frame stylized (Painter),
-its sharpness recorded.
+warped frame (or several: held_to), the stopping rule of a frame started warm (settled), and the
+frame stylized (Painter), its sharpness recorded.
 
 What every frame shares is made once per video (per worker, in multi-pass mode on Dask): the
 style images and masks, read and checked with the memory estimate; the net; the styles' Gram
@@ -45,6 +45,20 @@ def fill_new(warped: np.ndarray, frame: np.ndarray, mask: np.ndarray) -> np.ndar
     warped, frame: (H, W, 3) uint8; mask: (H, W) consistency weights (flow.consistency_mask).
     """
     return np.where(mask[..., None] > 0, warped, frame)
+
+
+def held_to(warped: list, masks: list) -> tuple[np.ndarray, np.ndarray]:
+    """One temporal target for several warped outputs: Σ_n c_n (x − ω_n)² = C (x − m)² + const, with
+    C = Σ_n c_n and m = Σ_n c_n ω_n / C; no const where the c_n are binary and disjoint (the long-term
+    masks, flow.long_term_masks), where m is the ω_n whose c_n is 1.
+
+    warped: the N outputs warped to the frame, (H, W, 3) uint8 each; masks: their (H, W) weights c_n.
+    Returns (m (H, W, 3) uint8, C (H, W) float64): temporal_loss's target and (up to a factor) mask.
+    """
+    c = [m.astype(np.float64) for m in masks]
+    total = sum(c)
+    m = sum(ci[..., None] * w for ci, w in zip(c, warped)) / np.maximum(total, 1e-12)[..., None]
+    return np.clip(np.rint(m), 0, 255).astype(np.uint8), total
 
 
 def sharpness(frame: np.ndarray) -> float:

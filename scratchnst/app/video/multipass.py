@@ -39,7 +39,7 @@ from scratchnst.app.picture.inputs import open_styles, style_list
 from scratchnst.app.picture.memory import estimate_peak_bytes
 from scratchnst.app.picture.settings import Settings
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import Painter, Shared, frame_settings, read_frame, temporal_terms
+from scratchnst.app.video.frame import Painter, Shared, frame_settings, held_to, read_frame, temporal_terms
 from scratchnst.app.video.work import frame_png
 from scratchnst.core.backend import backend_name
 
@@ -67,15 +67,13 @@ def blend(own: np.ndarray, warped, masks, weight: float) -> np.ndarray:
 
 def temporal_target(warped, masks):
     """One temporal term for the neighbours' (the mean of theirs, up to a constant):
-    (1/N) Σ_n c_n (x − ω_n)² = c̄ (x − m)² + const, with c̄ = (1/N) Σ_n c_n and m = Σ_n c_n ω_n / Σ_n c_n.
+    (1/N) Σ_n c_n (x − ω_n)² = c̄ (x − m)² + const, with c̄ = (1/N) Σ_n c_n and m as frame.held_to's.
 
     warped: the N neighbours' results warped to the frame, (H, W, 3) uint8; masks: their (H, W)
     weights c_n. Returns (m as (H, W, 3) uint8, c̄ (H, W) float32): temporal_loss's target and mask.
     """
-    c = [m.astype(np.float64) for m in masks]
-    total = sum(c)
-    m = sum(ci[..., None] * w for ci, w in zip(c, warped)) / np.maximum(total, 1e-12)[..., None]
-    return np.clip(np.rint(m), 0, 255).astype(np.uint8), (total / len(c)).astype(np.float32)
+    m, total = held_to(warped, masks)
+    return m, (total / len(masks)).astype(np.float32)
 
 
 @dataclass(frozen=True)

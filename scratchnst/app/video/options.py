@@ -6,6 +6,7 @@ defaults and their lists of option names from here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 
 from scratchnst.app.picture.settings import ITERATIONS as PICTURE_ITERATIONS
@@ -22,7 +23,7 @@ RUN_WIDE = {"run_wide": True}  # field metadata: an option of where the run goes
 class VideoOptions:
     """What video adds to the stylize Settings."""
 
-    temporal_weight: float = 1000.0  # on the "size"-normalised objective; docs/benchmarks.md, "Video"
+    temporal_weight: float = 300.0  # on the "size"-normalised objective; docs/benchmarks.md, "Style drift: measured on what is written"
     first_iterations: int | None = PICTURE_ITERATIONS  # the first frame's, at each scale (None: a picture's)
     frames: tuple[int, int | None] = (0, None)  # input frames A:B
     independent: bool = False  # the baseline: every frame from --init, no warp, no temporal term
@@ -32,6 +33,8 @@ class VideoOptions:
     # iterations; 0: always --iterations (docs/benchmarks.md, "Video crispness (issue #27)")
     blend: float = 1.0  # multi-pass: δ, the weight of the warped neighbours in a frame's start (Ruder et al.'s
     # blendWeight; 3 gave the same flicker: docs/benchmarks.md, "Multi-pass")
+    long_term: tuple[int, ...] = ()  # J: frame k is held to the outputs of frames k − j, j in J (1 among them), each
+    # where no closer one is reliable (Ruder et al.'s long-term term); (): the previous frame only
     workers: int | None = field(default=None, metadata=RUN_WIDE)  # local Dask workers (None: cluster's default; 0: no Dask)
     scheduler: str | None = field(default=None, metadata=RUN_WIDE)  # an existing Dask scheduler's address
 
@@ -52,7 +55,23 @@ class VideoOptions:
         if self.passes and self.independent:
             raise ScratchnstError("--independent is the frame-by-frame baseline: give it without --passes (--passes 1 stylizes every frame independently)")
         return replace(self, temporal_weight=temporal_weight, first_iterations=first, blend=blend, stop_change=stop_change,
-                       frames=tuple(self.frames))
+                       frames=tuple(self.frames), long_term=self._long_term())
+
+    def _long_term(self) -> tuple[int, ...]:
+        """--long-term J as a sorted tuple: whole numbers ≥ 1, none twice, 1 among them, frame by frame with the
+        temporal term only."""
+        if isinstance(self.long_term, (str, bytes)) or not isinstance(self.long_term, Iterable):
+            raise ScratchnstError(f"--long-term takes a list of frame offsets such as 1,10,20,40 (got {self.long_term!r})")
+        offsets = tuple(int_option("long-term", j) for j in self.long_term)
+        if not offsets:
+            return ()
+        if len(set(offsets)) != len(offsets):
+            raise ScratchnstError(f"--long-term: an offset is listed twice ({','.join(map(str, offsets))})")
+        if 1 not in offsets:
+            raise ScratchnstError(f"--long-term must include 1, the previous frame, which starts each frame (got {','.join(map(str, offsets))})")
+        if self.passes or self.independent:
+            raise ScratchnstError(f"--long-term is for frame-by-frame runs with the temporal term: give it without {'--passes' if self.passes else '--independent'}")
+        return tuple(sorted(offsets))
 
 
 JOB_OPTIONS = tuple(f.name for f in fields(VideoOptions) if not f.metadata.get("run_wide"))  # a batch video job's own

@@ -74,6 +74,7 @@ class VideoRun:
             "temporal_weight": o.temporal_weight, "first_iterations": o.first_iterations, "independent": o.independent,
             "stop_change": o.stop_change,
             **({"passes": o.passes, "blend": o.blend} if o.passes else {}),
+            **({"long_term": list(o.long_term)} if o.long_term else {}),
         }
 
     def run(self) -> VideoResult:
@@ -140,12 +141,14 @@ def same_run(manifest: dict, source, styles, settings: Settings, options: VideoO
     options and frames. settings, options: validated (options.validated_settings, VideoOptions.validated).
     Read without decoding the clip: settings.size None (the input's size) is the manifest's
     source_size, and frames A: (to the end) matches any end."""
-    keys = ("temporal_weight", "first_iterations", "independent", "fps", "passes", "blend", "stop_change")
+    keys = ("temporal_weight", "first_iterations", "independent", "fps", "passes", "blend", "stop_change", "long_term")
     try:
         size = settings.size or max(manifest["source_size"])
         ours = {"inputs": [source, *styles], "args": replace(settings, size=size).as_args(), **{k: getattr(options, k) for k in keys}}
-        recorded = {"passes": 0, "blend": DEFAULTS.blend, "stop_change": DEFAULTS.stop_change, **manifest["video"]}  # manifests from before these options
+        recorded = {"passes": 0, "blend": DEFAULTS.blend, "stop_change": DEFAULTS.stop_change, "long_term": DEFAULTS.long_term,
+                    **manifest["video"]}  # manifests from before these options
         theirs = {"inputs": [manifest["input"], *manifest["styles"]], "args": manifest["args"], **{k: recorded[k] for k in keys}}
+        theirs["long_term"] = tuple(theirs["long_term"])  # a list in JSON
         for identity in (ours, theirs):
             identity["inputs"] = [str(Path(p).resolve()) for p in identity["inputs"]]
         done = manifest["video"]["frames"]
@@ -160,7 +163,7 @@ def video(source, styles=None, *, out, resume: bool = False, **options) -> Video
     painting) into `out` (a .mp4/.mov/.mkv/.webm file, or a folder ending in /).
 
     options: VideoOptions' fields (temporal_weight, first_iterations, frames, independent, fps,
-    passes, blend, workers, scheduler; their defaults there) and Settings fields as for stylize
+    passes, stop_change, blend, long_term, workers, scheduler; their defaults there) and Settings fields as for stylize
     (size=None, the default, keeps the input's size; iterations apply to each frame after the first,
     options.ITERATIONS by default). passes: 0 goes frame by frame; P > 0 is the multi-pass mode
     (multipass.py), every frame of a pass a Dask task. Returns a VideoResult; status "interrupted"

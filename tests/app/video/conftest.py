@@ -1,5 +1,6 @@
 """The video tests' clip, made here with PyAV: a textured picture panned a few pixels per frame, so the
-true motion is known (`pan`, as frames and as `pan_mp4`; `write_clip` for others); the style picture;
+true motion is known (`pan`, as frames and as `pan_mp4`; out and back, `there_and_back_mp4`; `write_clip`
+for others); the style picture;
 the tiny video run; a folder's frames as bytes; Ctrl-C sent from a Dask worker at a known point of
 its work."""
 
@@ -74,6 +75,18 @@ def _write_clip():
 def pan_mp4(tmp_path_factory, pan) -> Path:
     path = tmp_path_factory.mktemp("clip") / "pan.mp4"
     write_clip(path, pan)
+    return path
+
+
+THERE_AND_BACK = (0, 1, 2, 3, 2, 1, 0)  # the pan's frames out and back: what leaves the view returns
+
+
+@pytest.fixture(scope="session")
+def there_and_back_mp4(tmp_path_factory, pan) -> Path:
+    """The pan out and back (its frames THERE_AND_BACK) as a clip: the strip at the left and top edges of
+    frame 0 leaves the view by frame 3 and is back, frame by frame, by frame 6 (frame 0 again)."""
+    path = tmp_path_factory.mktemp("clip") / "there_and_back.mp4"
+    write_clip(path, [pan[t] for t in THERE_AND_BACK])
     return path
 
 

@@ -109,3 +109,30 @@ def test_warp_frame_follows_the_known_motion(pan):
     inside = flow.inside_mask(backward)
     assert np.array_equal(flow.warp_frame(pan[2], backward)[inside], pan[3][inside])
     assert np.array_equal(flow.warp_frame(pan[2], np.zeros((H, W, 2), np.float32)), pan[2])
+
+
+def test_long_term_masks_by_hand():
+    """A 2×6-pixel clip whose window sits at x = 0, 1, 2, 0 in frames 0 to 3 (it pans right, then jumps
+    back). Frame 3 against frame 3 − j sees the motion p(3 − j) − p(3) = 2, 1, 0 px: a pixel x is
+    reliable against frame 3 − j where x + that shift is still inside, and the long-term mask keeps
+    each only where no closer frame of J is."""
+    H_, W_ = 2, 6
+    shift = {1: 2.0, 2: 1.0, 3: 0.0}
+    masks = {}
+    for j, dx in shift.items():
+        backward = np.tile(np.array([dx, 0.0]), (H_, W_, 1))
+        masks[j] = flow.consistency_mask(backward, -backward)
+    rows = lambda *row: np.tile(np.array(row, np.float32), (H_, 1))  # noqa: E731
+    assert np.array_equal(masks[1], rows(1, 1, 1, 1, 0, 0)) and np.array_equal(masks[2], rows(1, 1, 1, 1, 1, 0))
+    assert np.array_equal(masks[3], rows(1, 1, 1, 1, 1, 1))
+    J_1_2_3 = flow.long_term_masks(masks)
+    assert list(J_1_2_3) == [1, 2, 3] and all(c.dtype == np.float32 for c in J_1_2_3.values())
+    assert np.array_equal(J_1_2_3[1], rows(1, 1, 1, 1, 0, 0))
+    assert np.array_equal(J_1_2_3[2], rows(0, 0, 0, 0, 1, 0))  # seen in frame 1, not in frame 2
+    assert np.array_equal(J_1_2_3[3], rows(0, 0, 0, 0, 0, 1))  # seen only in frame 0
+    J_1_3 = flow.long_term_masks({1: masks[1], 3: masks[3]})  # without frame 1 in J, frame 0 holds both
+    assert np.array_equal(J_1_3[3], rows(0, 0, 0, 0, 1, 1))
+    assert np.array_equal(flow.long_term_masks({1: masks[1]})[1], masks[1])  # J = {1}: today's mask
+    # weights in between: c_long_j = max(c_j − Σ_{j' < j} c_j', 0)
+    soft = flow.long_term_masks({10: np.float32([[0.5, 0.6]]), 1: np.float32([[0.25, 0.6]]), 20: np.float32([[1.0, 0.5]])})
+    assert np.allclose(soft[1], [[0.25, 0.6]]) and np.allclose(soft[10], [[0.25, 0.0]]) and np.allclose(soft[20], [[0.25, 0.0]])

@@ -11,7 +11,7 @@ import pytest
 
 from scratchnst.app.picture.inputs import open_styles, style_list
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import Painter, fill_new, frame_settings, settled, sharpness
+from scratchnst.app.video.frame import Painter, fill_new, frame_settings, held_to, settled, sharpness
 from scratchnst.app.video.options import STOP_WINDOW, validated_settings, video_settings
 
 pytest.importorskip("cv2")
@@ -61,3 +61,20 @@ def test_the_stopping_rule_stops_a_converged_frame_and_not_a_fresh_one(tmp_path,
     again, _ = painter.paint(pan[0], tmp_path / "again.png", warm, start=out, stop_when=rule)
     assert again["stopped"] == "settled" and STOP_WINDOW < again["iterations"] < cap, again
     assert again["loss"] < 1.1 * done["loss"] and again["sharpness"] > 0
+
+
+def test_held_to_is_the_sum_of_the_terms_under_disjoint_masks(rng):
+    """Σ_j c_j (x − ω_j)² = C (x − m)² exactly when the c_j are binary and disjoint (long-term masks):
+    m is the ω_j whose c_j is 1, and C their union."""
+    warped = [rng.integers(0, 256, (4, 5, 3)).astype(np.uint8) for _ in range(3)]
+    which = rng.integers(0, 4, (4, 5))  # 3: held to no earlier frame
+    masks = [(which == n).astype(np.float32) for n in range(3)]
+    m, total = held_to(warped, masks)
+    assert m.dtype == np.uint8 and np.array_equal(total, which < 3)
+    for n in range(3):
+        assert np.array_equal(m[which == n], warped[n][which == n])
+    x = rng.uniform(0, 255, (4, 5, 3))
+    terms = sum(c[..., None] * (x - w) ** 2 for c, w in zip(masks, warped))
+    assert np.allclose(total[..., None] * (x - m) ** 2, terms)
+    none, c = held_to(warped[:1], [np.zeros((4, 5), np.float32)])  # a scene cut: nothing held
+    assert none.shape == (4, 5, 3) and not c.any()

@@ -55,13 +55,21 @@ def _bad_inputs(tmp, pan_mp4, pan):
         "--stop-change negative": ([str(pan_mp4), "--stop-change", "-0.1"], "--stop-change must be"),
         "--stop-change 1 or more": ([str(pan_mp4), "--stop-change", "1"], "--stop-change is a relative change"),
         "--stop-change not a number": ([str(pan_mp4), "--stop-change", "x"], "--stop-change"),
+        "--long-term not numbers": ([str(pan_mp4), "--long-term", "1,x"], "--long-term: expected a whole number"),
+        "--long-term 0": ([str(pan_mp4), "--long-term", "1,0"], "--long-term must be a whole number > 0"),
+        "--long-term negative": ([str(pan_mp4), "--long-term", "1,-10"], "--long-term must be a whole number > 0"),
+        "--long-term without 1": ([str(pan_mp4), "--long-term", "10,20"], "--long-term must include 1"),
+        "--long-term twice": ([str(pan_mp4), "--long-term", "1,10,10"], "listed twice"),
+        "--long-term with --passes": ([str(pan_mp4), "--long-term", "1,10", "--passes", "2"], "without --passes"),
+        "--long-term with --independent": ([str(pan_mp4), "--long-term", "1,10", "--independent"], "without --independent"),
     }
 
 
 CASES = ["not a video", "zero frames (file)", "zero frames (folder)", "unreadable stream", "--frames out of range",
          "--frames start past the end", "--frames malformed", "frames of varying size", "missing input",
          "unknown output suffix", "output is the input", "--passes with --independent", "--blend negative",
-         "--stop-change negative", "--stop-change 1 or more", "--stop-change not a number"]
+         "--stop-change negative", "--stop-change 1 or more", "--stop-change not a number", "--long-term not numbers", "--long-term 0",
+         "--long-term negative", "--long-term without 1", "--long-term twice", "--long-term with --passes", "--long-term with --independent"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -122,7 +130,7 @@ def test_videos_run_as_parallel_batch_jobs_and_a_rerun_skips_them(tmp_path, pan,
     manifest = json.loads(Path(jobs[0]["manifest"]).read_text())
     ran = {"size": 32, "iterations": 2, "first_iterations": 2, "scales": [1]}
     for changed, same in [({}, True), ({"temporal_weight": 999}, False), ({"frames": "0:5"}, False), ({"frames": "0:6"}, True), ({"size": 48}, False),
-                          ({"passes": 2}, False)]:
+                          ({"passes": 2}, False), ({"long_term": [1, 3]}, False), ({"long_term": []}, True)]:
         job = batch.Job(str(tmp_path / "a.mp4"), [str(style)], jobs[0]["output"], {**ran, **changed}, kind="video")
         assert video.same_run(manifest, job.content, job.styles, *batch.video_job_settings(job)) is same, changed
     stamps = [os.stat(j["output"]).st_mtime_ns for j in jobs[:2]]

@@ -1,7 +1,7 @@
 """scratchnst.app.video.work, OUT.work/ beside a video's OUT: a run stopped by Ctrl-C and then by a
 SIGKILL, each at a known L-BFGS step, keeps its finished frames, and --resume makes the bytes of a run
-never stopped; a rerun without --resume, a resume with other options and a resume of nothing are
-refused."""
+never stopped, with --long-term too; a rerun without --resume, a resume with other options and a
+resume of nothing are refused."""
 
 from __future__ import annotations
 
@@ -83,3 +83,22 @@ def test_resume_after_interrupt_and_kill_gives_the_same_frames(tmp_path, pan_mp4
     other = video(*base, "--iterations", "2", "-o", f"{tmp_path / 'o2'}/", "--frames", "0:3")
     assert other.returncode == 0, other.stderr
     assert video(*base, "-o", f"{out}/", "--resume").returncode == 2  # nothing to resume
+
+
+@pytest.mark.weights
+def test_resume_with_long_term_gives_the_same_frames(tmp_path, there_and_back_mp4, style, video_tiny, weights_env, run_cli, frames_of):
+    """--long-term 1,2,4,6 reads frames 5 − 1, 5 − 2 and 5 − 4 back for frame 5: Ctrl-C there, then
+    --resume (its flows on a Dask worker now) makes the bytes of a run never stopped (here, no Dask)."""
+    base = [str(there_and_back_mp4), str(style), *video_tiny.argv, "--long-term", "1,2,4,6"]
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    r = run_cli("video", *base, "--workers", "0", "-o", f"{whole}/", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    # Ctrl-C at frame 5's second step (frame 0 takes 4, every later frame 3): frames 0 to 4 are kept
+    env = {"STOP_AT_STEP": str(4 + 4 * 3 + 2), "STOP_WITH": "SIGINT"}
+    proc = run_cli("video", *base, "--workers", "0", "-o", f"{out}/", cwd=tmp_path, code=STOP_AT_STEP, env=env)
+    assert proc.returncode == 130 and _recorded(tmp_path / "out.work", 5) and not _recorded(tmp_path / "out.work", 6), proc.stderr
+    other = run_cli("video", *base[:-1], "1,2", "--workers", "0", "-o", f"{out}/", "--resume", cwd=tmp_path)
+    assert other.returncode == 2 and "other long_term" in other.stderr, other.stderr
+    r = run_cli("video", *base, "--workers", "1", "-o", f"{out}/", "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert frames_of(out) == frames_of(whole) and len(frames_of(out)) == 7
