@@ -40,18 +40,9 @@ def test_each_scale_runs_its_own_iterations_and_resumes_with_them(tmp_path, pics
     whole = sty.stylize(str(pics.content), [str(pics.style)], out=tmp_path / "whole.png", **options)
     assert [h["size"] for h in whole.history] == [24, 24, 24, 48]
     assert whole.manifest["args"]["iterations"] == [3, 1]
-    calls = {"n": 0}
-    original = CoarseToFine._record
-
-    def record(self):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self)
-
     out = tmp_path / "cut.png"
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(CoarseToFine, "_record", record)
+        _interrupt_at_record(m, 2)
         assert sty.stylize(str(pics.content), [str(pics.style)], out=out, **options).status == "interrupted"
     resumed = sty.resume(out.with_suffix(".json"), quiet=True)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
@@ -84,7 +75,6 @@ def test_nonfinite_stops_keeps_the_last_finite_image_exit_1(tmp_path, pics, tiny
 def test_interrupt_at_an_awkward_moment_still_resumes_identically(tmp_path, reference, monkeypatch, moment):
     """KeyboardInterrupt while scale 1's images are prepared (the optimiser still belongs to scale 0),
     or right after opt.step() returned but before the iteration was recorded."""
-    calls = {"n": 0}
     if moment == "between-scales":
         original = CoarseToFine._images_at
 
@@ -95,15 +85,7 @@ def test_interrupt_at_an_awkward_moment_still_resumes_identically(tmp_path, refe
 
         monkeypatch.setattr(CoarseToFine, "_images_at", images_at)
     else:
-        original = CoarseToFine._record
-
-        def record(self):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-            return original(self)
-
-        monkeypatch.setattr(CoarseToFine, "_record", record)
+        _interrupt_at_record(monkeypatch, 3)
     out = tmp_path / "d.png"
     res = sty.stylize(str(reference.content), [str(reference.style)], out=out, **reference.run)
     assert res.status == "interrupted"
@@ -113,6 +95,19 @@ def test_interrupt_at_an_awkward_moment_still_resumes_identically(tmp_path, refe
     m = sty.resume(out.with_suffix(".json"), quiet=True).manifest
     assert [h["loss"] for h in m["history"]] == reference.losses
     assert out.read_bytes() == reference.image
+
+
+def _interrupt_at_record(monkeypatch, n: int) -> None:
+    """KeyboardInterrupt at the n-th CoarseToFine._record: right after a step, before its bookkeeping."""
+    original, calls = CoarseToFine._record, [0]
+
+    def record(self):
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(CoarseToFine, "_record", record)
 
 
 # -- tiled scales ----------------------------------------------------------------------------------

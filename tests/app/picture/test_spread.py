@@ -86,9 +86,11 @@ def test_a_tile_that_raises_fails_the_evaluation_in_one_line(vgg16, vgg_weights_
     spread.close()
 
 
-# Sent to the first worker (conftest's run_on_workers): its second tile never ends there, and the
-# worker records that it holds it, so the evaluation is provably unfinished when it is killed.
-HOLD_THE_SECOND_TILE = """
+def hold_tile(n: int) -> str:
+    """Code for a worker (conftest's run_on_workers): its n-th tile waits there until the test sets
+    tiled.RELEASED_BY_TEST (or kills the worker), and the worker records that it holds it, so an
+    evaluation is provably unfinished while the test acts."""
+    return f"""
 import time
 from scratchnst.core import tiled
 
@@ -96,9 +98,10 @@ real, calls = tiled.TileSteps.run, [0]
 
 def run(self, *args):
     calls[0] += 1
-    if calls[0] == 2:
+    if calls[0] == {n}:
         tiled.HELD_BY_TEST = True
-        time.sleep(600)
+        while not getattr(tiled, "RELEASED_BY_TEST", False):
+            time.sleep(0.05)
     return real(self, *args)
 
 tiled.TileSteps.run = run
@@ -122,7 +125,7 @@ def test_a_worker_killed_mid_evaluation_costs_only_its_tiles(tmp_path, pics, tin
     run = tiny.but(size=64, tile=32, iterations=2, dtype="float64")
     address = dask_processes.scheduler()
     first = dask_processes.worker("first")
-    dask_processes.run_on_workers(HOLD_THE_SECOND_TILE)
+    dask_processes.run_on_workers(hold_tile(2))  # the first worker's second tile, until it is killed
     dask_processes.worker("second")
     spread = start_cli("stylize", content, style, "-o", "spread.png", "--scheduler", address, *run.argv, cwd=tmp_path)
     wait_until(lambda: _holds_a_tile(str(dask_processes.scheduler_file)), proc=spread, what="the first worker holding a tile")
@@ -137,27 +140,6 @@ def test_a_worker_killed_mid_evaluation_costs_only_its_tiles(tmp_path, pics, tin
     assert a["plan"]["scales"][0]["tiles"] == 4
 
 
-# Sent to the worker: its tenth tile (in the run's second evaluation) waits until the test has sent
-# Ctrl-C and released it, and the worker records that it holds it: the signal provably lands while
-# an evaluation is spread.
-HOLD_THE_TENTH_TILE_UNTIL_RELEASED = """
-import time
-from scratchnst.core import tiled
-
-real, calls = tiled.TileSteps.run, [0]
-
-def run(self, *args):
-    calls[0] += 1
-    if calls[0] == 10:
-        tiled.HELD_BY_TEST = True
-        while not getattr(tiled, "RELEASED_BY_TEST", False):
-            time.sleep(0.05)
-    return real(self, *args)
-
-tiled.TileSteps.run = run
-"""
-
-
 def test_ctrl_c_mid_evaluation_saves_and_resumes_to_the_bytes_of_this_process(tmp_path, pics, tiny, dask_processes,
                                                                            start_cli, run_cli, wait_until, weights_env):
     """Ctrl-C while a worker holds a tile: the running tile finishes (cluster.run_tasks), the run stops
@@ -167,7 +149,7 @@ def test_ctrl_c_mid_evaluation_saves_and_resumes_to_the_bytes_of_this_process(tm
     run = tiny.but(size=64, tile=32, iterations=3, dtype="float64")
     address = dask_processes.scheduler()
     dask_processes.worker("only")
-    dask_processes.run_on_workers(HOLD_THE_TENTH_TILE_UNTIL_RELEASED)
+    dask_processes.run_on_workers(hold_tile(10))  # in the run's second evaluation
     spread = start_cli("stylize", content, style, "-o", "spread.png", "--scheduler", address, *run.argv, cwd=tmp_path)
     wait_until(lambda: _holds_a_tile(str(dask_processes.scheduler_file)), proc=spread, what="the worker holding a tile")
     spread.send_signal(signal.SIGINT)
