@@ -25,7 +25,7 @@ from scratchnst.app import bench, study
 from scratchnst.app.files import weights
 from scratchnst.app.picture.color import COLORS
 from scratchnst.app.picture.settings import FIRST_SCALE, INITS, LARGE_ITERATIONS, LARGE_SCALE, Settings
-from scratchnst.app.picture.settings import ITERATIONS as PICTURE_ITERATIONS
+from scratchnst.app.picture.settings import ITERATIONS as PICTURE_ITERATIONS  # video has its own ITERATIONS
 from scratchnst.app.picture.stylize import check_cluster, resume, stylize
 from scratchnst.app.studio import inputs as studio
 from scratchnst.app.video.clip import parse_frames

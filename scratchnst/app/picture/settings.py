@@ -150,7 +150,7 @@ def default_iterations(size: int, scales: tuple[float, ...]) -> int | tuple[int,
 
 def _scales(values) -> tuple[float, ...]:
     """--scales as floats, each in (0, MAX_SCALE]."""
-    scales = tuple(weight_option("scales", v) for v in _items("scales", values, "numbers"))
+    scales = tuple(weight_option("scales", v) for v in list_option("scales", values, "numbers"))
     if not scales:
         raise ScratchnstError("--scales needs at least one value")
     for v in scales:
@@ -216,7 +216,7 @@ def _weights_option(flag: str, values, count: int, what: str, *, nonzero_sum: bo
     """One weight per item (objective.check_weights), None left None."""
     if values is None:
         return None
-    values = _items(flag, values, "numbers")
+    values = list_option(flag, values, "numbers")
     with user_error():
         return check_weights(f"--{flag}", values, count, what, nonzero_sum=nonzero_sum)
 
@@ -245,7 +245,7 @@ def _outputs(s: Settings, n_styles: int, style_blend) -> dict:
     color = "luminance" if preserve_colors else color
     masks = s.style_masks
     if masks is not None:
-        masks = _items("style-masks", masks, "masks, one per style image")
+        masks = list_option("style-masks", masks, "masks, one per style image")
         with user_error():
             check_mask_count(len(masks), n_styles, style_blend, "--style-masks", "--style-blend")
     if flag_option("normalize-gradients", s.normalize_gradients) and s.optimizer != "adam":
@@ -291,7 +291,7 @@ def choice_option(flag: str, value, choices: Iterable[str]):
 
 def layers_option(flag: str, names) -> tuple[str, ...]:
     """The layer names as a tuple, each a VGG-16 layer (vgg.check_layers) and none twice."""
-    names = _items(flag, names, "layer names")
+    names = list_option(flag, names, "layer names")
     with user_error(f"--{flag}"):
         check_layers(names)
     if len(set(names)) != len(names):
@@ -313,7 +313,7 @@ def path_option(flag: str, value, what: str = "a path") -> str:
     return os.fspath(value)
 
 
-def _items(flag: str, values, what: str) -> tuple:
+def list_option(flag: str, values, what: str) -> tuple:
     """values as a tuple; ScratchnstError naming --flag for a string or a single value."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise ScratchnstError(f"--{flag} takes a list of {what} (got {values!r})")

@@ -6,11 +6,9 @@ defaults and their lists of option names from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 
-from scratchnst.app.picture.settings import ITERATIONS as PICTURE_ITERATIONS
-from scratchnst.app.picture.settings import Settings, int_option, weight_option
+from scratchnst.app.picture.settings import ITERATIONS as PICTURE_ITERATIONS, Settings, int_option, list_option, weight_option
 from scratchnst.errors import ScratchnstError
 
 ITERATIONS = 20  # --iterations of a video: each frame after the first, the cap of the stopping rule; docs/benchmarks.md, "Video"
@@ -60,9 +58,7 @@ class VideoOptions:
     def _long_term(self) -> tuple[int, ...]:
         """--long-term J as a sorted tuple: whole numbers ≥ 1, none twice, 1 among them, frame by frame with the
         temporal term only."""
-        if isinstance(self.long_term, (str, bytes)) or not isinstance(self.long_term, Iterable):
-            raise ScratchnstError(f"--long-term takes a list of frame offsets such as 1,10,20,40 (got {self.long_term!r})")
-        offsets = tuple(int_option("long-term", j) for j in self.long_term)
+        offsets = tuple(int_option("long-term", j) for j in list_option("long-term", self.long_term, "frame offsets such as 1,10,20,40"))
         if not offsets:
             return ()
         if len(set(offsets)) != len(offsets):
