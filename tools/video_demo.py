@@ -101,13 +101,14 @@ def strip(args) -> None:
     content, _ = im.default_images()
     frames = pan_zoom_frames(content, args.frames, args.size, args.dx, args.zoom)
     with tempfile.TemporaryDirectory() as d:
-        clip = Path(d) / "clip.mp4"
-        write_clip(frames, clip)
         rows = []
-        for name in ("ours", "independent"):
-            out = Path(d) / f"{name}/"
+        for name, shown in (("ours", frames), ("independent", frames[::args.every])):  # independent frames: only those shown
+            clip, out = Path(d) / f"{name}-clip", Path(d) / f"{name}/"
+            clip.mkdir()
+            for k, f in enumerate(shown):  # a folder of frames: no codec between the frames and the runs
+                Image.fromarray(f).save(clip / f"{k:05d}.png")
             video(clip, None, out=str(out) + "/", size=args.size, iterations=args.iterations, quiet=True, **RUNS[name])
-            rows.append([Image.open(p) for p in sorted(out.glob("*.png"))[::args.every]])
+            rows.append([Image.open(p) for p in sorted(out.glob("*.png"))[::args.every if name == "ours" else 1]])
     w, h = rows[0][0].size
     n = len(rows[0])
     sheet = Image.new("RGB", (w * n + 4 * (n - 1), 2 * h + 4), "white")
@@ -118,7 +119,10 @@ def strip(args) -> None:
     print(f"{args.out}: {Path(args.out).stat().st_size // 1024} KB")
 
 
-def written(args) -> None:
+def written_style(out_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The style term of each frame of a finished run written as a folder of frames (its OUT.json beside
+    it): (the manifest's, the optimiser's last image, unclipped; the frame as written, its PNG clipped to
+    0..255 and rounded), scored with the run's own objective."""
     from dataclasses import replace
 
     from scratchnst.app.picture.coarse_to_fine import make_objective
@@ -127,7 +131,7 @@ def written(args) -> None:
     from scratchnst.app.picture.targets import StyleTargets
     from scratchnst.core.preprocess import preprocess
 
-    out = Path(args.out_dir)
+    out = Path(out_dir)
     m = json.loads(out.with_suffix(".json").read_text())
     s = replace(Settings.from_args(m["args"]), quiet=True)
     net = load_net(s)
@@ -137,8 +141,11 @@ def written(args) -> None:
         img = Image.open(f).convert("RGB")
         x = preprocess(img, dtype=s.dtype, xp=net.xp)
         png.append(make_objective(net, s, x, targets.grams(max(img.size), img)).evaluate(x).terms["style"])
-    kept = np.array([f["style"] for f in m["frames"]])
-    png = np.array(png)
+    return np.array([f["style"] for f in m["frames"]]), np.array(png)
+
+
+def written(args) -> None:
+    kept, png = written_style(args.out_dir)
     print(f"frame 0's style term: {kept[0]:.4g} (the optimiser's), {png[0]:.4g} as written ({png[0] / kept[0]:.3f}x)")
     for name, v in (("the optimiser's", kept / kept[0]), ("as written", png / png[0])):
         print(f"later / frame 0, {name}: mean {v[1:].mean():.3f}, max {v[1:].max():.3f}, min {v[1:].min():.3f}; "
