@@ -305,7 +305,7 @@ def _add_video_options(g) -> None:
         "on its own, then --iterations per frame and pass from its last result blended with its two neighbours'); 0: frame by frame"))
     g.add_argument("--stop-change", type=_number, default=VIDEO.stop_change, metavar="R", help=(
         f"a frame started from the warped previous one stops once its loss fell by less than R (relative) over {STOP_WINDOW} "
-        "iterations, --iterations the cap; 0: always --iterations"))
+        f"iterations, --iterations the cap (default {VIDEO.stop_change}; 0: always --iterations)"))
     g.add_argument("--blend", type=_number, default=VIDEO.blend, help="multi-pass: weight of the warped neighbours in each frame's start")
     g.add_argument("--long-term", type=_whole_list, default=VIDEO.long_term, metavar="J", help=(
         "Ruder et al.'s long-term consistency: each frame is held to the outputs of the frames j back, for each j of the comma list "

@@ -1,5 +1,5 @@
 """One frame of a video, in either mode: a finished frame read back, its start (fill_new: the warped
-previous output, the input frame where the motion is not reliable), the temporal term towards the
+previous output, continued across the boundary where the motion is not reliable), the temporal term towards the
 warped frame (or several: held_to), the stopping rule of a frame started warm (settled), and the
 frame stylized (Painter), its sharpness recorded.
 
@@ -24,12 +24,15 @@ from scratchnst.app.picture.inputs import Inputs, Styles, check_memory, check_si
 from scratchnst.app.picture.outputs import picture
 from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.app.picture.targets import StyleTargets
+from scratchnst.app.video import flow
 from scratchnst.core.backend import get_array_module
 from scratchnst.core.losses import temporal_loss
 from scratchnst.core.objective import PixelTerm
 from scratchnst.core.preprocess import preprocess
 
 CONTENT = "<content image>"  # a frame's name as the content of its stylization
+FILL_GAPS = (4, 10)  # fill_new: how far past the mirror image new content is taken from, drawn per frame (fill_gap);
+# docs/benchmarks.md, "New content painted, and frames that stop when done"
 
 
 def read_frame(png: Path) -> np.ndarray:
@@ -37,14 +40,51 @@ def read_frame(png: Path) -> np.ndarray:
     return np.asarray(Image.open(png).convert("RGB"))
 
 
-def fill_new(warped: np.ndarray, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """A warm frame's start: the warped previous output where the motion is reliable (mask > 0), the
-    input frame itself (a content start, as a picture's --init content) where it is not: pixels
-    disoccluded or come in at the frame's edge, which the warp fills with stretched border pixels.
+def fill_new(warped: np.ndarray, frame: np.ndarray, mask: np.ndarray, gap: int) -> np.ndarray:
+    """A warm frame's start: the warped previous output where the motion is reliable (mask > 0). Where
+    it is not (pixels disoccluded or come in at the frame's edge, which the warp fills with stretched
+    border pixels), the painting continued across the boundary: the warped output at the pixel's mirror
+    image in its nearest reliable pixel, set `gap` px further in (reflected). New content so starts as
+    strokes of this video's painting, which a few iterations fit to it, rather than as a photo, which
+    20 iterations leave half painted. The input frame itself where that point is not a reliable pixel
+    of the frame (a scene cut: none is).
 
-    warped, frame: (H, W, 3) uint8; mask: (H, W) consistency weights (flow.consistency_mask).
+    warped, frame: (H, W, 3) uint8; mask: (H, W) consistency weights (flow.consistency_mask); gap:
+    fill_gap of the frame.
     """
-    return np.where(mask[..., None] > 0, warped, frame)
+    new = mask <= 0
+    if new.all() or not new.any():
+        return np.where(new[..., None], frame, warped)
+    src, found = reflected(new, gap)
+    return np.where(new[..., None], np.where(found[..., None], warped[src[..., 0], src[..., 1]], frame), warped)
+
+
+def fill_gap(k: int) -> int:
+    """Frame k's gap for fill_new, drawn from FILL_GAPS by a generator seeded with k (a resumed run draws
+    the same). Copied from the same distance every frame, the edge of a pan would repeat itself every
+    2 + gap px: at gap 0 as stripes of 2 px, at a fixed 7 as a pattern of 9."""
+    low, high = FILL_GAPS
+    return int(np.random.default_rng(k).integers(low, high + 1))
+
+
+def reflected(new: np.ndarray, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every pixel p: the point 2q − p + gap·u, q the pixel nearest p (Euclidean) that is not `new`
+    and u the step from p towards q rounded to a unit (so p itself where it is not new), as (H, W, 2)
+    int (row, column) clipped to the frame; and whether that point lies in the frame on a pixel not
+    `new`, (H, W) bool.
+
+    new: (H, W) bool with at least one False.
+    """
+    _, cv2 = flow.video_libs()
+    _, label = cv2.distanceTransformWithLabels(new.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    q = np.argwhere(~new)[label - 1]  # labels number the zero (not new) pixels in raster order, from 1
+    p = np.stack(np.indices(new.shape), -1)
+    step = q - p
+    unit = np.rint(step / np.maximum(np.hypot(step[..., 0], step[..., 1]), 1)[..., None]).astype(int)
+    point = 2 * q - p + gap * unit
+    inside = (point >= 0).all(-1) & (point < new.shape).all(-1)
+    point = np.clip(point, 0, np.array(new.shape) - 1)
+    return point, inside & ~new[point[..., 0], point[..., 1]]
 
 
 def held_to(warped: list, masks: list) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from scratchnst.app import cluster
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import fill_new, frame_settings, held_to, read_frame, settled, temporal_terms
+from scratchnst.app.video.frame import fill_gap, fill_new, frame_settings, held_to, read_frame, settled, temporal_terms
 from scratchnst.app.video.options import STOP_WINDOW, VideoOptions
 
 FLOW_AHEAD = 8  # frames whose flows are asked of the workers ahead of the frame being stylized
@@ -58,7 +58,7 @@ def _stylize(video, k: int, pairs: dict) -> dict | None:
         warped = flow.warp_frame(read_frame(video.work.png(k - 1)), pair.backward)
         if not o.independent:
             target, mask, held = _long_term(video, k, pairs, warped) if o.long_term else (warped, pair.mask, None)
-            start = fill_new(target, video.clip.frames[k], mask)
+            start = fill_new(target, video.clip.frames[k], mask, fill_gap(k))
             terms = temporal_terms(video.settings, o.temporal_weight, target, mask)
     settings = frame_settings(video.settings, o.first_iterations, first=k == 0, warm=start is not None)
     stop_when = settled(o.stop_change, STOP_WINDOW) if start is not None else None

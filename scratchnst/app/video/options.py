@@ -27,8 +27,8 @@ class VideoOptions:
     independent: bool = False  # the baseline: every frame from --init, no warp, no temporal term
     fps: float | None = None  # frame rate of a folder of frames (a video keeps its own)
     passes: int = 0  # 0: frame by frame; P: Ruder et al.'s multi-pass mode, P passes over all frames (multipass.py)
-    stop_change: float = 0.0  # a frame started warm stops once its loss fell by less than this (relative) over STOP_WINDOW
-    # iterations; 0: always --iterations (docs/benchmarks.md, "Video crispness (issue #27)")
+    stop_change: float = 0.01  # a frame started warm stops once its loss fell by less than this (relative) over STOP_WINDOW
+    # iterations; 0: always --iterations (docs/benchmarks.md, "New content painted, and frames that stop when done")
     blend: float = 1.0  # multi-pass: δ, the weight of the warped neighbours in a frame's start (Ruder et al.'s
     # blendWeight; 3 gave the same flicker: docs/benchmarks.md, "Multi-pass")
     long_term: tuple[int, ...] = ()  # J: frame k is held to the outputs of frames k − j, j in J (1 among them), each

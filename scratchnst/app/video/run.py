@@ -145,8 +145,8 @@ def same_run(manifest: dict, source, styles, settings: Settings, options: VideoO
     try:
         size = settings.size or max(manifest["source_size"])
         ours = {"inputs": [source, *styles], "args": replace(settings, size=size).as_args(), **{k: getattr(options, k) for k in keys}}
-        recorded = {"passes": 0, "blend": DEFAULTS.blend, "stop_change": DEFAULTS.stop_change, "long_term": DEFAULTS.long_term,
-                    **manifest["video"]}  # manifests from before these options
+        recorded = {"passes": 0, "blend": DEFAULTS.blend, "stop_change": 0.0, "long_term": DEFAULTS.long_term,
+                    **manifest["video"]}  # manifests from before these options (--stop-change was off then)
         theirs = {"inputs": [manifest["input"], *manifest["styles"]], "args": manifest["args"], **{k: recorded[k] for k in keys}}
         theirs["long_term"] = tuple(theirs["long_term"])  # a list in JSON
         for identity in (ours, theirs):

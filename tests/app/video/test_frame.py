@@ -1,5 +1,5 @@
-"""scratchnst.app.video.frame, one frame: its start (the warped previous output, the input frame where
-the motion is not reliable), the stopping rule of a frame started warm (stops a converged frame, not a
+"""scratchnst.app.video.frame, one frame: its start (the warped previous output, continued across the
+boundary where the motion is not reliable), the stopping rule of a frame started warm (stops a converged frame, not a
 fresh one), and the sharpness the manifest records."""
 
 from __future__ import annotations
@@ -11,23 +11,62 @@ import pytest
 
 from scratchnst.app.picture.inputs import open_styles, style_list
 from scratchnst.app.video import flow
-from scratchnst.app.video.frame import Painter, fill_new, frame_settings, held_to, settled, sharpness
+from scratchnst.app.video.frame import FILL_GAPS, Painter, fill_gap, fill_new, frame_settings, held_to, reflected, settled, sharpness
 from scratchnst.app.video.options import STOP_WINDOW, validated_settings, video_settings
 
 pytest.importorskip("cv2")
 
 
-def test_new_content_starts_from_the_input_frame(pan):
-    """Frame 3 of the pan from frame 2: the columns and rows that came in at the edge (and any pixel
-    the mask finds unreliable) start as frame 3 itself, not as frame 2's border pixels stretched."""
+def test_reflected_by_hand():
+    """One row, the last three pixels new: each is mirrored in pixel 4 (the nearest not new) and set gap
+    px further in; a point that leaves the frame is not found."""
+    new = np.array([[False] * 5 + [True] * 3])
+    for gap, columns, found in ((0, [4, 3, 2, 1], [True] * 4), (2, [4, 1, 0, 0], [True, True, True, False])):
+        point, ok = reflected(new, gap)
+        assert point[0, 4:, 1].tolist() == columns and point[0, 4:, 0].tolist() == [0] * 4
+        assert ok[0, 4:].tolist() == found  # 2·4 − 7 − 2 = −1: outside
+        assert point[0, :4, 1].tolist() == [0, 1, 2, 3]  # a pixel not new is its own point
+
+
+def test_new_content_continues_the_painting_across_the_boundary():
+    """Columns valued 10·x, the last two new: at gap 7 column 12 takes column 3's value (mirrored in
+    column 11 to 10, then 7 further in), column 13 column 2's; a point that falls outside the frame,
+    and a frame with no reliable pixel at all (a scene cut), start as the input frame."""
+    warped = np.repeat(np.repeat((np.arange(14) * 10).astype(np.uint8)[None, :, None], 2, 0), 3, 2)
+    frame = np.full_like(warped, 255)
+    mask = np.ones((2, 14), np.float32)
+    mask[:, 12:] = 0
+    assert fill_new(warped, frame, mask, 7)[0, :, 0].tolist() == [10 * x for x in range(12)] + [30, 20]
+    mask[:, 4:] = 0  # column 4's point: 2·3 − 4 − 7 < 0, and the others' further out
+    assert fill_new(warped, frame, mask, 7)[0, :, 0].tolist() == [0, 10, 20, 30] + [255] * 10
+    assert np.array_equal(fill_new(warped, frame, np.zeros((2, 14)), 7), frame)
+
+
+def test_the_gap_changes_from_frame_to_frame_and_is_the_same_again_on_resume():
+    gaps = [fill_gap(k) for k in range(1, 41)]
+    assert gaps == [fill_gap(k) for k in range(1, 41)]
+    assert all(FILL_GAPS[0] <= g <= FILL_GAPS[1] for g in gaps) and len(set(gaps)) == FILL_GAPS[1] - FILL_GAPS[0] + 1
+    assert sum(a != b for a, b in zip(gaps, gaps[1:])) > 20
+
+
+def test_new_content_at_a_pans_edge_starts_from_the_painting_inside(pan):
+    """Frame 3 of the pan from frame 2: the columns and rows that came in at the edge start as reliable
+    pixels of the warped output further inside, not as frame 2's border pixels stretched, nor as the
+    input frame (which only the few whose point is unreliable too, or past the edge, start as)."""
     (W, H), (DX, DY) = pan.size, pan.motion
     pair = flow.pair_flow(pan[2], pan[3])
     warped = flow.warp_frame(pan[2], pair.backward)
-    start = fill_new(warped, pan[3], pair.mask)
+    start = fill_new(warped, pan[3], pair.mask, fill_gap(3))
     new = pair.mask == 0
     assert new[:, W - DX:].all() and new[H - DY:, :].all()
-    assert np.array_equal(start[new], pan[3][new]) and np.array_equal(start[~new], warped[~new])
-    assert not np.array_equal(warped[:, W - DX:], pan[3][:, W - DX:])  # what the warp alone put there
+    point, found = reflected(new, fill_gap(3))
+    at = new & found
+    assert found[:H - DY, W - DX:].mean() > 0.9 and not new[point[at][:, 0], point[at][:, 1]].any()  # but where the point is unreliable too
+    assert np.array_equal(start[at], warped[point[at][:, 0], point[at][:, 1]]) and np.array_equal(start[~new], warped[~new])
+    assert np.array_equal(start[new & ~found], pan[3][new & ~found])  # a point past the frame's edge: the input frame
+    edge = at[:H - DY, W - DX:]
+    assert (point[:H - DY, W - DX:, 1][edge] <= W - DX - 1 - fill_gap(3)).all()  # the right edge's: a gap inside the last reliable column
+    assert not np.array_equal(start[:, W - DX:], pan[3][:, W - DX:])
 
 
 def test_settled_asks_for_a_fall_of_the_loss_over_the_window():
