@@ -130,9 +130,13 @@ def test_videos_run_as_parallel_batch_jobs_and_a_rerun_skips_them(tmp_path, pan,
     manifest = json.loads(Path(jobs[0]["manifest"]).read_text())
     ran = {"size": 32, "iterations": 2, "first_iterations": 2, "scales": [1]}
     for changed, same in [({}, True), ({"temporal_weight": 999}, False), ({"frames": "0:5"}, False), ({"frames": "0:6"}, True), ({"size": 48}, False),
-                          ({"passes": 2}, False), ({"long_term": [1, 3]}, False), ({"long_term": []}, True)]:
+                          ({"passes": 2}, False), ({"long_term": [1, 3]}, False), ({"long_term": []}, True), ({"stop_change": 0}, False)]:
         job = batch.Job(str(tmp_path / "a.mp4"), [str(style)], jobs[0]["output"], {**ran, **changed}, kind="video")
         assert video.same_run(manifest, job.content, job.styles, *batch.video_job_settings(job)) is same, changed
+    older = {**manifest, "video": {k: v for k, v in manifest["video"].items() if k != "stop_change"}}  # from before --stop-change: off then
+    for stop_change, same in ((0, True), (0.01, False)):
+        job = batch.Job(str(tmp_path / "a.mp4"), [str(style)], jobs[0]["output"], {**ran, "stop_change": stop_change}, kind="video")
+        assert video.same_run(older, job.content, job.styles, *batch.video_job_settings(job)) is same, stop_change
     stamps = [os.stat(j["output"]).st_mtime_ns for j in jobs[:2]]
     r = run_cli("batch", *args, cwd=tmp_path, timeout=300)  # the failed job is tried again; the done ones are skipped
     assert r.returncode == 1 and "4 jobs: 2 done (2 already), 2 failed" in r.stderr, r.stderr
