@@ -102,3 +102,23 @@ def test_resume_with_long_term_gives_the_same_frames(tmp_path, there_and_back_mp
     r = run_cli("video", *base, "--workers", "1", "-o", f"{out}/", "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert frames_of(out) == frames_of(whole) and len(frames_of(out)) == 7
+
+
+@pytest.mark.weights
+def test_resume_with_frames_that_stop_early_gives_the_same_frames(tmp_path, pan_mp4, pan, style, video_tiny, weights_env, run_cli, frames_of):
+    """Later frames that settle before their cap (--stop-change), each started from the previous PNG
+    with its new content continued from the painting (a gap drawn per frame): killed in frame 2,
+    resumed, the bytes of a run never stopped."""
+    base = [str(pan_mp4), str(style), *video_tiny.argv, "--workers", "0", "--iterations", "10", "--stop-change", "0.2"]
+    whole, out, work = tmp_path / "whole", tmp_path / "out", tmp_path / "out.work"
+    r = run_cli("video", *base, "-o", f"{whole}/", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    later = json.loads((tmp_path / "whole.json").read_text())["frames"][1:]
+    assert {f["stopped"] for f in later} == {"settled"} and all(f["iterations"] < 10 for f in later), later
+    # killed at frame 2's second step: frame 0 takes 4 steps and frame 1 its recorded iterations
+    env = {"STOP_AT_STEP": str(4 + later[0]["iterations"] + 2), "STOP_WITH": "SIGKILL"}
+    proc = run_cli("video", *base, "-o", f"{out}/", cwd=tmp_path, code=STOP_AT_STEP, env=env)
+    assert proc.returncode == -signal.SIGKILL and _recorded(work, 2) and not _recorded(work, 3), proc.stderr
+    r = run_cli("video", *base, "-o", f"{out}/", "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert frames_of(out) == frames_of(whole) and len(frames_of(out)) == len(pan)
