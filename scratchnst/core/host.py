@@ -171,8 +171,10 @@ class Arena:
     How: loans are carved first-fit from the region's free intervals, which merge again when loans
     come back. What does not fit is a plain array, and the shortfall is noted; `renew` (at the start
     of each evaluation) then makes a region big enough for the most ever lent at once, so from the
-    second evaluation on everything fits. Dropping the arena gives the region back once no loan from
-    it is left.
+    second evaluation on everything fits when the loans come in the same order. Split work lends
+    from several threads, whose loans interleave as the threads happen to run: an evaluation may
+    then still fall short now and then, and the next renew grows the region again. Dropping the
+    arena gives the region back once no loan from it is left.
     """
 
     def __init__(self):
