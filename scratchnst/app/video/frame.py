@@ -1,7 +1,7 @@
 """One frame of a video, in either mode: a finished frame read back, its start (fill_new: the warped
-previous output, continued across the boundary where the motion is not reliable), the temporal term towards the
-warped frame (or several: held_to), the stopping rule of a frame started warm (settled), and the
-frame stylized (Painter), its sharpness recorded.
+previous output, continued across the boundary where the motion is not reliable), the temporal term
+towards the warped frame (or several: held_to), the stopping rule of a frame started warm (settled),
+and the frame stylized (Painter), its sharpness recorded.
 
 What every frame shares is made once per video (per worker, in multi-pass mode on Dask): the
 style images and masks, read and checked with the memory estimate; the net; the styles' Gram
