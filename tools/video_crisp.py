@@ -35,27 +35,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scratchnst.app.files import images as im  # noqa: E402
 from scratchnst.app.video.frame import read_frame, sharpness  # noqa: E402
 from video_demo import written_style  # noqa: E402
+from video_longterm import read_folder, write_windows  # noqa: E402
 
 FIRST_SCORED = 6  # the "frames 6–59": the first frames after frame 0 still carry its schedule
 
 
-def make_clip(folder: Path, frames: int, width: int, height: int, dx: int, photo: int) -> None:
-    content, _ = im.default_images()
-    img = np.asarray(im.resize_long_side(content, photo))
-    top = (img.shape[0] - height) // 2
-    if (frames - 1) * dx + width > img.shape[1] or top < 0:
-        raise SystemExit(f"a {width}x{height} window moving {dx} px a frame for {frames} frames does not fit a {img.shape[1]}x{img.shape[0]} photo")
-    folder.mkdir(parents=True, exist_ok=True)
-    for t in range(frames):
-        Image.fromarray(img[top:top + height, t * dx:t * dx + width]).save(folder / f"frame_{t:05d}.png")
-
-
 def score(run: Path, every: int, strip: int) -> dict:
     m = json.loads(run.with_suffix(".json").read_text())
-    frames = [read_frame(p) for p in sorted(run.glob("*.png"))]
+    frames = read_folder(run)
     sharp = np.array([sharpness(f) for f in frames])
     w = frames[0].shape[1]
     middle = slice((w - strip) // 2, (w + strip) // 2)
@@ -106,7 +95,7 @@ def main() -> None:
     k.add_argument("--zoom", type=int, default=3)
     args = p.parse_args()
     if args.cmd == "clip":
-        make_clip(args.out, args.frames, args.width, args.height, args.dx, args.photo)
+        write_windows(args.out, [t * args.dx for t in range(args.frames)], args.width, args.height, args.photo)
         return
     if args.cmd == "crop":
         crop(args.out, args.runs, args.frame, args.columns, args.zoom)

@@ -44,12 +44,20 @@ def positions(frames: int, out: int, dx: int) -> list[int]:
 
 
 def make_clip(folder: Path, out: int, dx: int, width: int, height: int) -> None:
+    write_windows(folder, positions(2 * out + 1, out, dx), width, height)
+
+
+def write_windows(folder: Path, lefts: list[int], width: int, height: int, photo: int = 180) -> None:
+    """A clip as a folder of PNGs: frame t the width × height window of the embedded content photo
+    (resized to `photo` px wide), vertically centred, its left edge at lefts[t]."""
     content, _ = im.default_images()
-    photo = np.asarray(im.resize_long_side(content, 180))
-    top = (photo.shape[0] - height) // 2
+    img = np.asarray(im.resize_long_side(content, photo))
+    top = (img.shape[0] - height) // 2
+    if max(lefts) + width > img.shape[1] or min(lefts) < 0 or top < 0:
+        raise SystemExit(f"{width}x{height} windows at {min(lefts)}..{max(lefts)} do not fit a {img.shape[1]}x{img.shape[0]} photo")
     folder.mkdir(parents=True, exist_ok=True)
-    for t, p in enumerate(positions(2 * out + 1, out, dx)):
-        Image.fromarray(photo[top:top + height, p:p + width]).save(folder / f"frame_{t:05d}.png")
+    for t, left in enumerate(lefts):
+        Image.fromarray(img[top:top + height, left:left + width]).save(folder / f"frame_{t:05d}.png")
 
 
 def read_folder(folder: Path) -> list[np.ndarray]:
