@@ -280,7 +280,7 @@ class WorkerCache:
 
     def of_run(self, run_id: str, name: str, make: Callable):
         """What run `run_id` keeps on this worker under `name`, made by make() on first use: a batch's
-        style Gram targets, a multi-pass video's frame painter."""
+        style Gram targets, a multi-pass video's frame painter, a tiled scale's TileSteps."""
         with self.lock:
             if run_id not in self.runs:
                 self.runs[run_id] = {}
@@ -288,6 +288,11 @@ class WorkerCache:
             if name not in kept:
                 kept[name] = make()
             return kept[name]
+
+    def forget(self, run_id: str) -> None:
+        """Let go of what run `run_id` keeps on this worker (nothing if it keeps nothing)."""
+        with self.lock:
+            self.runs.pop(run_id, None)
 
 
 WORKER_CACHE = WorkerCache()  # one per worker process: Dask runs every task of a worker in it

@@ -4,7 +4,8 @@ so the picture is the same, byte for byte, as the one evaluated in this process.
 
     per scale        the objective (its targets and masks, not the net) is scattered to every
                      worker once; each worker evaluates it with its own net (cluster.WORKER_CACHE)
-                     in the TileSteps it keeps for the scale's evaluations
+                     in the TileSteps it keeps for the scale's evaluations, and lets go of them
+                     (the objective, the arena of a tile's arrays) when the next scale starts
     per evaluation   the image is scattered once; per pass, what the pass needs (the style terms'
                      dE/dG, the norms) once; then a task per tile (TileSteps.run)
     per result       held until the tiles before it are in, then added (TiledObjective's reduce)
@@ -41,14 +42,17 @@ class Spread:
 
     def __init__(self, client, settings):
         self.client, self.settings = client, settings
-        # (a weak reference to the scale's TiledObjective, its objective's future): weak, so that a
-        # finished scale's objective and targets go when the run lets go of them (coarse_to_fine).
+        # (a weak reference to the scale's TiledObjective, its token, its objective's future): weak,
+        # so that a finished scale's objective and targets go when the run lets go of them
+        # (coarse_to_fine).
         self._scale = None
 
     def close(self) -> None:
         """Let go of the scale's objective on the workers."""
         if self._scale is not None:
-            self._scale[1].release()
+            _, token, future = self._scale
+            future.release()
+            self.client.run(_forget, token, on_error="ignore")  # the worker's TileSteps of it
             self._scale = None
 
     @contextlib.contextmanager
@@ -65,11 +69,11 @@ class Spread:
         """The future of (a token, tiled's objective, its core) on every worker, scattered on the
         scale's first evaluation (the token names the worker's TileSteps of it)."""
         if self._scale is None or self._scale[0]() is not tiled:
-            if self._scale is not None:
-                self._scale[1].release()
+            self.close()
             token = uuid.uuid4().hex
-            self._scale = (weakref.ref(tiled), self._broadcast(f"scratchnst-objective-{token}", (token, tiled.objective, tiled.core)))
-        return self._scale[1]
+            future = self._broadcast(f"scratchnst-objective-{token}", (token, tiled.objective, tiled.core))
+            self._scale = (weakref.ref(tiled), token, future)
+        return self._scale[2]
 
     def _broadcast(self, key: str, value):
         """The future of `value` (any object, a tuple included) on every worker, under Dask key `key`."""
@@ -101,6 +105,11 @@ class Spread:
         if failed:
             t, line = min(failed)
             raise TileFailed(f"tile {t + 1} of {n} failed on the cluster ({step}): {line}")
+
+
+def _forget(token: str) -> None:
+    """On a worker: let go of the TileSteps of the scale `token` names."""
+    WORKER_CACHE.forget(token)
 
 
 def run_tile(settings, objective: tuple, step: str, x, t: int, args: tuple | None):

@@ -13,6 +13,7 @@ import signal
 import numpy as np
 import pytest
 
+from scratchnst.app.cluster import WORKER_CACHE
 from scratchnst.app.picture.settings import Settings
 from scratchnst.app.picture.spread import Spread, TileFailed
 from scratchnst.core.objective import NSTObjective
@@ -68,6 +69,21 @@ def test_spread_tiles_give_the_bytes_of_this_process(vgg16, vgg_weights_path, rn
     spread.close()
     total = there.passes * 12
     assert seen == [(k, total) for k in range(1, total + 1)] * 2
+
+
+def test_a_worker_keeps_only_the_running_scales_tiles(vgg16, vgg_weights_path, rng, client):
+    """The in-process worker's cache (this process's WORKER_CACHE): during each scale it keeps that
+    scale's TileSteps (its objective, its arena of a tile's arrays) and not the scale's before; none
+    once the spread is closed."""
+    obj = _objective(vgg16, rng, "float32")
+    spread = Spread(client, Settings(backend="numpy", dtype="float32", weights=str(vgg_weights_path)))
+    before, held = set(WORKER_CACHE.runs), []
+    for _ in range(2):  # two scales: a TiledObjective each
+        TiledObjective(obj, 16, spread=spread).evaluate(rng.uniform(-100, 100, obj.shape).astype("float32"))
+        held.append(set(WORKER_CACHE.runs) - before)
+    assert [len(h) for h in held] == [1, 1] and held[0] != held[1]
+    spread.close()
+    assert set(WORKER_CACHE.runs) - before == set()
 
 
 def test_a_tile_that_raises_fails_the_evaluation_in_one_line(vgg16, vgg_weights_path, rng, client, monkeypatch):
