@@ -87,12 +87,13 @@ class DaskProcesses:
         self._wait_for(proc, "scheduler.log", self.scheduler_file.exists)
         return json.loads(self.scheduler_file.read_text())["address"]
 
-    def worker(self, name: str) -> subprocess.Popen:
-        """Start a one-thread worker (no nanny) named `name`, logging to NAME.log; back once it has
-        registered with the scheduler."""
+    def worker(self, name: str, *options: str) -> subprocess.Popen:
+        """Start a one-thread worker (no nanny) named `name`, with `dask worker` options besides,
+        logging to NAME.log; back once it has registered with the scheduler."""
         log = f"{name}.log"
         proc = self._start("worker", "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                           "--death-timeout", "60", "--scheduler-file", str(self.scheduler_file), "--name", name, log=log)
+                           "--death-timeout", "60", "--scheduler-file", str(self.scheduler_file), "--name", name,
+                           *options, log=log)
         self._wait_for(proc, log, lambda: "Registered to:" in (self.folder / log).read_text())
         return proc
 

@@ -21,7 +21,7 @@ from scratchnst.app.files import images as im
 from scratchnst.app.files.weights import load_vgg16
 from scratchnst.app.picture.masks import check_masks, load_mask
 from scratchnst.app.picture.memory import check_fits
-from scratchnst.app.picture.plan import Plan, make_plan, scale_sizes
+from scratchnst.app.picture.plan import Plan, Workers, make_plan, scale_sizes, with_workers
 from scratchnst.app.picture.settings import INITS, Settings
 from scratchnst.app.engine import array_module
 from scratchnst.core.backend import backend_name
@@ -66,11 +66,13 @@ def open_styles(styles: list) -> Styles:
     return Styles([img for img, _ in loaded], [src for _, src in loaded])
 
 
-def read_inputs(content, styles: list, settings: Settings, out=None, plan: Plan | None = None) -> Inputs:
+def read_inputs(content, styles: list, settings: Settings, out=None, plan: Plan | None = None,
+                workers: Workers | None = None) -> Inputs:
     """Every input of a run of validated `settings`, decoded and checked in the order a user meets
     them: the output path, the content, the styles, the start image, that the output overwrites no
     input, the masks, the sizes at each scale, then the memory (the plan, its notes on stderr; or
-    `plan`, a resumed run's); ScratchnstError (one line) otherwise."""
+    `plan`, a resumed run's, estimated again where workers come or go), the tiles on `workers` (None:
+    in this process); ScratchnstError (one line) otherwise."""
     s = settings
     out = im.check_output_path(out) if out is not None else None
     content_img, content_src = im.open_image(content, "content")
@@ -85,10 +87,13 @@ def read_inputs(content, styles: list, settings: Settings, out=None, plan: Plan 
     if alpha is not None and out is not None and im.SAVE_FORMATS[out.suffix.lower()] not in im.ALPHA_FORMATS:
         print(f"{out.name}: note: {out.suffix} cannot carry the content's alpha; use .png or .webp to keep it", file=sys.stderr)
     check_sizes(s, content_img.size, content_src, loaded)
+    style_sizes, xp = [st.size for st in loaded.images], array_module(s.backend)
     if plan is None:
-        plan = make_plan(s, content_img.size, [st.size for st in loaded.images], array_module(s.backend))
+        plan = make_plan(s, content_img.size, style_sizes, xp, workers)
         for note in plan.notes:
             print(f"note: {note}", file=sys.stderr)
+    elif workers is not None or plan.workers:
+        plan = with_workers(plan, s, content_img.size, style_sizes, xp, workers)
     return Inputs(content_img, content_src, loaded, alpha, masks, start, out, plan)
 
 

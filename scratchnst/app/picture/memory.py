@@ -32,6 +32,20 @@ time, and what stays image-sized (tiled_peak_bytes):
   + content targets                                         Σ over the content layers of channels /
                                                             stride² values per pixel (relu4_1: 8)
   + MASK_BYTES per pixel and style mask
+
+A scale whose tiles run on Dask workers (picture/spread.py) adds each worker's peak
+(worker_peak_bytes), in the layout above:
+
+    BASELINE + the conv layers + Winograd's transforms      as above
+  + CANONICAL_SIZE                                          the float32 weights it read the net from
+  + ACT_FACTOR * E * P_tile * itemsize + conv bands         at the image's largest crop, with the
+                                                            worker's engine threads (it keeps no
+                                                            forward; the style targets are made in
+                                                            the client)
+  + RECEIVED * (image + content targets + masks)            what the run broadcasts to it
+
+Between tiled scales a worker keeps the process and its net (idle_worker_bytes). On a local
+cluster the plan counts the workers in the budget beside this process (plan.Workers).
 """
 
 from __future__ import annotations
@@ -58,6 +72,10 @@ ACT_FACTOR = 1.0
 # Image-sized arrays (3·H·W values) of a tiled evaluation besides the optimiser's vectors: the
 # gradient summed over the tiles, TV's two differences, its gradient and its weighted copy.
 IMAGE_ARRAYS = 5
+# A worker holds what the run broadcasts to it (the image, the objective) twice at its peak: as the
+# message it received and as the arrays made from it (measured: docs/benchmarks.md, "Workers in the
+# memory plan").
+RECEIVED = 2
 # Bytes per pixel of each style mask: at the scale's size in float64 (masks.masks_at), on the
 # objective's grid and pooled to the layers' (a third more) in the run's dtype.
 MASK_BYTES = {4: 8 + 4 * 4 / 3, 8: 8 + 8 * 4 / 3}
@@ -111,7 +129,7 @@ def estimate_peak_bytes(
         pixels = max(pixels, w * h)
     transforms, activations, tiles = _net_bytes(settings, pixels, gpu)
     optimiser = optimiser_vectors(settings) * 3 * cw * ch * itemsize
-    return int(BASELINE + CANONICAL_SIZE * itemsize / 4 + transforms + activations + tiles + optimiser)
+    return int(_process_bytes(settings) + transforms + activations + tiles + optimiser)
 
 
 def tiled_peak_bytes(settings, dims: tuple[int, int], style_dims: Sequence[tuple[int, int]], core: int, *,
@@ -129,16 +147,51 @@ def tiled_peak_bytes(settings, dims: tuple[int, int], style_dims: Sequence[tuple
     largest, crops, _ = tile_pixels(dims, core, names)
     for style in style_dims:
         largest = max(largest, tile_pixels(style, core, names)[0])
-    transforms, activations, bands = _net_bytes(settings, largest, gpu)
     kept = ACT_FACTOR * _activations_per_pixel(_layers_run(names)) * crops * itemsize if keep_forward else 0
-    pixels = dims[0] * dims[1]
-    targets = sum(layer.channels * 4.0**-layer.pools for layer in LAYERS if layer.name in settings.content_layers)
     # L-BFGS adds one pair per iteration at most: a scale of fewer iterations never holds its whole history.
     vectors = optimiser_vectors(replace(settings, lbfgs_history=min(settings.lbfgs_history, settings.iterations)))
     before = previous[0] * previous[1] if previous else 0
-    image = (3 * (vectors + IMAGE_ARRAYS) + targets) * pixels * itemsize + 3 * finished_vectors(settings) * before * itemsize
-    masks = len(settings.style_masks or ()) * MASK_BYTES[itemsize] * pixels
-    return int(BASELINE + CANONICAL_SIZE * itemsize / 4 + transforms + activations + bands + kept + image + masks)
+    optimiser = (3 * (vectors + IMAGE_ARRAYS) * dims[0] * dims[1] + 3 * finished_vectors(settings) * before) * itemsize
+    here = _tile_bytes(settings, largest, gpu, host.workers()) + _objective_bytes(settings, dims)
+    return int(here + kept + optimiser)
+
+
+def worker_peak_bytes(settings, dims: tuple[int, int], core: int, *, gpu: bool = False, threads: int = 1) -> int:
+    """Upper estimate of the peak memory (bytes) of one Dask worker running the tiles of a scale of
+    (width, height) `dims` in cores of `core` px (picture/spread.py), with `threads` engine threads
+    (their conv bands); on a GPU, of the device it runs on."""
+    largest = tile_pixels(dims, core, _layer_names(settings))[0]
+    image = 3 * dims[0] * dims[1] * _itemsize(settings)
+    sent = _objective_bytes(settings, dims) + image  # what is broadcast to it, once as received, once as arrays
+    return int(_tile_bytes(settings, largest, gpu, threads) + CANONICAL_SIZE + RECEIVED * sent)
+
+
+def idle_worker_bytes(settings) -> int:
+    """A Dask worker's memory between tiled scales (bytes): the process and the net it keeps, and
+    the weights file's float32 arrays it read the net from (a plain process's VmHWM after loading
+    the net: 187 MiB in float32, 266 MiB in float64; a Dask worker's, 268 MiB in float64)."""
+    return int(_process_bytes(settings) + CANONICAL_SIZE)
+
+
+def _process_bytes(settings) -> float:
+    """BASELINE and the conv layers in the run's dtype."""
+    return BASELINE + CANONICAL_SIZE * _itemsize(settings) / 4
+
+
+def _tile_bytes(settings, largest: int, gpu: bool, threads: int) -> float:
+    """The process and the net, and one crop of `largest` pixels through it with the bands of
+    `threads` host threads."""
+    transforms, activations, bands = _net_bytes(settings, largest, gpu, threads)
+    return _process_bytes(settings) + transforms + activations + bands
+
+
+def _objective_bytes(settings, dims: tuple[int, int]) -> float:
+    """The image-sized arrays of the objective of a (width, height) `dims` image: the content
+    targets (Σ over the content layers of channels / stride² values per pixel; relu4_1: 8) and the
+    style masks."""
+    itemsize, pixels = _itemsize(settings), dims[0] * dims[1]
+    targets = sum(layer.channels * 4.0**-layer.pools for layer in LAYERS if layer.name in settings.content_layers)
+    return targets * pixels * itemsize + len(settings.style_masks or ()) * MASK_BYTES[itemsize] * pixels
 
 
 def tile_pixels(dims: tuple[int, int], core: int, layers: Sequence[str]) -> tuple[int, int, int]:
@@ -162,16 +215,17 @@ def finished_vectors(settings) -> int:
     return 2 if settings.optimizer == "lbfgs" else 4
 
 
-def _net_bytes(settings, pixels: float, gpu: bool) -> tuple[float, float, float]:
+def _net_bytes(settings, pixels: float, gpu: bool, threads: int | None = None) -> tuple[float, float, float]:
     """(Winograd's filter transforms and bands, the activations and caches, the im2col bands) of a
-    forward and backward of `pixels` input pixels to the run's deepest layer."""
+    forward and backward of `pixels` input pixels to the run's deepest layer, split over `threads`
+    host threads (None: this process's, host.workers)."""
     itemsize = _itemsize(settings)
     layers = _layers_run(_layer_names(settings))
     convs = [layer for layer in layers if layer.kind == "conv"]
     winograds = [layer for layer in convs if conv_algorithm(settings.conv, settings.dtype, layer) == "winograd"]
     # The bands one conv call holds, im2col's and Winograd's, as each op module bounds them, at the
     # layer's positions (pixels · 4^-pools: the model's, not floored).
-    bands = {"on_device": gpu, "workers": 1 if gpu else host.workers()}
+    bands = {"on_device": gpu, "workers": 1 if gpu else threads or host.workers()}
     tiles = max(conv.band_bytes(l.c_in, l.channels, pixels * 4.0**-l.pools, itemsize, **bands) for l in convs)
     transforms = 0
     if winograds:  # the transforms kept, the largest one being made, and the largest call's band buffers

@@ -17,17 +17,24 @@ models are memory.py's: estimate_peak_bytes for the whole image, tiled_peak_byte
                   whole history and only the largest ones shorten it
     keep_forward  where the chosen core's every forward pass fits too (saves pass 2's forwards)
     refused       not even one pair and the smallest core fit: the message says what would (a
-                  smaller --size, a larger --max-memory, Adam)
+                  smaller --size, a larger --max-memory, Adam, fewer --workers)
+    workers       a run whose tiles go to Dask workers (spread.py): each scale also records one
+                  worker's estimate (memory.worker_peak_bytes), which the run checks against each
+                  worker's memory limit once the cluster is up (spread.check_memory); a local
+                  cluster's workers share this machine, so the budget holds this process and all of
+                  them, and no forward is kept (the workers do not keep them)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 from scratchnst.app.files.images import long_side_dims
 from scratchnst.app.picture.memory import (
-    budget, check_fits, estimate_peak_bytes, format_bytes, largest_passing, tile_pixels, tiled_peak_bytes,
+    budget, check_fits, estimate_peak_bytes, format_bytes, idle_worker_bytes, largest_passing, tile_pixels,
+    tiled_peak_bytes, worker_peak_bytes,
 )
 from scratchnst.core.backend import is_cupy
 from scratchnst.core.preprocess import MIN_SIDE
@@ -39,11 +46,21 @@ from scratchnst.errors import ScratchnstError
 PREFERRED_CORE = 256
 
 
+class Workers(NamedTuple):
+    """The Dask workers a run's tiles go to, as the plan counts them: `local` worker processes on
+    this machine, in the budget beside this one (0: a cluster elsewhere, whose workers have their own
+    memory), each splitting its work over `threads` engine threads."""
+
+    local: int = 0
+    threads: int = 1
+
+
 @dataclass(frozen=True)
 class ScalePlan:
     """How one scale is evaluated: the whole image at once (core None), or in `tiles` tiles of
     `core`-px cores whose crops hold `halo_overhead` times the image's pixels; L-BFGS keeps
-    `history` pairs there."""
+    `history` pairs there. estimate: this process's peak and the local workers'; worker_estimate:
+    one worker's, where the run has workers."""
 
     size: int  # the scale's long side
     width: int
@@ -54,17 +71,19 @@ class ScalePlan:
     halo_overhead: float = 1.0
     keep_forward: bool = False
     estimate: int = 0  # bytes, memory.py's model
+    worker_estimate: int = 0  # bytes, memory.worker_peak_bytes (0: the run has no workers)
 
 
 @dataclass(frozen=True)
 class Plan:
     """The plan of a run: each scale's, the budget (None: unknown) and the estimate of the run's
-    peak (bytes), and the notes the run prints."""
+    peak (bytes), the notes the run prints, and the local worker processes the estimates count."""
 
     scales: tuple[ScalePlan, ...]
     budget: int | None
     estimate: int
     notes: tuple[str, ...] = ()
+    workers: int = 0
 
     @property
     def tiled(self) -> bool:
@@ -72,7 +91,7 @@ class Plan:
 
     def as_dict(self) -> dict:
         """The manifest's "plan"."""
-        return {"budget": self.budget, "estimate": self.estimate, "notes": list(self.notes),
+        return {"budget": self.budget, "estimate": self.estimate, "notes": list(self.notes), "workers": self.workers,
                 "scales": [asdict(s) for s in self.scales]}
 
     @classmethod
@@ -83,7 +102,7 @@ class Plan:
             scales = tuple(ScalePlan(**{"history": d.get("lbfgs_history"), **s}) for s in d["scales"])
             if any(not isinstance(s.history, int) for s in scales):
                 raise TypeError
-            return cls(scales, d["budget"], int(d["estimate"]), tuple(d.get("notes", ())))
+            return cls(scales, d["budget"], int(d["estimate"]), tuple(d.get("notes", ())), int(d.get("workers", 0)))
         except (KeyError, TypeError, ValueError):
             raise ScratchnstError("the manifest's memory plan cannot be read") from None
 
@@ -93,33 +112,60 @@ def scale_sizes(size: int, scales) -> list[int]:
     return [max(MIN_SIDE, int(round(size * s))) for s in scales]
 
 
-class _Geometry:
-    """A run's sizes at each scale: (long side, the image's (width, height), the styles')."""
+class _Model:
+    """memory.py's estimates of a run's scales where it runs: its sizes at each scale, scales: (long
+    side, the image's (width, height), the styles'), on a GPU or not, with the Dask workers its
+    tiles go to (None: in this process)."""
 
-    def __init__(self, settings, content_size: tuple[int, int], style_sizes):
-        self.content_size, self.style_sizes = content_size, list(style_sizes)
+    def __init__(self, settings, content_size: tuple[int, int], style_sizes, gpu: bool, workers: Workers | None):
+        self.content_size, self.style_sizes, self.gpu, self.workers = content_size, list(style_sizes), gpu, workers
         self.scales = []
         for side in scale_sizes(settings.size, settings.scales):
             style_side = max(MIN_SIDE, int(round(side * settings.style_scale)))
             self.scales.append((side, long_side_dims(*content_size, side), [long_side_dims(*st, style_side) for st in self.style_sizes]))
 
+    def at(self, settings, workers: Workers | None = None) -> _Model:
+        """The same run's model with other settings (sizes, scales) and, if given, other workers."""
+        return _Model(settings, self.content_size, self.style_sizes, self.gpu, workers or self.workers)
 
-def make_plan(settings, content_size: tuple[int, int], style_sizes, xp=None) -> Plan:
+    @property
+    def local(self) -> int:
+        return self.workers.local if self.workers else 0
+
+    def whole(self, settings, side: int) -> int:
+        """The scale of long side `side` untiled: estimate_peak_bytes, and the local workers idle."""
+        at = replace(settings, size=side, scales=(1.0,))
+        need = estimate_peak_bytes(at, self.content_size, self.style_sizes, gpu=self.gpu)
+        return need + self.local * idle_worker_bytes(settings)
+
+    def tiled(self, settings, scale: tuple, core: int, keep: bool = False) -> tuple[int, int]:
+        """(this process's and the local workers' peak, one worker's) of `scale` (its long side,
+        (width, height), the styles', the previous scale's (width, height) or None) in cores of
+        `core` px; keep: every tile's forward kept in this process (only without workers)."""
+        _, dims, style_dims, previous = scale
+        here = tiled_peak_bytes(settings, dims, style_dims, core, keep_forward=keep, gpu=self.gpu, previous=previous)
+        if self.workers is None:
+            return here, 0
+        worker = worker_peak_bytes(settings, dims, core, gpu=self.gpu, threads=self.workers.threads)
+        return here + self.local * worker, worker
+
+
+def make_plan(settings, content_size: tuple[int, int], style_sizes, xp=None, workers: Workers | None = None) -> Plan:
     """The plan of a run of validated `settings` on a content of (width, height) `content_size` and
-    styles of `style_sizes`, on the array module xp (None: the host); ScratchnstError when nothing
-    fits the budget, saying what would."""
+    styles of `style_sizes`, on the array module xp (None: the host), its tiles on `workers` (None:
+    in this process); ScratchnstError when nothing fits the budget, saying what would."""
     gpu = xp is not None and is_cupy(xp)
-    geometry = _Geometry(settings, content_size, style_sizes)
+    model = _Model(settings, content_size, style_sizes, gpu, workers)
     if settings.tile == 0:
         need = check_fits(settings, content_size, style_sizes, xp)
-        return Plan(_untiled(settings, geometry, gpu), budget(settings, xp)[0], need)
+        return Plan(_untiled(settings, model), budget(settings, xp)[0], need)
     limit, where = budget(settings, xp)
-    need = estimate_peak_bytes(settings, content_size, style_sizes, gpu=gpu)
+    need = max(model.whole(settings, side) for side, _, _ in model.scales)
     if settings.tile is None and (limit is None or need <= limit):
-        return Plan(_untiled(settings, geometry, gpu), limit, need)
-    scales = _search(settings, geometry, limit, gpu)
+        return Plan(_untiled(settings, model), limit, need, (), model.local)
+    scales = _search(settings, model, limit)
     if scales is None:
-        raise _refusal(settings, geometry, limit, where, gpu)
+        raise _refusal(settings, model, limit, where)
     notes = []
     if shortened := [s for s in scales if s.history != settings.lbfgs_history]:
         at = ", ".join(f"{s.history} at {s.width}x{s.height}" for s in shortened)
@@ -129,21 +175,61 @@ def make_plan(settings, content_size: tuple[int, int], style_sizes, xp=None) -> 
     if settings.tile is None and any(s.core for s in scales):
         tiled = ", ".join(f"{s.width}x{s.height} in {s.tiles} tiles of {s.core}-px cores" for s in scales if s.core)
         notes.append(f"the whole picture needs {format_bytes(need)} > {format_bytes(limit)} {where}: tiled, {tiled}")
-    return Plan(tuple(scales), limit, max(s.estimate for s in scales), tuple(notes))
+    return Plan(tuple(scales), limit, max(s.estimate for s in scales), tuple(notes), model.local)
 
 
-def _untiled(settings, geometry: _Geometry, gpu: bool) -> tuple[ScalePlan, ...]:
-    return tuple(ScalePlan(side, *dims, settings.lbfgs_history, estimate=_whole(settings, geometry, side, gpu))
-                 for side, dims, _ in geometry.scales)
+def with_workers(recorded: Plan, settings, content_size: tuple[int, int], style_sizes, xp=None,
+                 workers: Workers | None = None) -> Plan:
+    """A resumed run's recorded plan (each scale whole or in its cores, with its history) estimated
+    again for the workers its tiles now go to (None: this process; no forward kept with workers);
+    ScratchnstError when a local cluster no longer fits the budget beside it, naming what would."""
+    model = _Model(settings, content_size, style_sizes, xp is not None and is_cupy(xp), workers)
+    plan = _estimated(recorded, settings, model)
+    limit, where = budget(settings, xp)
+    if model.local and limit is not None and plan.estimate > limit:
+        cores = model.local * workers.threads
+        fits = lambda n: _estimated(recorded, settings, model.at(settings, Workers(n, max(1, cores // n)))).estimate <= limit  # noqa: E731
+        fewer = largest_passing(1, model.local - 1, fits) if model.local > 1 else None
+        hint = f"resume with --workers {fewer}" if fewer else "resume without --workers"
+        raise ScratchnstError(f"the run's recorded plan with {model.local} local workers needs an estimated "
+                              f"{format_bytes(plan.estimate)} > {format_bytes(limit)} {where}; {hint}")
+    return plan
 
 
-def _whole(settings, geometry: _Geometry, side: int, gpu: bool) -> int:
-    """estimate_peak_bytes of the scale of long side `side`, untiled."""
-    at = replace(settings, size=side, scales=(1.0,))
-    return estimate_peak_bytes(at, geometry.content_size, geometry.style_sizes, gpu=gpu)
+def _estimated(recorded: Plan, settings, model: _Model) -> Plan:
+    """`recorded`'s scales, cores and histories with `model`'s estimates."""
+    scales, previous = [], None
+    for s, (side, dims, style_dims), iterations in zip(recorded.scales, model.scales, settings.scale_iterations()):
+        at = replace(settings, lbfgs_history=s.history, iterations=iterations)
+        if s.core is None:
+            scales.append(replace(s, estimate=model.whole(at, side), worker_estimate=0))
+        else:
+            keep = s.keep_forward and model.workers is None
+            need, worker = model.tiled(at, (side, dims, style_dims, previous), s.core, keep)
+            scales.append(replace(s, keep_forward=keep, estimate=need, worker_estimate=worker))
+        previous = dims
+    return replace(recorded, scales=tuple(scales), estimate=max(s.estimate for s in scales), workers=model.local)
 
 
-def _search(settings, geometry: _Geometry, limit: int | None, gpu: bool) -> list[ScalePlan] | None:
+def worker_core(settings, plan: Plan, room: float, threads: int = 1) -> int | None:
+    """The largest core (a multiple of the layers' alignment, no larger than the plan's) at which one
+    worker with `threads` engine threads runs the tiles of every tiled scale of `plan` in `room`
+    bytes (memory.worker_peak_bytes); None when not even the alignment's does."""
+    tiled = [s for s in plan.scales if s.core]
+    if not tiled:
+        return None
+    align = alignment((*settings.content_layers, *settings.style_layers))
+    fits = lambda k: all(worker_peak_bytes(settings, (s.width, s.height), k * align, threads=threads) <= room for s in tiled)  # noqa: E731
+    k = largest_passing(1, max(s.core for s in tiled) // align, fits)
+    return k * align if k else None
+
+
+def _untiled(settings, model: _Model) -> tuple[ScalePlan, ...]:
+    return tuple(ScalePlan(side, *dims, settings.lbfgs_history, estimate=model.whole(settings, side))
+                 for side, dims, _ in model.scales)
+
+
+def _search(settings, model: _Model, limit: int | None) -> list[ScalePlan] | None:
     """Each scale's plan, the first of its own that fits: the history as given and down to one pair
     with cores of PREFERRED_CORE px or more, then one pair with any core; None when a scale fits
     none. A history longer than the iterations holds no more pairs than they make: it is kept as
@@ -154,25 +240,25 @@ def _search(settings, geometry: _Geometry, limit: int | None, gpu: bool) -> list
             return [(held, 0)]
         return [(h, PREFERRED_CORE) for h in range(held, 0, -1)] + [(1, 0)]
 
-    return _each_scale(settings, geometry, limit, gpu, tries)
+    return _each_scale(settings, model, limit, tries)
 
 
-def _scales(settings, geometry: _Geometry, limit: int | None, gpu: bool, floor: int) -> list[ScalePlan] | None:
+def _scales(settings, model: _Model, limit: int | None, floor: int) -> list[ScalePlan] | None:
     """Each scale's plan with the history as given and cores of `floor` px or more (or the one of
     --tile), or None when one of them does not fit."""
-    return _each_scale(settings, geometry, limit, gpu, lambda held: [(held, floor)])
+    return _each_scale(settings, model, limit, lambda held: [(held, floor)])
 
 
-def _each_scale(settings, geometry: _Geometry, limit: int | None, gpu: bool, tries) -> list[ScalePlan] | None:
+def _each_scale(settings, model: _Model, limit: int | None, tries) -> list[ScalePlan] | None:
     """Each scale's plan: the first of tries(held) that fits, (history, the least core) pairs, where
     held is the pairs the scale's iterations can make (min(history, iterations)); None when a scale
     fits none. A scale after the first counts the one before's finished optimiser (_scale)."""
     scales, previous = [], None
-    for (side, dims, style_dims), iterations in zip(geometry.scales, settings.scale_iterations()):
+    for (side, dims, style_dims), iterations in zip(model.scales, settings.scale_iterations()):
         held = min(settings.lbfgs_history, iterations)
         for history, floor in tries(held):
             at = replace(settings, lbfgs_history=history, iterations=iterations)
-            scale = _scale(at, geometry, (side, dims, style_dims, previous), limit, gpu, floor)
+            scale = _scale(at, model, (side, dims, style_dims, previous), limit, floor)
             if scale is not None:
                 scales.append(replace(scale, history=settings.lbfgs_history if history == held else history))
                 break
@@ -182,21 +268,20 @@ def _each_scale(settings, geometry: _Geometry, limit: int | None, gpu: bool, tri
     return scales
 
 
-def _scale(settings, geometry: _Geometry, scale: tuple, limit: int | None, gpu: bool, floor: int) -> ScalePlan | None:
+def _scale(settings, model: _Model, scale: tuple, limit: int | None, floor: int) -> ScalePlan | None:
     """One scale's plan (scale: its long side, (width, height), the styles', the previous scale's
     (width, height) or None): untiled where the whole fits (without --tile) or the image is within
     one --tile core; else the largest core ≥ floor that fits (or --tile's); None when none does."""
     side, dims, style_dims, previous = scale
     fits = lambda need: limit is None or need <= limit  # noqa: E731
     if settings.tile is None or max(dims) <= settings.tile:
-        whole = _whole(settings, geometry, side, gpu)
+        whole = model.whole(settings, side)
         if fits(whole):
             return ScalePlan(side, *dims, settings.lbfgs_history, estimate=whole)
         if settings.tile is not None:
             return None
     names = (*settings.content_layers, *settings.style_layers)
-    estimate = lambda core, keep=False: tiled_peak_bytes(  # noqa: E731
-        settings, dims, style_dims, core, keep_forward=keep, gpu=gpu, previous=previous)
+    estimate = lambda core, keep=False: model.tiled(settings, scale, core, keep)[0]  # noqa: E731
     core = settings.tile
     if core is None:
         align = alignment(names)
@@ -207,10 +292,10 @@ def _scale(settings, geometry: _Geometry, scale: tuple, limit: int | None, gpu: 
         core = _even_core(dims, k * align, align, names)
     elif not fits(estimate(core)):
         return None
-    keep = bool(settings.style_layers) and limit is not None and fits(estimate(core, True))
+    keep = bool(settings.style_layers) and limit is not None and model.workers is None and fits(estimate(core, True))
     _, crops, tiles = tile_pixels(dims, core, names)
     return ScalePlan(side, *dims, settings.lbfgs_history, core, tiles, round(crops / (dims[0] * dims[1]), 4), keep,
-                     estimate(core, keep))
+                     *model.tiled(settings, scale, core, keep))
 
 
 def _even_core(dims: tuple[int, int], core: int, align: int, names) -> int:
@@ -222,23 +307,29 @@ def _even_core(dims: tuple[int, int], core: int, align: int, names) -> int:
     return even if tile_pixels(dims, even, names)[2] == tile_pixels(dims, core, names)[2] else core
 
 
-def _refusal(settings, geometry: _Geometry, limit: int, where: str, gpu: bool) -> ScratchnstError:
+def _refusal(settings, model: _Model, limit: int, where: str) -> ScratchnstError:
     """The error of a run that does not fit even at one pair and the smallest core: its least
-    estimate, and what would fit (the largest --size, the --max-memory, Adam)."""
+    estimate, and what would fit (the largest --size, the --max-memory, Adam, fewer local workers,
+    the --tile the planner would choose)."""
     names = (*settings.content_layers, *settings.style_layers)
     least = replace(settings, lbfgs_history=1)
     core = settings.tile or alignment(names)
-    _, dims, style_dims = geometry.scales[-1]
-    previous = geometry.scales[-2][1] if len(geometry.scales) > 1 else None
-    need = tiled_peak_bytes(replace(least, iterations=1), dims, style_dims, core, gpu=gpu, previous=previous)
-    fits_at = lambda s: _scales(s, _Geometry(s, geometry.content_size, geometry.style_sizes), limit, gpu, 0) is not None  # noqa: E731
+    side, dims, style_dims = model.scales[-1]
+    previous = model.scales[-2][1] if len(model.scales) > 1 else None
+    need = model.tiled(replace(least, iterations=1), (side, dims, style_dims, previous), core)[0]
+    fits_at = lambda s, workers=None: _scales(s, model.at(s, workers), limit, 0) is not None  # noqa: E731
     best = largest_passing(MIN_SIDE, settings.size, lambda size: fits_at(replace(least, size=size)))
     hints = [f"largest --size that fits: {best}" if best else "not even the smallest size fits",
              f"or --max-memory {math.ceil(need / 2**30 * 100) / 100:.2f}G"]
     if settings.optimizer == "lbfgs" and fits_at(replace(settings, optimizer="adam")):
         hints.append("or --optimizer adam")
+    if model.local > 1:  # fewer workers, each with the cores the others leave
+        cores = model.local * model.workers.threads
+        fewer = largest_passing(1, model.local - 1, lambda n: fits_at(least, Workers(n, max(1, cores // n))))
+        if fewer is not None:
+            hints.append(f"or --workers {fewer}")
     if settings.tile:  # the cores the planner would choose
-        found = _search(replace(settings, tile=None), geometry, limit, gpu)
+        found = _search(replace(settings, tile=None), model, limit)
         if found is not None:
             hints.append(f"or --tile {max(s.core or 0 for s in found)}")
     what = f"{core}-px cores" + (", --lbfgs-history 1" if settings.optimizer == "lbfgs" else "")

@@ -14,7 +14,9 @@ The tasks go through cluster.run_tasks, the one loop of batch and video. A worke
 mid-evaluation costs only its tiles: Dask runs them again on another (the image and the objective
 were broadcast, so every worker holds them). A tile that raises fails the evaluation (TileFailed,
 one line, exit 1); Ctrl-C waits for the running tiles and stops the run as in this process (a
-checkpoint of the last accepted image).
+checkpoint of the last accepted image). Before the first tile, each worker's memory limit is checked
+against what its tiles need (check_memory): Dask pauses a worker above a share of its limit, and a
+paused worker runs no task.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import weakref
 from typing import Callable
 
 from scratchnst.app.cluster import WORKER_CACHE, run_tasks
-from scratchnst.core.backend import to_host
+from scratchnst.app.engine import array_module
+from scratchnst.app.picture.memory import format_bytes
+from scratchnst.app.picture.plan import Plan, Workers, worker_core
+from scratchnst.core.backend import is_cupy, to_host
 from scratchnst.core.tiled import TiledObjective, TileSteps
 from scratchnst.errors import ScratchnstError
 
@@ -105,6 +110,30 @@ class Spread:
         if failed:
             t, line = min(failed)
             raise TileFailed(f"tile {t + 1} of {n} failed on the cluster ({step}): {line}")
+
+
+def check_memory(client, settings, plan: Plan, workers: Workers) -> None:
+    """ScratchnstError (one line, before any tile runs) when one of `client`'s workers may hold less
+    than its tiles need: the plan's worker_estimate against the share of the worker's memory limit
+    above which Dask pauses it, and the --tile that would fit. No check on a GPU, whose memory the
+    limit does not cover, nor for a worker without a limit."""
+    need = max(s.worker_estimate for s in plan.scales)
+    if not need or is_cupy(array_module(settings.backend)):
+        return
+    for address, (limit, share) in sorted(client.run(_memory_limit).items()):
+        if limit and need > share * limit:
+            core = worker_core(settings, plan, share * limit, workers.threads)
+            hint = f", or --tile {core}" if core else ""
+            raise ScratchnstError(
+                f"worker {address} may hold {format_bytes(share * limit)} ({share:.0%} of its memory limit, where Dask pauses it) "
+                f"and its tiles need an estimated {format_bytes(need)}: give the workers more memory (dask worker --memory-limit){hint}")
+
+
+def _memory_limit(dask_worker=None) -> tuple[int, float]:
+    """On a worker (client.run passes it): (its memory limit in bytes, 0 for none; the share of it
+    above which Dask pauses it, 1 where it never does)."""
+    manager = dask_worker.memory_manager
+    return int(manager.memory_limit or 0), float(manager.memory_pause_fraction or 1.0)
 
 
 def _forget(token: str) -> None:

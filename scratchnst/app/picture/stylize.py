@@ -23,7 +23,7 @@ from scratchnst.app.files.images import DEFAULT
 from scratchnst.app.picture.coarse_to_fine import CoarseToFine, NonFiniteError
 from scratchnst.app.picture.inputs import Inputs, load_net, read_inputs, style_list
 from scratchnst.app.picture.outputs import Outputs
-from scratchnst.app.picture.plan import Plan
+from scratchnst.app.picture.plan import Plan, Workers
 from scratchnst.app.picture.settings import Settings, int_option
 from scratchnst.app.picture.targets import StyleTargets
 from scratchnst.errors import ScratchnstError
@@ -75,7 +75,7 @@ def stylize_settings(content, styles, settings: Settings, *, out=None, on_progre
     """stylize with `settings` already validated (Settings.validated's return value, for as many
     styles as `styles` lists): the inputs are read and checked, the options are not again."""
     check_cluster(workers, scheduler)
-    inputs = read_inputs(content, style_list(styles), settings, out)
+    inputs = read_inputs(content, style_list(styles), settings, out, workers=_plan_workers(workers, scheduler))
     return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, on_picture=on_picture,
                 cluster_at=(workers, scheduler))
 
@@ -97,7 +97,7 @@ def resume(manifest_path, *, quiet=None, on_progress=None, on_picture=None, net=
     styles = style_list(styles)
     settings = settings.validated(len(styles))
     plan = Plan.from_dict(manifest["plan"]) if manifest.get("plan") else None
-    inputs = read_inputs(content, styles, settings, manifest["output"], plan)
+    inputs = read_inputs(content, styles, settings, manifest["output"], plan, _plan_workers(workers, scheduler))
     return _run(inputs, settings, net=net, style_cache=style_cache, on_progress=on_progress, on_picture=on_picture,
                 resume_state=state, cluster_at=(workers, scheduler))
 
@@ -111,18 +111,31 @@ def check_cluster(workers, scheduler) -> None:
         raise ScratchnstError("--workers sizes a local cluster; the cluster at --scheduler has its own")
 
 
+def _plan_workers(workers, scheduler) -> Workers | None:
+    """The workers the memory plan counts: `workers` local processes sharing the cores, none on this
+    machine for a cluster at `scheduler` (each worker's own limit is checked once it is up), None
+    without a cluster."""
+    if workers is None and scheduler is None:
+        return None
+    from scratchnst.app import cluster  # Dask, only for a run that asks for a cluster
+
+    return Workers(workers, cluster.engine_threads_per_worker(workers)) if workers else Workers(0, 1)
+
+
 @contextlib.contextmanager
-def _spread(settings: Settings, workers, scheduler):
-    """A Spread on the cluster that `workers` or `scheduler` names, closed on exit; None when neither."""
+def _spread(settings: Settings, plan: Plan, workers, scheduler):
+    """A Spread on the cluster that `workers` or `scheduler` names, its workers' memory checked
+    against `plan`, closed on exit; None when neither."""
     if workers is None and scheduler is None:
         yield None
         return
     # Lazy imports: Dask (cluster, spread) only for a run that asks for a cluster.
     from scratchnst.app import cluster
-    from scratchnst.app.picture.spread import Spread
+    from scratchnst.app.picture.spread import Spread, check_memory
 
     with cluster.client(scheduler, workers=workers) as c:
         cluster.check_workers(c, [], [], "stylize")
+        check_memory(c, settings, plan, _plan_workers(workers, scheduler))
         spread = Spread(c, settings)
         try:
             yield spread
@@ -145,7 +158,7 @@ def _run(inputs: Inputs, settings: Settings, *, net, style_cache, on_progress, o
         if on_picture is not None:
             on_picture(run.history, lambda: outputs.image(run))
 
-    with _spread(settings, *cluster_at) as spread:
+    with _spread(settings, inputs.plan, *cluster_at) as spread:
         run = CoarseToFine(settings, inputs, net, StyleTargets(net, settings, inputs.styles, style_cache),
                            on_progress=on_progress, after_step=after_step, spread=spread)
         status, error = run.run(resume_state)

@@ -134,8 +134,9 @@ def test_a_tiled_run_is_the_untiled_run_and_the_manifest_records_it(tmp_path, pi
     tiles = plan_tiles(53, 64, 32, ["relu4_1", "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])
     assert plan["scales"] == [{"size": 64, "width": 64, "height": 53, "core": 32, "tiles": 4,
                                "history": 20, "halo_overhead": round(halo_overhead(tiles), 4),
-                               "keep_forward": plan["scales"][0]["keep_forward"], "estimate": plan["estimate"]}]
-    assert plan["notes"] == [] and plan["budget"] > plan["estimate"] > 0
+                               "keep_forward": plan["scales"][0]["keep_forward"], "estimate": plan["estimate"],
+                               "worker_estimate": 0}]
+    assert plan["notes"] == [] and plan["budget"] > plan["estimate"] > 0 and plan["workers"] == 0
     assert tiled.manifest["args"]["tile"] == 32
 
 

@@ -45,6 +45,23 @@ def test_the_estimate_follows_the_ops_band_bounds(monkeypatch):
     assert memory.estimate_peak_bytes(s, CONTENT, STYLES) - before == 2 * 2**20 + int(1.5 * 2 * 2**20)
 
 
+def test_a_workers_estimate_counts_one_tile_and_twice_what_it_is_sent():
+    """A Dask worker's estimate, worked by hand between two images whose largest crop is the same:
+    twice (as received, as arrays) the image's 3 values a pixel and relu4_1's content target (512
+    channels at 1/64 of the pixels: 8), and each style mask's bytes a pixel; between scales a worker
+    keeps the process and the net."""
+    s = Settings(size=2048, scales=(1.0,), iterations=1).validated(1)
+    names = (*s.content_layers, *s.style_layers)
+    short, square = (2048, 1536), (2048, 2048)
+    assert memory.tile_pixels(short, 512, names)[0] == memory.tile_pixels(square, 512, names)[0]
+    more = 2048 * 512  # pixels
+    assert memory.worker_peak_bytes(s, square, 512) - memory.worker_peak_bytes(s, short, 512) == 2 * (3 + 8) * more * 4
+    masked = Settings(size=2048, scales=(1.0,), iterations=1, style_masks=("a.png", "b.png")).validated(2)
+    assert memory.worker_peak_bytes(masked, short, 512) - memory.worker_peak_bytes(s, short, 512) \
+        == 2 * 2 * (8 + 4 * 4 / 3) * 2048 * 1536  # MASK_BYTES: float64 at the scale's size, the run's dtype on a third more
+    assert memory.idle_worker_bytes(s) == memory.BASELINE + 2 * memory.CANONICAL_SIZE  # the net, and the file it was read from
+
+
 @pytest.mark.parametrize("text,expect", [
     ("123456", 123456), ("500M", 500 * 2**20), ("2G", 2 * 2**30), ("1.5GiB", 3 * 2**29), ("64kb", 65536), (" 1t ", 2**40),
 ])

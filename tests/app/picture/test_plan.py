@@ -222,3 +222,93 @@ def test_4096_px_plans_under_4g_with_the_default_schedule():
     assert p.scales[-1].core is not None and p.scales[-1].core % 16 == 0
     h = p.scales[-1].history
     assert h < 20 and any(n.startswith(f"--lbfgs-history {h} at 4096x4096 instead of 20") for n in p.notes)
+
+
+# -- with workers (--workers N, --scheduler) ----------------------------------------------------------
+
+
+def _worker(s: Settings, core: int, threads: int = 1) -> int:
+    """worker_peak_bytes of the last scale of a run of `s` in cores of `core` px."""
+    return memory.worker_peak_bytes(s, long_side_dims(*CONTENT, s.size), core, threads=threads)
+
+
+def test_a_local_cluster_shares_the_budget_with_its_workers():
+    """Two local workers of one engine thread each: every tiled scale's estimate is this process's
+    (no forward kept: the workers do not keep them) and both workers', within the budget, in smaller
+    cores than the run in one process gets from the same budget."""
+    s = _settings(size=2048, iterations=60, max_memory="5G")
+    alone = plan.make_plan(s, CONTENT, STYLES)
+    p = plan.make_plan(s, CONTENT, STYLES, workers=plan.Workers(2, 1))
+    (scale,) = p.scales
+    assert p.workers == 2 and scale.core < alone.scales[0].core and not scale.keep_forward and scale.history == 20
+    assert scale.worker_estimate == _worker(s, scale.core)
+    assert scale.estimate == _tiled(s, scale.core) + 2 * scale.worker_estimate <= 5 * GB
+    per_side = -(-2048 // scale.core)  # no core that cuts the image into fewer tiles fits
+    fewer = -(-(-(-2048 // (per_side - 1))) // 16) * 16
+    assert _tiled(s, fewer) + 2 * _worker(s, fewer) > 5 * GB
+    assert plan.Plan.from_dict(p.as_dict()) == p
+
+
+def test_a_cluster_elsewhere_is_not_in_this_machines_budget():
+    s = _settings(size=2048, iterations=60, max_memory="5G")
+    alone = plan.make_plan(s, CONTENT, STYLES).scales[0]
+    p = plan.make_plan(s, CONTENT, STYLES, workers=plan.Workers(0, 1))
+    (scale,) = p.scales
+    assert p.workers == 0 and scale.core == alone.core and scale.estimate == _tiled(s, scale.core)
+    assert scale.worker_estimate == _worker(s, scale.core) and not scale.keep_forward
+
+
+def test_untiled_scales_count_the_local_workers_idle():
+    s = _settings(size=512, scales=(0.5, 1.0), max_memory="8G")
+    p = plan.make_plan(s, CONTENT, STYLES, workers=plan.Workers(3, 1))
+    idle = memory.BASELINE + 2 * memory.CANONICAL_SIZE  # the process, the float32 net it keeps and the file it read
+    assert not p.tiled and p.estimate == memory.estimate_peak_bytes(s, CONTENT, STYLES) + 3 * idle
+
+
+def test_too_many_local_workers_are_named_in_the_refusal():
+    """A budget that holds this process and one worker's tiles of 16 px, not two: the refusal says
+    --workers 1 would fit (each worker then has both cores' threads)."""
+    s = _settings(size=2048, iterations=1, lbfgs_history=1)
+    one = _tiled(s, 16) + _worker(s, 16, threads=2)
+    with pytest.raises(ScratchnstError, match=r", or --workers 1$"):
+        plan.make_plan(replace(s, max_memory=one), CONTENT, STYLES, workers=plan.Workers(2, 1))
+    assert plan.make_plan(replace(s, max_memory=one), CONTENT, STYLES, workers=plan.Workers(1, 2)).scales[0].core == 16
+
+
+def test_a_resumed_plan_is_estimated_again_for_its_new_workers():
+    """The recorded cores and histories stay; the estimates follow the workers; a local cluster that
+    no longer fits is refused, naming the workers that would."""
+    s = _settings(size=2048, iterations=60, tile=512, max_memory="20G")
+    recorded = plan.make_plan(s, CONTENT, STYLES)
+    assert recorded.scales[0].keep_forward and recorded.workers == 0
+    again = plan.with_workers(recorded, s, CONTENT, STYLES, workers=plan.Workers(2, 1))
+    (scale,) = again.scales
+    assert (scale.core, scale.tiles, scale.history, scale.keep_forward) == (512, recorded.scales[0].tiles, 20, False)
+    assert scale.estimate == _tiled(s, 512) + 2 * _worker(s, 512) and again.workers == 2
+    back = plan.with_workers(again, s, CONTENT, STYLES)  # in one process again: no workers, the forwards not kept
+    assert (back.workers, back.estimate, back.scales[0].worker_estimate, back.scales[0].keep_forward) == (0, _tiled(s, 512), 0, False)
+    one = _tiled(s, 512) + _worker(s, 512, threads=4)
+    with pytest.raises(ScratchnstError) as info:
+        plan.with_workers(recorded, replace(s, max_memory=one), CONTENT, STYLES, workers=plan.Workers(4, 1))
+    assert str(info.value) == (f"the run's recorded plan with 4 local workers needs an estimated "
+                               f"{memory.format_bytes(_tiled(s, 512) + 4 * _worker(s, 512))} > {memory.format_bytes(one)} "
+                               "allowed by --max-memory; resume with --workers 1")
+    with pytest.raises(ScratchnstError, match="; resume without --workers$"):
+        plan.with_workers(recorded, replace(s, max_memory=_tiled(s, 512)), CONTENT, STYLES, workers=plan.Workers(1, 4))
+
+
+def test_the_core_a_workers_memory_holds():
+    s = _settings(size=2048, tile=1024)
+    p = plan.make_plan(s, CONTENT, STYLES, workers=plan.Workers(0, 1))
+    room = _worker(s, 512)
+    assert plan.worker_core(s, p, room) == 512 and _worker(s, 528) > room
+    assert plan.worker_core(s, p, _worker(s, 16) - 1) is None
+
+
+def test_a_plan_recorded_before_workers_reads_as_none():
+    p = plan.make_plan(_settings(size=2048, scales=(0.25, 1.0), max_memory="2G"), CONTENT, STYLES)
+    old = p.as_dict()
+    del old["workers"]
+    for scale in old["scales"]:
+        del scale["worker_estimate"]
+    assert plan.Plan.from_dict(old) == p

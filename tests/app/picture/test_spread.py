@@ -12,6 +12,7 @@ import signal
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from scratchnst.app.cluster import WORKER_CACHE
 from scratchnst.app.picture.settings import Settings
@@ -181,6 +182,59 @@ def test_ctrl_c_mid_evaluation_saves_and_resumes_to_the_bytes_of_this_process(tm
     assert (tmp_path / "spread.png").read_bytes() == (tmp_path / "here.png").read_bytes()
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("spread", "here"))
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]] and a["status"] == "done"
+    # The worker's peak resident size (VmHWM) is within what the plan estimated for it.
+    from distributed import Client
+
+    with Client(scheduler_file=str(dask_processes.scheduler_file), timeout=30) as c:
+        (peak,) = c.run(lambda: int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024).values()
+    estimate = a["plan"]["scales"][0]["worker_estimate"]
+    assert peak <= estimate <= 1.6 * peak, (peak, estimate)
+
+
+def test_a_local_cluster_gives_the_bytes_of_this_process_and_is_in_the_memory_plan(tmp_path, pics, tiny, run_cli,
+                                                                                   weights_env):
+    """`--workers 2`: a local cluster of two worker processes on 127.0.0.1 gives the picture of the run
+    without one, and the manifest's plan counts both workers beside this process."""
+    run = tiny.but(size=64, tile=32, iterations=2, dtype="float64")
+    for name, flags in (("local", ["--workers", "2"]), ("here", [])):
+        r = run_cli("stylize", pics.content, pics.style, "-o", f"{name}.png", *run.argv, *flags, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "local.png").read_bytes() == (tmp_path / "here.png").read_bytes()
+    local, here = (json.loads((tmp_path / f"{n}.json").read_text())["plan"] for n in ("local", "here"))
+    (scale,), (alone,) = local["scales"], here["scales"]
+    assert local["workers"] == 2 and here["workers"] == 0 and alone["worker_estimate"] == 0
+    assert scale["core"] == alone["core"] == 32 and not scale["keep_forward"]
+    assert scale["estimate"] - 2 * scale["worker_estimate"] < alone["estimate"]  # this process keeps no forwards
+
+
+def test_too_many_local_workers_for_the_budget_are_refused_before_the_cluster_starts(tmp_path, pics, out, tiny, run_cli,
+                                                                                     refused):
+    """A --max-memory that holds this process and one worker, not two (the net is not read: the
+    weights do not exist)."""
+    from scratchnst.app import cluster
+    from scratchnst.app.picture import memory
+    from scratchnst.app.picture.plan import Workers, make_plan
+
+    run = tiny.but(size=64, tile=32, iterations=1)
+    sizes = (Image.open(pics.content).size, [Image.open(pics.style).size])
+    threads = 2 * cluster.engine_threads_per_worker(2)  # one worker gets the cores of two
+    one = make_plan(Settings(**run).validated(1), *sizes, workers=Workers(1, threads)).estimate
+    r = run_cli("stylize", pics.content, pics.style, "-o", out, *run.argv, "--workers", "2", "--max-memory", str(one),
+                "--weights", str(tmp_path / "no.h5"), cwd=tmp_path)
+    refused(r, out, f"> {memory.format_bytes(one)} allowed by --max-memory, even tiled (32-px cores",
+            ", or --workers 1")
+
+
+def test_a_worker_with_too_little_memory_is_refused_in_one_line_before_any_tile(tmp_path, pics, out, tiny, dask_processes,
+                                                                                run_cli, refused, weights_env):
+    """A `dask worker --memory-limit 300MB`: Dask pauses it at 240 MB, and one tile there needs the net
+    and its Winograd transforms (about 420 MB): the run says so, naming the worker, and writes nothing."""
+    address = dask_processes.scheduler()
+    dask_processes.worker("small", "--memory-limit", "300MB")
+    run = tiny.but(size=64, tile=32, iterations=1)
+    r = run_cli("stylize", pics.content, pics.style, "-o", out, "--scheduler", address, *run.argv, cwd=tmp_path)
+    refused(r, out, "worker tcp://127.0.0.1:", "may hold 228.88 MB (80% of its memory limit, where Dask pauses it) and its "
+            "tiles need an estimated ", "give the workers more memory (dask worker --memory-limit)")
 
 
 @pytest.mark.parametrize("flags, needle", [
