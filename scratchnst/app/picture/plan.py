@@ -124,9 +124,10 @@ class _Model:
             style_side = max(MIN_SIDE, int(round(side * settings.style_scale)))
             self.scales.append((side, long_side_dims(*content_size, side), [long_side_dims(*st, style_side) for st in self.style_sizes]))
 
-    def at(self, settings, workers: Workers | None = None) -> _Model:
-        """The same run's model with other settings (sizes, scales) and, if given, other workers."""
-        return _Model(settings, self.content_size, self.style_sizes, self.gpu, workers or self.workers)
+    def at(self, settings, workers: Workers | None | str = "same") -> _Model:
+        """The same run's model with other settings (sizes, scales) and, if given, other workers (None:
+        in this process)."""
+        return _Model(settings, self.content_size, self.style_sizes, self.gpu, self.workers if workers == "same" else workers)
 
     @property
     def local(self) -> int:
@@ -175,7 +176,22 @@ def make_plan(settings, content_size: tuple[int, int], style_sizes, xp=None, wor
     if settings.tile is None and any(s.core for s in scales):
         tiled = ", ".join(f"{s.width}x{s.height} in {s.tiles} tiles of {s.core}-px cores" for s in scales if s.core)
         notes.append(f"the whole picture needs {format_bytes(need)} > {format_bytes(limit)} {where}: tiled, {tiled}")
+    if settings.tile is None and model.local and (note := _workers_note(settings, model, limit, where, scales)):
+        notes.append(note)
     return Plan(tuple(scales), limit, max(s.estimate for s in scales), tuple(notes), model.local)
+
+
+def _workers_note(settings, model: _Model, limit: int, where: str, scales: list[ScalePlan]) -> str | None:
+    """A note when the local workers' share of the budget makes a scale's cores smaller than this
+    process alone would tile it in (None otherwise)."""
+    alone = _search(settings, model.at(settings, None), limit) or []
+    smaller = [(s, a) for s, a in zip(scales, alone) if s.core and (a.core is None or a.core > s.core)]
+    if not smaller:
+        return None
+    share = model.local * max(s.worker_estimate for s in scales)
+    at = ", ".join(f"{s.core}-px cores at {s.width}x{s.height} instead of {f'{a.core} px' if a.core else 'the whole image'}"
+                   for s, a in smaller)
+    return f"the {model.local} local workers take up to {format_bytes(share)} of the {format_bytes(limit)} {where}: {at}"
 
 
 def with_workers(recorded: Plan, settings, content_size: tuple[int, int], style_sizes, xp=None,
@@ -317,17 +333,20 @@ def _refusal(settings, model: _Model, limit: int, where: str) -> ScratchnstError
     side, dims, style_dims = model.scales[-1]
     previous = model.scales[-2][1] if len(model.scales) > 1 else None
     need = model.tiled(replace(least, iterations=1), (side, dims, style_dims, previous), core)[0]
-    fits_at = lambda s, workers=None: _scales(s, model.at(s, workers), limit, 0) is not None  # noqa: E731
+    fits_at = lambda s, workers="same": _scales(s, model.at(s, workers), limit, 0) is not None  # noqa: E731
     best = largest_passing(MIN_SIDE, settings.size, lambda size: fits_at(replace(least, size=size)))
     hints = [f"largest --size that fits: {best}" if best else "not even the smallest size fits",
              f"or --max-memory {math.ceil(need / 2**30 * 100) / 100:.2f}G"]
     if settings.optimizer == "lbfgs" and fits_at(replace(settings, optimizer="adam")):
         hints.append("or --optimizer adam")
-    if model.local > 1:  # fewer workers, each with the cores the others leave
+    if model.local:  # fewer local workers (each with the cores the others leave), or none
         cores = model.local * model.workers.threads
-        fewer = largest_passing(1, model.local - 1, lambda n: fits_at(least, Workers(n, max(1, cores // n))))
+        fits_with = lambda n: fits_at(least, Workers(n, max(1, cores // n)))  # noqa: E731
+        fewer = largest_passing(1, model.local - 1, fits_with) if model.local > 1 else None
         if fewer is not None:
             hints.append(f"or --workers {fewer}")
+        elif fits_at(least, None):
+            hints.append("or without --workers")
     if settings.tile:  # the cores the planner would choose
         found = _search(replace(settings, tile=None), model, limit)
         if found is not None:

@@ -246,6 +246,8 @@ def test_a_local_cluster_shares_the_budget_with_its_workers():
     per_side = -(-2048 // scale.core)  # no core that cuts the image into fewer tiles fits
     fewer = -(-(-(-2048 // (per_side - 1))) // 16) * 16
     assert _tiled(s, fewer) + 2 * _worker(s, fewer) > 5 * GB
+    assert p.notes[-1] == (f"the 2 local workers take up to {memory.format_bytes(2 * scale.worker_estimate)} of the 5.00 GB "
+                           f"allowed by --max-memory: {scale.core}-px cores at 2048x1536 instead of {alone.scales[0].core} px")
     assert plan.Plan.from_dict(p.as_dict()) == p
 
 
@@ -273,6 +275,9 @@ def test_too_many_local_workers_are_named_in_the_refusal():
     with pytest.raises(ScratchnstError, match=r", or --workers 1$"):
         plan.make_plan(replace(s, max_memory=one), CONTENT, STYLES, workers=plan.Workers(2, 1))
     assert plan.make_plan(replace(s, max_memory=one), CONTENT, STYLES, workers=plan.Workers(1, 2)).scales[0].core == 16
+    alone = _tiled(s, 16)  # this process fits, with one worker beside it nothing does
+    with pytest.raises(ScratchnstError, match=r", or without --workers$"):
+        plan.make_plan(replace(s, max_memory=alone), CONTENT, STYLES, workers=plan.Workers(1, 2))
 
 
 def test_a_resumed_plan_is_estimated_again_for_its_new_workers():
