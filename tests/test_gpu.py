@@ -366,3 +366,84 @@ def test_stylize_on_cupy_is_deterministic(gpu_pics, run):
 def test_auto_picks_cupy_where_a_device_is_present():
     assert get_backend("auto") is cp
     assert get_backend("cupy") is cp
+
+
+# -- tiled (issue #25) ---------------------------------------------------------------------------
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype, options", [
+    ("float64", {"tv_weight": 0.1}),
+    ("float64", {"style_masks": True, "normalize_gradients": True}),
+    ("float64", {"normalize": "none", "pooling": "avg"}),
+    ("float32", {"tv_weight": 0.1}),
+])
+def test_tiled_evaluation_is_the_untiled_one_on_cupy(dtype, options):
+    """core/tiled.py on the device: a 48x40 image in 16-px cores against the whole image, both on CuPy;
+    loss and totals within 1e-10 (float32: 1e-5), the gradient normwise within 1e-10 (float32: 1e-3,
+    a ReLU or max-pool tie flipping) and still a CuPy array; with every tile's forward kept too."""
+    from scratchnst.core.tiled import TiledObjective
+
+    options = dict(options)
+    net_d = random_vgg(np.random.default_rng(3), xp=cp, dtype=dtype, pooling=options.pop("pooling", "max"))
+    rng = np.random.default_rng(8)
+    content, style1, style2, x = _images(rng, [(48, 40), (32, 48), (44, 44), (48, 40)])
+    if options.pop("style_masks", False):
+        left = np.zeros((48, 40))
+        left[:, :22] = 1
+        options["style_masks"] = [left, 1 - left]
+        styles = [style1, style2]
+    else:
+        styles = [style1]
+    obj = NSTObjective(net_d, cp.asarray(content, dtype), [cp.asarray(s, dtype) for s in styles], style_weight=30.0,
+                       **options)
+    loss_tol, grad_tol = (1e-10, 1e-10) if dtype == "float64" else (1e-5, 1e-3)
+    whole = obj.evaluate(cp.asarray(x, dtype))
+    for keep in (False, True):
+        tiles = TiledObjective(obj, 16, keep_forward=keep).evaluate(cp.asarray(x, dtype))
+        assert len(TiledObjective(obj, 16).tiles) == 9
+        assert abs(tiles.loss - whole.loss) <= loss_tol * abs(whole.loss), (keep, tiles.loss, whole.loss)
+        for term, value in whole.terms.items():
+            assert abs(tiles.terms[term] - value) <= loss_tol * max(abs(value), 1e-30), (keep, term)
+        assert type(tiles.grad).__module__.split(".")[0] == "cupy"
+        error = float(cp.linalg.norm((tiles.grad - whole.grad).ravel()) / cp.linalg.norm(whole.grad.ravel()))
+        assert error <= grad_tol, (keep, error)
+
+
+@gpu_test
+@pytest.mark.weights
+def test_a_tiled_stylize_on_cupy_is_the_untiled_picture(gpu_pics, run):
+    """--tile 32 on the device: the picture of the untiled run (float64, same seed) within rounding
+    to uint8, the same losses within 1e-9, and the plan budgeted on the GPU's free memory."""
+    whole = _stylize(gpu_pics, run, backend="cupy", dtype="float64", tile=0)
+    tiled = _stylize(gpu_pics, run, backend="cupy", dtype="float64", tile=32)
+    assert tiled.manifest["plan"]["scales"][-1]["core"] == 32 and whole.manifest["plan"]["scales"][-1]["core"] is None
+    for a, b in zip(tiled.history, whole.history, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-9 * abs(b["loss"]), (a, b)
+    diff = np.abs(np.asarray(tiled.image, dtype=np.int16) - np.asarray(whole.image, dtype=np.int16)).max()
+    assert diff <= 1, diff
+    free, total = cp.cuda.runtime.memGetInfo()
+    assert 0 < tiled.manifest["plan"]["budget"] <= total
+
+
+@gpu_test
+@pytest.mark.weights
+def test_spread_tiles_on_cupy_workers_give_the_bytes_of_this_process(vgg16, vgg_weights_path, client):
+    """A tiled evaluation's tiles on a Dask worker whose net is on the device (picture/spread.py):
+    the loss and gradient of the same tiles evaluated here, bit for bit."""
+    from scratchnst.app.picture.settings import Settings
+    from scratchnst.app.picture.spread import Spread
+    from scratchnst.core.tiled import TiledObjective
+
+    net_d = vgg16(backend="cupy", dtype="float64")
+    rng = np.random.default_rng(9)
+    content, style, x = _images(rng, [(40, 56), (36, 30), (40, 56)])
+    obj = NSTObjective(net_d, cp.asarray(content), [cp.asarray(style)])
+    spread = Spread(client, Settings(backend="cupy", dtype="float64", weights=str(vgg_weights_path)))
+    try:
+        here = TiledObjective(obj, 16).evaluate(cp.asarray(x))
+        there = TiledObjective(obj, 16, spread=spread).evaluate(cp.asarray(x))
+    finally:
+        spread.close()
+    assert there.loss == here.loss and there.terms == here.terms
+    assert np.array_equal(to_host(there.grad), to_host(here.grad))
