@@ -44,6 +44,7 @@ from scratchnst.errors import ScratchnstError
 # Cores the planner prefers to a longer L-BFGS history: at relu5_1 an inner 256-px core runs a crop of
 # (64 + 256 + 58)² pixels through the net, 2.2 times its own; a 128-px one 3.8 times.
 PREFERRED_CORE = 256
+_SAME = object()  # _Model.at: the model's own workers
 
 
 class Workers(NamedTuple):
@@ -124,10 +125,10 @@ class _Model:
             style_side = max(MIN_SIDE, int(round(side * settings.style_scale)))
             self.scales.append((side, long_side_dims(*content_size, side), [long_side_dims(*st, style_side) for st in self.style_sizes]))
 
-    def at(self, settings, workers: Workers | None | str = "same") -> _Model:
+    def at(self, settings, workers: Workers | None | object = _SAME) -> _Model:
         """The same run's model with other settings (sizes, scales) and, if given, other workers (None:
         in this process)."""
-        return _Model(settings, self.content_size, self.style_sizes, self.gpu, self.workers if workers == "same" else workers)
+        return _Model(settings, self.content_size, self.style_sizes, self.gpu, self.workers if workers is _SAME else workers)
 
     @property
     def local(self) -> int:
@@ -333,7 +334,7 @@ def _refusal(settings, model: _Model, limit: int, where: str) -> ScratchnstError
     side, dims, style_dims = model.scales[-1]
     previous = model.scales[-2][1] if len(model.scales) > 1 else None
     need = model.tiled(replace(least, iterations=1), (side, dims, style_dims, previous), core)[0]
-    fits_at = lambda s, workers="same": _scales(s, model.at(s, workers), limit, 0) is not None  # noqa: E731
+    fits_at = lambda s, workers=_SAME: _scales(s, model.at(s, workers), limit, 0) is not None  # noqa: E731
     best = largest_passing(MIN_SIDE, settings.size, lambda size: fits_at(replace(least, size=size)))
     hints = [f"largest --size that fits: {best}" if best else "not even the smallest size fits",
              f"or --max-memory {math.ceil(need / 2**30 * 100) / 100:.2f}G"]

@@ -56,9 +56,11 @@ class Spread:
         """Let go of the scale's objective on the workers."""
         if self._scale is not None:
             _, token, future = self._scale
-            future.release()
-            self.client.run(_forget, token, on_error="ignore")  # the worker's TileSteps of it
             self._scale = None
+            future.release()
+            # The workers' TileSteps of it; a worker or scheduler that is gone keeps nothing.
+            with contextlib.suppress(OSError, TimeoutError):
+                self.client.run(_forget, token, on_error="ignore")
 
     @contextlib.contextmanager
     def tiles(self, tiled: TiledObjective, x):
