@@ -5,9 +5,11 @@ itself and, for `stylize --workers N`, the worker processes its local cluster sp
     python tools/tree_peaks.py python -m scratchnst stylize -o out.png --size 1024 --tile 256 --workers 2
 
 Each process's VmHWM is read every POLL_S while the command runs; the last value read is its peak
-up to then (a process that grows in its last POLL_S is under-reported by that much). Prints one
-line per process (pid, MiB, command line), their sum (an upper bound on what they held at once),
-and the command's exit status, which is also this script's.
+up to then (a process that grows in its last POLL_S is under-reported by that much; a command that
+ends before the first read reports wait4's ru_maxrss, which on Linux also covers its reaped
+children). Prints one line per process
+(pid, MiB, command line), their sum (an upper bound on what they held at once), and the command's
+exit status, which is also this script's.
 """
 
 from __future__ import annotations
@@ -56,19 +58,24 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    proc = subprocess.Popen(argv)
+    pid = subprocess.Popen(argv).pid
     peaks: dict[int, tuple[int, str]] = {}
-    while proc.poll() is None:
-        for pid in tree(proc.pid):
-            peak = status_bytes(pid)
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            peaks.setdefault(pid, (usage.ru_maxrss * 1024, " ".join(argv)))  # Linux: kB
+            break
+        for p in tree(pid):
+            peak, line = status_bytes(p), command_line(p)  # the line again: the first look may precede exec
             if peak:
-                peaks[pid] = (peak, peaks[pid][1] if pid in peaks else command_line(pid))
+                peaks[p] = (max(peak, peaks.get(p, (0, ""))[0]), line)
         time.sleep(POLL_S)
-    for pid, (peak, line) in sorted(peaks.items()):
-        print(f"{pid:>8} {peak / 2**20:9.1f} MiB  {line[:100]}")
-    print(f"{'sum':>8} {sum(p for p, _ in peaks.values()) / 2**20:9.1f} MiB")
-    print(f"exit status {proc.returncode}")
-    return proc.returncode
+    for p, (peak, line) in sorted(peaks.items()):
+        print(f"{p:>8} {peak / 2**20:9.1f} MiB  {line[:100]}")
+    print(f"{'sum':>8} {sum(peak for peak, _ in peaks.values()) / 2**20:9.1f} MiB")
+    code = os.waitstatus_to_exitcode(status)
+    print(f"exit status {code}")
+    return code if code >= 0 else 128 - code
 
 
 if __name__ == "__main__":
