@@ -1,7 +1,7 @@
 """How many iterations a scale needs: a run's last scale read at every saved iteration (developer tool).
 
     python -m scratchnst stylize --size 1024 --scales 0.25,0.5,1 --save-every 5 -o run.png
-    python tools/scale_iterations.py run.json [--pair K --crop X,Y,SIDE -o pair.jpg]
+    python tools/scale_iterations.py run.json [--pair K[,K...] --crop X,Y,SIDE -o pair.jpg]
 
 For each OUT_iterNNNN picture that `--save-every` wrote during the run's last scale: the iterations
 that scale had run, its loss terms then (from the manifest's history) relative to the last
@@ -10,7 +10,8 @@ every channel), and the sharpness (video.frame.sharpness: mean |Laplacian| of th
 the final picture's. A run stopped after k iterations of its last scale is the run above at
 iteration k (L-BFGS is deterministic and the scale's start is the same), so one run answers for
 every k. --pair K writes the SIDE-px square at (X, Y) of the picture after K iterations of the last
-scale beside the same square of the final picture (1:1, a 4-px white gap).
+scale beside the same square of the final picture (1:1, a 4-px white gap); --pair 30,50 writes the
+squares after 30 and after 50 iterations, then the final one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from scratchnst.app.video.frame import sharpness
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("manifest", type=Path, help="the run's OUT.json (its OUT_iterNNNN pictures beside it)")
-    p.add_argument("--pair", type=int, metavar="K", help="also write the crop after K iterations of the last scale beside the final's")
+    p.add_argument("--pair", metavar="K[,K...]", help="also write the crop after K iterations of the last scale beside the final's")
     p.add_argument("--crop", default="0,0,256", metavar="X,Y,SIDE")
     p.add_argument("-o", "--output", type=Path, default=Path("pair.jpg"))
     args = p.parse_args()
@@ -54,12 +55,13 @@ def main() -> None:
               f"{sharpness(picture) / sharpness(final):15.4f}")
     if args.pair:
         x, y, side = (int(v) for v in args.crop.split(","))
-        early = Image.open(out.parent / f"{out.stem}_iter{first + args.pair:04d}{out.suffix}").convert("RGB")
-        pair = Image.new("RGB", (2 * side + 4, side), "white")
-        for k, picture in enumerate((early, Image.open(out).convert("RGB"))):
-            pair.paste(picture.crop((x, y, x + side, y + side)), (k * (side + 4), 0))
+        ks = [int(k) for k in args.pair.split(",")]
+        pictures = [Image.open(out.parent / f"{out.stem}_iter{first + k:04d}{out.suffix}") for k in ks] + [Image.open(out)]
+        pair = Image.new("RGB", (len(pictures) * (side + 4) - 4, side), "white")
+        for k, picture in enumerate(pictures):
+            pair.paste(picture.convert("RGB").crop((x, y, x + side, y + side)), (k * (side + 4), 0))
         pair.save(args.output, quality=90)
-        print(f"wrote {args.output}: {args.pair} iterations (left) and {end['iteration'] - first} (right)")
+        print(f"wrote {args.output}: after {', '.join(map(str, ks))} and {end['iteration'] - first} iterations, left to right")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ MAX_SCALE = 4  # --scales are fractions of --size; a larger one is a size typed 
 FIRST_SCALE = 512  # without --scales, the first scale is the largest halving of --size up to this (default_scales)
 ITERATIONS = 60  # without --iterations, each scale's up to LARGE_SCALE px (default_iterations)
 LARGE_SCALE = 1024  # px: without --iterations, a larger scale refines the one before in LARGE_ITERATIONS
-LARGE_ITERATIONS = 30  # docs/benchmarks.md, "Iterations at print sizes"
+LARGE_ITERATIONS = 50  # docs/benchmarks.md, "Iterations at print sizes"
 
 
 @dataclass

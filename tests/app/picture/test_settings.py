@@ -198,13 +198,13 @@ def test_iterations_are_every_scales_or_one_per_scale():
 @pytest.mark.parametrize("size, scales, iterations", [
     (384, None, 60),
     (1024, None, 60),
-    (2048, None, (60, 60, 30)),
-    (4096, None, (60, 60, 30, 30)),
-    (3000, [1], (30,)),
-    (3000, [0.25, 1], (60, 30)),
+    (2048, None, (60, 60, 50)),
+    (4096, None, (60, 60, 50, 50)),
+    (3000, [1], (50,)),
+    (3000, [0.25, 1], (60, 50)),
 ])
 def test_without_iterations_scales_above_1024_px_refine_in_fewer(size, scales, iterations):
-    """Worked by hand: 60 at each scale up to 1024 px, 30 above (they refine a picture that has its look)."""
+    """Worked by hand: 60 at each scale up to 1024 px, 50 above (they refine a picture that has its look)."""
     s = Settings(size=size, scales=scales).validated(1)
     assert s.iterations == iterations
     assert Settings(size=size, scales=scales, iterations=7).validated(1).iterations == 7
