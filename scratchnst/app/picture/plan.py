@@ -204,13 +204,20 @@ def with_workers(recorded: Plan, settings, content_size: tuple[int, int], style_
     plan = _estimated(recorded, settings, model)
     limit, where = budget(settings, xp)
     if model.local and limit is not None and plan.estimate > limit:
-        cores = model.local * workers.threads
-        fits = lambda n: _estimated(recorded, settings, model.at(settings, Workers(n, max(1, cores // n)))).estimate <= limit  # noqa: E731
-        fewer = largest_passing(1, model.local - 1, fits) if model.local > 1 else None
+        fewer = _fewer_workers(workers, lambda w: _estimated(recorded, settings, model.at(settings, w)).estimate <= limit)
         hint = f"resume with --workers {fewer}" if fewer else "resume without --workers"
         raise ScratchnstError(f"the run's recorded plan with {model.local} local workers needs an estimated "
                               f"{format_bytes(plan.estimate)} > {format_bytes(limit)} {where}; {hint}")
     return plan
+
+
+def _fewer_workers(workers: Workers, fits) -> int | None:
+    """The most local workers, fewer than `workers`' and each with the cores they leave, for which
+    fits(Workers) holds; None where there are no fewer or not even one fits."""
+    if workers.local <= 1:
+        return None
+    cores = workers.local * workers.threads
+    return largest_passing(1, workers.local - 1, lambda n: fits(Workers(n, max(1, cores // n))))
 
 
 def _estimated(recorded: Plan, settings, model: _Model) -> Plan:
@@ -340,10 +347,8 @@ def _refusal(settings, model: _Model, limit: int, where: str) -> ScratchnstError
              f"or --max-memory {math.ceil(need / 2**30 * 100) / 100:.2f}G"]
     if settings.optimizer == "lbfgs" and fits_at(replace(settings, optimizer="adam")):
         hints.append("or --optimizer adam")
-    if model.local:  # fewer local workers (each with the cores the others leave), or none
-        cores = model.local * model.workers.threads
-        fits_with = lambda n: fits_at(least, Workers(n, max(1, cores // n)))  # noqa: E731
-        fewer = largest_passing(1, model.local - 1, fits_with) if model.local > 1 else None
+    if model.local:  # fewer local workers, or none
+        fewer = _fewer_workers(model.workers, lambda w: fits_at(least, w))
         if fewer is not None:
             hints.append(f"or --workers {fewer}")
         elif fits_at(least, None):
